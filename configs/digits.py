@@ -1,0 +1,52 @@
+r"""The CPU default: a small ResNet-18 on scikit-learn's 8x8 digits, no download.
+
+    python -m mio_jax.main --config=configs/digits.py --workdir=runs/digits
+
+1,797 real images (train 1,500 / test 297), upsampled to 32 px. The
+augmentation suits digits (no flip: digits are not mirror-symmetric).
+"""
+from mio_jax import config_base
+
+
+def get_config():
+  c = config_base.base_config()
+  c.dataset.name = "digits"
+  c.dataset.image_size = 32
+  c.dataset.shuffle_buffer = 1500
+
+  c.augment.crop_scale = (0.5, 1.0)
+  c.augment.hflip = False
+  c.augment.color_jitter_strength = 0.5
+  c.augment.grayscale_prob = 0.0
+  c.augment.rotation_degrees = 15.0
+  c.augment.translate_pixels = 3
+  c.augment.gaussian_noise_std = 0.05
+
+  # A quarter-width ResNet-18 (16/32/64/128 channels, 0.7M parameters).
+  c.model.name = "resnet18"
+  c.model.stem = "cifar"
+  c.model.width_multiplier = 0.25
+  c.model.projector_hidden_dim = 512
+  c.model.projector_output_dim = 128
+
+  c.loss = "mio"
+  c.temperature = 0.5
+
+  # AdamW suits the small batch and short run better than LARS.
+  c.optimizer.name = "adamw"
+  c.optimizer.base_lr = 2e-3
+  c.optimizer.lr_scaling = "none"
+  c.optimizer.warmup_epochs = 1.0
+  c.optimizer.weight_decay = 1e-4
+
+  c.batch_size = 250
+  c.num_epochs = 12
+
+  c.checkpoint_every_steps = 30
+  c.log_every_steps = 6
+
+  c.eval.batch_size = 300
+  c.eval.knn_k = 20
+  c.eval.linear_epochs = 100
+  c.eval.linear_batch_size = 300
+  return c

@@ -1,0 +1,1 @@
+"""mio_jax: MIO self-supervised binary contrastive learning in JAX/Flax."""

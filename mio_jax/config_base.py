@@ -1,0 +1,95 @@
+"""Every configuration key of mio_jax, with its default.
+
+Dataset configs in `configs/` start from `base_config()` and override what
+their recipe changes, so the full schema lives in one place and an
+unknown key (a typo in `--config.key=value`) is an error, not a new key.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  # What `main` does: pretrain | linear_eval | knn_eval | fewshot_eval | all.
+  c.mode = "all"
+  c.seed = 0
+
+  # ---- data -------------------------------------------------------------
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "digits"  # digits | cifar10 | cifar100 | stl10 | tiny_imagenet | imagenet100 | imagenet1k
+  # TFDS data_dir (may be gs://); None: $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  c.dataset.data_dir = config_dict.placeholder(str)
+  # Where TFDS finds archives it cannot download (tiny_imagenet, imagenet*).
+  c.dataset.manual_dir = config_dict.placeholder(str)
+  c.dataset.image_size = 32  # side of the square crops fed to the network
+  c.dataset.shuffle_buffer = 10_000
+  c.dataset.prefetch = 2  # batches prefetched to the devices
+
+  # ---- two-view augmentation (host side, tf.data, stateless) --------------
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop_scale = (0.08, 1.0)  # random resized crop area range
+  c.augment.crop_ratio = (3 / 4, 4 / 3)
+  c.augment.hflip = True
+  c.augment.color_jitter_strength = 0.5  # s: brightness/contrast/saturation 0.8s, hue 0.2s
+  c.augment.color_jitter_prob = 0.8
+  c.augment.grayscale_prob = 0.2
+  c.augment.blur_prob = 0.0  # 0.5 for images of 64 px and more
+  c.augment.solarize_prob = 0.0  # 0.2 for images of 64 px and more
+  # Small-image extras (0 disables), used by the digits demo.
+  c.augment.rotation_degrees = 0.0
+  c.augment.translate_pixels = 0
+  c.augment.gaussian_noise_std = 0.0
+
+  # ---- model ------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet_tiny
+  c.model.stem = "cifar"  # cifar (3x3/1, no max-pool) | imagenet (7x7/2 + max-pool)
+  c.model.width_multiplier = 1.0
+  c.model.projector_num_layers = 2
+  c.model.projector_hidden_dim = 2048
+  c.model.projector_output_dim = 128
+  c.model.projector_last_bn = True  # BatchNorm on the last projector layer too (public MIO code)
+  c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params, loss, optimizer stay float32)
+
+  # ---- loss -------------------------------------------------------------
+  c.loss = "mio"  # mio | bce | nt_xent | dcl
+  c.temperature = 0.5  # tau_p (and tau_n unless negative_temperature is set)
+  c.negative_temperature = config_dict.placeholder(float)  # tau_n; None: = temperature
+  c.reg_weight = 0.0  # lambda of the alignment regulariser (mio, bce only)
+
+  # ---- optimisation -----------------------------------------------------
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "lars"  # lars | sgd | adamw
+  c.optimizer.base_lr = 1.0
+  c.optimizer.lr_scaling = "linear"  # linear: lr = base_lr * batch_size / 256 | none
+  c.optimizer.warmup_epochs = 10.0
+  c.optimizer.weight_decay = 1e-6
+  c.optimizer.momentum = 0.9
+  c.optimizer.trust_coefficient = 0.001  # LARS eta
+  c.optimizer.grad_clip_norm = config_dict.placeholder(float)
+
+  c.batch_size = 512  # global, over all devices and processes
+  c.num_epochs = 200
+  c.total_steps = -1  # > 0 overrides num_epochs
+
+  # ---- checkpoints, logging, monitoring ---------------------------------
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.log_every_steps = 50
+  c.online_eval_every_steps = 0  # kNN on the eval split during pretraining; 0 disables
+
+  # ---- evaluation of the frozen encoder ---------------------------------
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 512
+  c.eval.linear_epochs = 100
+  c.eval.linear_lr = 0.1
+  c.eval.linear_weight_decay = 0.0
+  c.eval.linear_batch_size = 256
+  c.eval.knn_k = 200
+  c.eval.knn_temperature = 0.07
+  c.eval.fewshot_shots = 5
+  c.eval.fewshot_trials = 5
+  c.eval.embedding_plot_points = 2000  # 0 disables the t-SNE plot
+
+  return c
