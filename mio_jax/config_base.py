@@ -4,6 +4,9 @@ Dataset configs in `configs/` start from `base_config()` and override what
 their recipe changes, so the full schema lives in one place and an
 unknown key (a typo in `--config.key=value`) is an error, not a new key.
 """
+import importlib.util
+import pathlib
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -92,4 +95,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.fewshot_trials = 5
   c.eval.embedding_plot_points = 2000  # 0 disables the t-SNE plot
 
+  # Locked: assigning a key that does not exist raises, in config files too.
+  c.lock()
   return c
+
+
+def load_config_file(path, config_arg=None) -> ml_collections.ConfigDict:
+  """Runs `get_config()` of a config file given by path, as --config does.
+
+  Used by configs that extend a sibling and by tests.
+  """
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(f"mio_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if config_arg is None:
+    return module.get_config()
+  return module.get_config(config_arg)
