@@ -39,14 +39,14 @@ def get_config():
   c.optimizer.warmup_epochs = 1.0
   c.optimizer.weight_decay = 1e-4
 
-  c.batch_size = 250
+  c.batch_size = 256  # divisible by 1, 2, 4 and 8 devices; 5 steps per epoch
   c.num_epochs = 12
 
-  c.checkpoint_every_steps = 30
-  c.log_every_steps = 6
+  c.checkpoint_every_steps = 25
+  c.log_every_steps = 5
 
-  c.eval.batch_size = 300
+  c.eval.batch_size = 304  # divisible by 8 and 16
   c.eval.knn_k = 20
   c.eval.linear_epochs = 100
-  c.eval.linear_batch_size = 300
+  c.eval.linear_batch_size = 256
   return c
