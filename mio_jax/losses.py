@@ -1,0 +1,457 @@
+"""Pair losses on the projector outputs of two views: MIO and baselines.
+
+The math contract is docs/loss.md (restating the project's MIO_LOSS
+specification). Notation used throughout this module:
+
+* a batch of N images, two views each; `u1`, `u2` are the (N, d) projector
+  outputs. Stacked, the 2N rows are numbered 0..N-1 (view 1) and N..2N-1
+  (view 2); row i's positive partner is p(i) = (i + N) mod 2N.
+* every row is an *anchor*; every row is also a *key*. An anchor's negatives
+  K(i) are all keys except itself and its partner (M = 2N - 2 of them).
+
+All losses share one computation: a block of anchors, identified by their
+global row ids, against a set of keys, also identified by global row ids,
+reduced over the keys to one statistic per anchor (a logsumexp or a sum of
+softplus). Because rows carry their ids, the same code serves the whole
+batch on one device, each device's anchors against all-gathered keys inside
+`jax.shard_map` (`sharded_mio_loss`), and blocks of keys streamed one at a
+time (a chunked form adds per-block statistics with `_combine_key_stats`).
+
+Similarities are computed in float32 (float64 when given float64) whatever
+the input dtype, so bfloat16 models get float32 losses.
+"""
+import functools
+import math
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Rows with a norm below this are divided by it instead of their norm, so an
+# all-zero projection gives a zero unit vector instead of a NaN.
+NORM_EPS = 1e-12
+
+
+# ---- the shared row computation -------------------------------------------
+
+
+class _LossKind(NamedTuple):
+  """How one loss reduces its keys and turns the result into a per-anchor loss."""
+  key_reduction: str  # "logsumexp" of the key logits, or "softplus_sum" of them
+  exclude_partner: bool  # whether the positive partner is left out of the keys
+  uses_negative_temperature: bool  # keys scaled by tau_n (else by tau_p)
+
+
+_KINDS = {
+    "mio": _LossKind("logsumexp", True, True),
+    "bce": _LossKind("softplus_sum", True, True),
+    "nt_xent": _LossKind("logsumexp", False, False),
+    "dcl": _LossKind("logsumexp", True, False),
+}
+
+
+def _compute_dtype(x: Array) -> jnp.dtype:
+  """float32 for bfloat16/float16/float32 inputs, float64 for float64."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def normalize_rows(u: Array) -> Array:
+  """u / max(||u||, eps) row-wise, in float32 (or float64) precision."""
+  u = u.astype(_compute_dtype(u))
+  # sqrt(max(|u|^2, eps^2)) = max(|u|, eps), but with a finite gradient at 0.
+  squared_norm = jnp.sum(u * u, axis=-1, keepdims=True)
+  return u * jax.lax.rsqrt(jnp.maximum(squared_norm, NORM_EPS**2))
+
+
+def _check_batch(u1: Array, u2: Array) -> int:
+  """Validates the view shapes (static) and returns N, the images per view."""
+  if u1.ndim != 2 or u1.shape != u2.shape:
+    raise ValueError(
+        f"u1 and u2 must both have shape (N, d); got {u1.shape} and {u2.shape}.")
+  if u1.shape[0] < 2:
+    raise ValueError(
+        f"a pair loss needs at least 2 images per batch (got N={u1.shape[0]}): "
+        "with one image there are no negative pairs.")
+  return u1.shape[0]
+
+
+def _key_mask(anchor_ids: Array, key_ids: Array, *, num_images: int,
+              exclude_partner: bool) -> Array:
+  """(n, m) bool: True where key j counts in the reduction for anchor i."""
+  anchor_ids = anchor_ids[:, None]
+  key_ids = key_ids[None, :]
+  keep = key_ids != anchor_ids
+  if exclude_partner:
+    keep &= key_ids != (anchor_ids + num_images) % (2 * num_images)
+  return keep
+
+
+def _key_statistic(anchors: Array, anchor_ids: Array, keys: Array,
+                   key_ids: Array, *, num_images: int, temperature: float,
+                   kind: _LossKind) -> Array:
+  """Per-anchor reduction of the logits s_ij / temperature over the keys.
+
+  Args:
+    anchors: (n, d) unit vectors.
+    anchor_ids: (n,) their global row ids in [0, 2N).
+    keys: (m, d) unit vectors (all 2N rows, or one block of them).
+    key_ids: (m,) their global row ids.
+    num_images: N.
+    temperature: the scale of these logits.
+    kind: which keys count and how they are reduced.
+
+  Returns:
+    (n,) logsumexp_j(logit_ij) or sum_j softplus(logit_ij) over the kept keys.
+    A block with no kept key gives -inf (logsumexp) or 0 (sum), the
+    identities of `_combine_key_stats`.
+  """
+  logits = (anchors @ keys.T) / temperature
+  keep = _key_mask(anchor_ids, key_ids, num_images=num_images,
+                   exclude_partner=kind.exclude_partner)
+  if kind.key_reduction == "logsumexp":
+    # Masked entries become -inf before the max-shifted exponentials, so no
+    # exp(logit) is ever formed unshifted.
+    return jax.nn.logsumexp(jnp.where(keep, logits, -jnp.inf), axis=1)
+  return jnp.sum(jnp.where(keep, jax.nn.softplus(logits), 0.0), axis=1)
+
+
+def _combine_key_stats(stat_a: Array, stat_b: Array, kind: _LossKind) -> Array:
+  """Merges the statistics of two disjoint key blocks (for streaming keys)."""
+  if kind.key_reduction == "logsumexp":
+    return jnp.logaddexp(stat_a, stat_b)
+  return stat_a + stat_b
+
+
+def _anchor_losses(anchors: Array, partners: Array, key_stat: Array, *,
+                   name: str, num_images: int, temperature: float,
+                   reg_weight: float) -> Array:
+  """(n,) per-anchor losses l_i; the batch loss is their sum over 2N anchors / 2N.
+
+  Args:
+    anchors: (n, d) unit vectors z_i.
+    partners: (n, d) unit vectors z_p(i), row by row.
+    key_stat: (n,) the `_key_statistic` of these anchors over all keys.
+    name: the loss ("mio", "bce", "nt_xent", "dcl").
+    num_images: N.
+    temperature: tau_p, the scale of the positive logit.
+    reg_weight: lambda of the alignment regulariser (mio, bce).
+  """
+  positive_sim = jnp.sum(anchors * partners, axis=1)
+  positive_logit = positive_sim / temperature
+  if name in ("nt_xent", "dcl"):
+    return key_stat - positive_logit
+  num_negatives = 2 * num_images - 2
+  if name == "mio":
+    negative_term = jnp.logaddexp(0.0, key_stat - math.log(num_negatives))
+  else:  # bce
+    negative_term = key_stat / num_negatives
+  # R = (1/(N d)) sum_n ||z_n - z_{n+N}||^2, spread evenly over both anchors
+  # of each positive pair: ||z_i - z_p(i)||^2 = 2 - 2 s_{i,p(i)}.
+  alignment = (2.0 - 2.0 * positive_sim) / anchors.shape[1]
+  return (jax.nn.softplus(-positive_logit) + negative_term
+          + reg_weight * alignment)
+
+
+def _summed_anchor_losses(z_anchor1: Array, z_anchor2: Array, image_offset,
+                          z_keys: Array, *, name: str, num_images: int,
+                          temperature: float,
+                          negative_temperature: Optional[float],
+                          reg_weight: float) -> Array:
+  """Sum of l_i over the anchors of images [offset, offset + n) in both views.
+
+  Args:
+    z_anchor1, z_anchor2: (n, d) unit vectors of the anchor images' two views.
+    image_offset: index of the first anchor image in the global batch.
+    z_keys: (2N, d) all unit vectors, view 1 rows then view 2 rows.
+  The dense loss calls this with all images; each device inside shard_map
+  calls it with its own images against the all-gathered keys.
+  """
+  kind = _KINDS[name]
+  n = z_anchor1.shape[0]
+  local = image_offset + jnp.arange(n)
+  anchor_ids = jnp.concatenate([local, local + num_images])
+  anchors = jnp.concatenate([z_anchor1, z_anchor2])
+  partners = jnp.concatenate([z_anchor2, z_anchor1])
+  key_temperature = (
+      _negative_temperature(temperature, negative_temperature)
+      if kind.uses_negative_temperature else temperature)
+  key_stat = _key_statistic(
+      anchors, anchor_ids, z_keys, jnp.arange(2 * num_images),
+      num_images=num_images, temperature=key_temperature, kind=kind)
+  losses = _anchor_losses(anchors, partners, key_stat, name=name,
+                          num_images=num_images, temperature=temperature,
+                          reg_weight=reg_weight)
+  return jnp.sum(losses)
+
+
+def _negative_temperature(temperature, negative_temperature):
+  return temperature if negative_temperature is None else negative_temperature
+
+
+def _check_options(name: str, temperature, negative_temperature,
+                   reg_weight) -> None:
+  """Rejects bad hyperparameters that are known at trace time."""
+  for key, value in (("temperature", temperature),
+                     ("negative_temperature", negative_temperature)):
+    if isinstance(value, (int, float)) and not value > 0:
+      raise ValueError(f"{key} must be > 0, got {value!r}.")
+  if isinstance(reg_weight, (int, float)) and not reg_weight >= 0:
+    raise ValueError(f"reg_weight must be >= 0, got {reg_weight!r}.")
+  if name not in ("mio", "bce"):
+    raise ValueError(
+        f"variant must be 'mio' or 'bce', got {name!r}.")
+
+
+# ---- public losses ----------------------------------------------------------
+
+
+def mio_loss(u1: Array, u2: Array, *, variant: str = "mio",
+             temperature: float = 0.5,
+             negative_temperature: Optional[float] = None,
+             reg_weight: float = 0.0) -> Array:
+  """The MIO binary pair loss on one (global) batch.
+
+  Args:
+    u1, u2: (N, d) projector outputs of view 1 and view 2 (any float dtype,
+      not normalised). Inside jit on arrays sharded over the data axis this
+      sees the global batch.
+    variant: "mio" (positive partner excluded from the negatives, Jensen
+      upper bound of the negative term) or "bce" (the naive BCE form of the
+      public code, also with the partner excluded).
+    temperature: tau_p, dividing the cosine similarity of positive pairs.
+    negative_temperature: tau_n for negative pairs; None means tau_p.
+    reg_weight: lambda, weight of the alignment regulariser R.
+
+  Returns:
+    The scalar loss (float32, or float64 for float64 inputs).
+  """
+  _check_options(variant, temperature, negative_temperature, reg_weight)
+  num_images = _check_batch(u1, u2)
+  z1, z2 = normalize_rows(u1), normalize_rows(u2)
+  total = _summed_anchor_losses(
+      z1, z2, 0, jnp.concatenate([z1, z2]), name=variant,
+      num_images=num_images, temperature=temperature,
+      negative_temperature=negative_temperature, reg_weight=reg_weight)
+  return total / (2 * num_images)
+
+
+def sharded_mio_loss(u1_local: Array, u2_local: Array, *, axis_name: str,
+                     variant: str = "mio", temperature: float = 0.5,
+                     negative_temperature: Optional[float] = None,
+                     reg_weight: float = 0.0) -> Array:
+  """`mio_loss` of the global batch, called per device inside `jax.shard_map`.
+
+  Each device holds the same number n of images (both views, the rows
+  [axis_index * n, (axis_index + 1) * n) of the global batch). It
+  normalises them, all-gathers the unit vectors of every device as keys,
+  computes the losses of its own 2n anchors and psums: the result is the
+  global loss, identical on every device. Gradients flow back through the
+  all-gather (its transpose is a reduce-scatter), so `jax.grad` of this
+  inside shard_map gives each device the global loss's gradient with
+  respect to its own rows.
+
+  Args:
+    u1_local, u2_local: (n, d) this device's projector outputs.
+    axis_name: the mesh axis the batch is split over (e.g. mesh.DATA_AXIS).
+    variant, temperature, negative_temperature, reg_weight: as `mio_loss`.
+  """
+  _check_options(variant, temperature, negative_temperature, reg_weight)
+  n = u1_local.shape[0]
+  if u1_local.ndim != 2 or u1_local.shape != u2_local.shape:
+    raise ValueError("u1_local and u2_local must both have shape (n, d); got "
+                     f"{u1_local.shape} and {u2_local.shape}.")
+  num_devices = jax.lax.axis_size(axis_name)
+  num_images = n * num_devices
+  if num_images < 2:
+    raise ValueError("a pair loss needs at least 2 images in the global batch.")
+  z1, z2 = normalize_rows(u1_local), normalize_rows(u2_local)
+  gather = functools.partial(jax.lax.all_gather, axis_name=axis_name,
+                             tiled=True)
+  z_keys = jnp.concatenate([gather(z1), gather(z2)])
+  local_total = _summed_anchor_losses(
+      z1, z2, jax.lax.axis_index(axis_name) * n, z_keys, name=variant,
+      num_images=num_images, temperature=temperature,
+      negative_temperature=negative_temperature, reg_weight=reg_weight)
+  return jax.lax.psum(local_total, axis_name) / (2 * num_images)
+
+
+def _baseline_loss(name: str, u1: Array, u2: Array, temperature: float) -> Array:
+  if isinstance(temperature, (int, float)) and not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+  num_images = _check_batch(u1, u2)
+  z1, z2 = normalize_rows(u1), normalize_rows(u2)
+  total = _summed_anchor_losses(
+      z1, z2, 0, jnp.concatenate([z1, z2]), name=name, num_images=num_images,
+      temperature=temperature, negative_temperature=None, reg_weight=0.0)
+  return total / (2 * num_images)
+
+
+def nt_xent_loss(u1: Array, u2: Array, *, temperature: float) -> Array:
+  """SimCLR's NT-Xent: l_i = -a_i + logsumexp_{j != i} s_ij / tau, mean over 2N."""
+  return _baseline_loss("nt_xent", u1, u2, temperature)
+
+
+def dcl_loss(u1: Array, u2: Array, *, temperature: float) -> Array:
+  """Decoupled contrastive loss: as NT-Xent with the positive left out of the
+  denominator, l_i = -a_i + logsumexp_{k in K(i)} s_ik / tau."""
+  return _baseline_loss("dcl", u1, u2, temperature)
+
+
+# ---- closed-form gradient ---------------------------------------------------
+
+
+def mio_loss_grad(u1: Array, u2: Array, *, variant: str = "mio",
+                  temperature: float = 0.5,
+                  negative_temperature: Optional[float] = None,
+                  reg_weight: float = 0.0) -> Tuple[Array, Array]:
+  """(dL/du1, dL/du2) of `mio_loss` in closed form (no autodiff).
+
+  G = dL/dS for S = Z Z^T; dL/dZ = (G + G^T) Z; then through the
+  normalisation dL/du_i = (I - z_i z_i^T) dL/dz_i / ||u_i|| (rows with
+  ||u_i|| < eps are only divided by eps: dL/du_i = dL/dz_i / eps). Derivation in docs/loss.md. Returns float32 (float64 for
+  float64 inputs) gradients.
+  """
+  _check_options(variant, temperature, negative_temperature, reg_weight)
+  num_images = _check_batch(u1, u2)
+  tau_p = temperature
+  tau_n = _negative_temperature(temperature, negative_temperature)
+  num_rows = 2 * num_images
+  num_negatives = num_rows - 2
+  u = jnp.concatenate([u1, u2]).astype(_compute_dtype(u1))
+  norms = jnp.linalg.norm(u, axis=1, keepdims=True)
+  z = u / jnp.maximum(norms, NORM_EPS)
+  sims = z @ z.T
+  ids = jnp.arange(num_rows)
+  partner_ids = (ids + num_images) % num_rows
+  is_partner = ids[None, :] == partner_ids[:, None]
+  is_negative = _key_mask(ids, ids, num_images=num_images, exclude_partner=True)
+
+  positive_logits = sims[ids, partner_ids] / tau_p
+  negative_logits = sims / tau_n
+  # Attraction of the partner: d softplus(-a)/da = -sigmoid(-a).
+  positive_weight = -jax.nn.sigmoid(-positive_logits) / (num_rows * tau_p)
+  if variant == "mio":
+    # w_ik = exp(b_ik) / (M + sum_k' exp(b_ik')): a softmax over K(i) with an
+    # extra logit log M, computed from a logsumexp so nothing overflows.
+    masked = jnp.where(is_negative, negative_logits, -jnp.inf)
+    log_normaliser = jnp.logaddexp(math.log(num_negatives),
+                                   jax.nn.logsumexp(masked, axis=1))
+    negative_weights = jnp.exp(masked - log_normaliser[:, None]) / (
+        num_rows * tau_n)
+  else:
+    negative_weights = jnp.where(
+        is_negative, jax.nn.sigmoid(negative_logits), 0.0) / (
+            num_rows * num_negatives * tau_n)
+  # The regulariser's -2 lambda / (N d) on G[n, n + N], written here as
+  # -lambda / (N d) on both G[i, p(i)] and G[p(i), i]: same G + G^T.
+  partner_weight = positive_weight - reg_weight / (num_images * u.shape[1])
+  grad_sims = negative_weights + jnp.where(is_partner, partner_weight[:, None],
+                                           0.0)
+  grad_z = (grad_sims + grad_sims.T) @ z
+  radial = jnp.sum(grad_z * z, axis=1, keepdims=True)
+  # Below eps the row is only scaled (u / eps), so nothing is projected out.
+  grad_u = jnp.where(norms >= NORM_EPS, (grad_z - radial * z) / norms,
+                     grad_z / NORM_EPS)
+  return grad_u[:num_images], grad_u[num_images:]
+
+
+# ---- registry ---------------------------------------------------------------
+
+
+LOSSES: Dict[str, Callable[..., Array]] = {
+    "mio": functools.partial(mio_loss, variant="mio"),
+    "bce": functools.partial(mio_loss, variant="bce"),
+    "nt_xent": nt_xent_loss,
+    "dcl": dcl_loss,
+}
+
+
+def make_loss(name: str, *, temperature: float,
+              negative_temperature: Optional[float] = None,
+              reg_weight: float = 0.0) -> Callable[[Array, Array], Array]:
+  """The loss `name` (config.loss) as a function (u1, u2) -> scalar.
+
+  Raises ValueError for an unknown name (listing LOSSES), a non-positive
+  temperature, or options the loss does not take (reg_weight and
+  negative_temperature exist only for "mio" and "bce").
+  """
+  if name not in LOSSES:
+    raise ValueError(
+        f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}.")
+  if not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+  if name in ("mio", "bce"):
+    _check_options(name, temperature, negative_temperature, reg_weight)
+    return functools.partial(LOSSES[name], temperature=temperature,
+                             negative_temperature=negative_temperature,
+                             reg_weight=reg_weight)
+  unsupported = []
+  if negative_temperature is not None:
+    unsupported.append(f"negative_temperature={negative_temperature!r}")
+  if reg_weight != 0:
+    unsupported.append(f"reg_weight={reg_weight!r}")
+  if unsupported:
+    raise ValueError(
+        f"loss {name!r} does not take {', '.join(unsupported)}; only 'mio' and "
+        "'bce' do. Leave negative_temperature unset and reg_weight at 0.")
+  return functools.partial(LOSSES[name], temperature=temperature)
+
+
+# ---- pair metrics -----------------------------------------------------------
+
+
+def pair_metrics(u1: Array, u2: Array, *, temperature: float,
+                 negative_temperature: Optional[float] = None
+                 ) -> Dict[str, Array]:
+  """How well the binary pair classifier separates positives from negatives.
+
+  Pairs are those of the loss: 2N ordered positive pairs (i, p(i)) and
+  2N * M ordered negative pairs (i, k), k in K(i). A pair is predicted
+  positive when its logit is > 0, i.e. its cosine similarity is > 0 (the
+  sign does not depend on the temperature).
+
+  Returns a dict of scalars:
+    pos_sim, neg_sim: mean cosine similarity of positive / negative pairs.
+    pos_logit, neg_logit: mean logits a_i = s/tau_p, b_ik = s/tau_n.
+    pos_accuracy, neg_accuracy: fraction of positive (negative) pairs the
+      classifier gets right.
+    pair_accuracy: balanced accuracy, their mean (the classes are 1 : M
+      unbalanced, so the plain accuracy would be dominated by negatives).
+    mi_estimate: Donsker-Varadhan estimate (nats) of the mutual information
+      between the views' embeddings with critic T = s / tau_p:
+      mean_pos T - log mean_neg exp(T). A lower bound on I in expectation
+      over exact expectations; a batch estimate (see docs/loss.md).
+  """
+  _check_options("mio", temperature, negative_temperature, 0.0)
+  num_images = _check_batch(u1, u2)
+  tau_n = _negative_temperature(temperature, negative_temperature)
+  z = jnp.concatenate([normalize_rows(u1), normalize_rows(u2)])
+  num_rows = 2 * num_images
+  ids = jnp.arange(num_rows)
+  sims = z @ z.T
+  positive_sims = sims[ids, (ids + num_images) % num_rows]
+  is_negative = _key_mask(ids, ids, num_images=num_images, exclude_partner=True)
+  num_negative_pairs = num_rows * (num_rows - 2)
+
+  def negative_mean(values):
+    return jnp.sum(jnp.where(is_negative, values, 0.0)) / num_negative_pairs
+
+  pos_accuracy = jnp.mean((positive_sims > 0).astype(sims.dtype))
+  neg_accuracy = negative_mean((sims <= 0).astype(sims.dtype))
+  critic = sims / temperature
+  log_mean_exp_negative = (
+      jax.nn.logsumexp(jnp.where(is_negative, critic, -jnp.inf))
+      - math.log(num_negative_pairs))
+  return {
+      "pos_sim": jnp.mean(positive_sims),
+      "neg_sim": negative_mean(sims),
+      "pos_logit": jnp.mean(positive_sims) / temperature,
+      "neg_logit": negative_mean(sims) / tau_n,
+      "pos_accuracy": pos_accuracy,
+      "neg_accuracy": neg_accuracy,
+      "pair_accuracy": (pos_accuracy + neg_accuracy) / 2,
+      "mi_estimate": jnp.mean(positive_sims) / temperature
+                     - log_mean_exp_negative,
+  }
