@@ -1,0 +1,164 @@
+"""Training and evaluation metrics to a JSON-lines file, TensorBoard and stdout.
+
+`MetricLogger(workdir, total_steps=..., batch_size=...)` writes, on the main
+process only:
+  * WORKDIR/metrics.jsonl: one JSON object per `log`/`log_eval` call, with
+    "step" and the metrics as Python floats (non-finite values are written
+    as NaN/Infinity, which Python's json and pandas read back).
+  * TensorBoard scalar events in WORKDIR, under the same names as the jsonl
+    keys (`tensorboard --logdir WORKDIR`).
+  * one terminal line per call: step/total, loss, lr, images/s and ETA.
+
+Throughput and ETA are measured by the logger, not the caller. When built
+with `batch_size`, each training line gets "images_per_sec" = images
+processed since the previous `log` call / seconds since it (unless the
+caller passes its own). The first `log` of a process has no previous call,
+so its images_per_sec is NaN: the logger cannot know where a resumed run
+started, and time before that call includes compilation. The ETA uses the
+average rate since the first `log` of this process (never since step 0, so
+it stays right after a resume). Other processes (is_main_process=False) do
+nothing at all.
+"""
+import datetime
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+
+METRICS_FILENAME = "metrics.jsonl"
+EVAL_PREFIX = "eval/"
+
+
+def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+  """{"a": {"b": x}} -> {"a/b": float(x)}; values must be scalars."""
+  flat = {}
+  for name, value in metrics.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f"{prefix}{name}/"))
+      continue
+    array = np.asarray(value)
+    if array.size != 1:
+      raise ValueError(f"metric {prefix}{name!r} must be a scalar; got shape "
+                       f"{array.shape}.")
+    flat[f"{prefix}{name}"] = float(array.reshape(()))
+  return flat
+
+
+def _format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "-"
+  return str(datetime.timedelta(seconds=round(seconds)))
+
+
+class MetricLogger:
+  """Writes metrics to WORKDIR/metrics.jsonl, TensorBoard and the terminal."""
+
+  def __init__(self, workdir: str, *, total_steps: int,
+               is_main_process: bool = True,
+               batch_size: Optional[int] = None,
+               clock: Callable[[], float] = time.monotonic):
+    """Opens the outputs (main process only).
+
+    Args:
+      workdir: directory for metrics.jsonl and the TensorBoard events.
+      total_steps: steps of the whole run, for "step N/total" and the ETA.
+      is_main_process: False on other processes: every method is a no-op.
+      batch_size: global batch size; enables "images_per_sec".
+      clock: seconds, monotonic; injectable for tests.
+    """
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self.is_main_process = is_main_process
+    self._clock = clock
+    self._first = None  # (step, time) of this process's first `log`
+    self._previous = None  # (step, time) of the latest `log`
+    if not is_main_process:
+      return
+    # TensorFlow only writes the events; import it where it is needed.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
+    self._tf = tf
+    # Marks the tensors as scalars for TensorBoard, as tf.summary.scalar does
+    # (that needs the `tensorboard` package, which the data stack does not).
+    self._scalar_metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(
+            plugin_name="scalars"))
+    os.makedirs(workdir, exist_ok=True)
+    self._writer = tf.summary.create_file_writer(workdir)
+    self._jsonl = open(os.path.join(workdir, METRICS_FILENAME), "a")
+
+  def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+    """Records training metrics (scalars, jax/numpy or Python) of `step`."""
+    if not self.is_main_process:
+      return
+    now = self._clock()
+    values = _flatten(metrics)
+    if self.batch_size is not None and "images_per_sec" not in values:
+      values["images_per_sec"] = self._images_per_sec(step, now)
+    if self._first is None:
+      self._first = (step, now)
+    self._previous = (step, now)
+    self._write(step, values)
+    print(self._progress_line(step, now, values), flush=True)
+
+  def log_eval(self, step: int, results: Mapping[str, Any],
+               prefix: str = EVAL_PREFIX) -> None:
+    """Records evaluation results (nested dicts allowed) as prefix + name."""
+    if not self.is_main_process:
+      return
+    values = _flatten(results, prefix)
+    self._write(step, values)
+    shown = "  ".join(f"{name} {value:.4f}" for name, value in values.items())
+    print(f"step {step}/{self.total_steps}  {shown}", flush=True)
+
+  def close(self) -> None:
+    """Flushes and closes the outputs."""
+    if not self.is_main_process or self._jsonl.closed:
+      return
+    self._writer.close()
+    self._jsonl.close()
+
+  def __enter__(self) -> "MetricLogger":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+  def _images_per_sec(self, step: int, now: float) -> float:
+    if self._previous is None:
+      return math.nan
+    previous_step, previous_time = self._previous
+    if now <= previous_time:
+      return math.nan
+    return (step - previous_step) * self.batch_size / (now - previous_time)
+
+  def _eta_seconds(self, step: int, now: float) -> float:
+    first_step, first_time = self._first
+    if step <= first_step or now <= first_time:
+      return math.nan
+    steps_per_sec = (step - first_step) / (now - first_time)
+    return max(self.total_steps - step, 0) / steps_per_sec
+
+  def _write(self, step: int, values: dict[str, float]) -> None:
+    self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+    self._jsonl.flush()
+    with self._writer.as_default():
+      for name, value in values.items():
+        self._tf.summary.write(name, self._tf.constant(value, self._tf.float32),
+                               step=int(step), metadata=self._scalar_metadata)
+    self._writer.flush()
+
+  def _progress_line(self, step: int, now: float,
+                     values: dict[str, float]) -> str:
+    fields = [f"step {step}/{self.total_steps}"]
+    if "loss" in values:
+      fields.append(f"loss {values['loss']:.4f}")
+    if "learning_rate" in values:
+      fields.append(f"lr {values['learning_rate']:.3e}")
+    rate = values.get("images_per_sec", math.nan)
+    fields.append(f"{rate:.1f} img/s" if math.isfinite(rate) else "- img/s")
+    fields.append(f"ETA {_format_duration(self._eta_seconds(step, now))}")
+    return "  ".join(fields)
