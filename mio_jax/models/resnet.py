@@ -1,0 +1,214 @@
+"""ResNet-18/34/50 (+ a tiny test variant) and the MIO projector, in Flax Linen.
+
+The layout follows torchvision (the backbone of the public MIO code): convs
+without bias followed by BatchNorm (momentum 0.1 in PyTorch terms, eps 1e-5),
+stride on the 3x3 conv of bottleneck blocks (ResNet v1.5), He-normal fan-out
+initialisation. Two stems: `imagenet` (7x7 stride 2 + 3x3 max-pool) and
+`cifar` (3x3 stride 1, no max-pool, for 32-64 px images).
+
+BatchNorm statistics are over the global batch: inside `jax.jit` with the
+batch sharded over the mesh, the mean/variance reductions are global
+reductions (XLA inserts the all-reduce), so no `axis_name` is needed.
+"""
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+  """Depth and width of a ResNet: block type, blocks per stage, stem width."""
+  block: str  # basic | bottleneck
+  stage_sizes: tuple[int, ...]
+  base_width: int  # channels of the stem and the first stage at width 1
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    # Two one-block stages of 16/32 channels: for tests and the CPU demo.
+    "resnet_tiny": BackboneSpec("basic", (1, 1), 16),
+    "resnet18": BackboneSpec("basic", (2, 2, 2, 2), 64),
+    "resnet34": BackboneSpec("basic", (3, 4, 6, 3), 64),
+    "resnet50": BackboneSpec("bottleneck", (3, 4, 6, 3), 64),
+}
+STEMS = ("cifar", "imagenet")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_EXPANSION = {"basic": 1, "bottleneck": 4}
+
+# torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _batch_norm(train: bool, dtype: Any) -> Callable[..., nn.Module]:
+  # Flax momentum is the weight of the old average: PyTorch's 0.1 is 0.9 here.
+  return functools.partial(nn.BatchNorm, use_running_average=not train,
+                           momentum=0.9, epsilon=1e-5, dtype=dtype)
+
+
+def _conv(features: int, kernel: int, stride: int, dtype: Any,
+          name: str) -> nn.Conv:
+  # Explicit symmetric padding as in PyTorch ("SAME" pads stride-2 convs
+  # asymmetrically, which would shift every feature map by half a pixel).
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((pad, pad), (pad, pad)), use_bias=False,
+                 kernel_init=_conv_init, dtype=dtype, name=name)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs with a residual connection (ResNet-18/34)."""
+  features: int
+  stride: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    norm = _batch_norm(train, self.dtype)
+    y = _conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
+    y = nn.relu(norm(name="bn1")(y))
+    y = _conv(self.features, 3, 1, self.dtype, "conv2")(y)
+    y = norm(name="bn2")(y)
+    if x.shape[-1] != self.features or self.stride != 1:
+      x = _conv(self.features, 1, self.stride, self.dtype, "downsample_conv")(x)
+      x = norm(name="downsample_bn")(x)
+    return nn.relu(x + y)
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 reduce, 3x3 (strided), 1x1 expand x4, residual (ResNet-50)."""
+  features: int
+  stride: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    norm = _batch_norm(train, self.dtype)
+    out_features = self.features * _EXPANSION["bottleneck"]
+    y = _conv(self.features, 1, 1, self.dtype, "conv1")(x)
+    y = nn.relu(norm(name="bn1")(y))
+    y = _conv(self.features, 3, self.stride, self.dtype, "conv2")(y)
+    y = nn.relu(norm(name="bn2")(y))
+    y = _conv(out_features, 1, 1, self.dtype, "conv3")(y)
+    y = norm(name="bn3")(y)
+    if x.shape[-1] != out_features or self.stride != 1:
+      x = _conv(out_features, 1, self.stride, self.dtype, "downsample_conv")(x)
+      x = norm(name="downsample_bn")(x)
+    return nn.relu(x + y)
+
+
+_BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
+
+
+class ResNet(nn.Module):
+  """A ResNet backbone: images (B, H, W, 3) -> pooled features (B, D)."""
+  spec: BackboneSpec
+  stem: str = "cifar"
+  width_multiplier: float = 1.0
+  dtype: Any = jnp.float32
+
+  @property
+  def stage_widths(self) -> tuple[int, ...]:
+    base = max(1, round(self.spec.base_width * self.width_multiplier))
+    return tuple(base * 2**i for i in range(len(self.spec.stage_sizes)))
+
+  @property
+  def feature_dim(self) -> int:
+    return self.stage_widths[-1] * _EXPANSION[self.spec.block]
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    norm = _batch_norm(train, self.dtype)
+    widths = self.stage_widths
+    if self.stem == "imagenet":
+      x = _conv(widths[0], 7, 2, self.dtype, "stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = _conv(widths[0], 3, 1, self.dtype, "stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+    block = _BLOCKS[self.spec.block]
+    for stage, (num_blocks, width) in enumerate(
+        zip(self.spec.stage_sizes, widths)):
+      for i in range(num_blocks):
+        stride = 2 if stage > 0 and i == 0 else 1
+        x = block(width, stride, dtype=self.dtype,
+                  name=f"stage{stage + 1}_block{i + 1}")(x, train=train)
+    return jnp.mean(x, axis=(1, 2))
+
+
+class Projector(nn.Module):
+  """The MLP head of the public MIO code: [Dense-BN-ReLU] x (L-1), Dense-BN.
+
+  Dense layers followed by BatchNorm carry no bias (BatchNorm has one).
+  """
+  num_layers: int = 2
+  hidden_dim: int = 2048
+  output_dim: int = 128
+  last_bn: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    norm = _batch_norm(train, self.dtype)
+    for i in range(self.num_layers - 1):
+      x = nn.Dense(self.hidden_dim, use_bias=False, dtype=self.dtype,
+                   name=f"dense{i + 1}")(x)
+      x = nn.relu(norm(name=f"bn{i + 1}")(x))
+    x = nn.Dense(self.output_dim, use_bias=not self.last_bn, dtype=self.dtype,
+                 name=f"dense{self.num_layers}")(x)
+    if self.last_bn:
+      x = norm(name=f"bn{self.num_layers}")(x)
+    return x
+
+
+class Encoder(nn.Module):
+  """Backbone + projector; `__call__` returns (features, projections) in f32."""
+  backbone: ResNet
+  projector: Projector
+
+  def __call__(self, images: jnp.ndarray, *,
+               train: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
+    features = self.backbone(images.astype(self.backbone.dtype), train=train)
+    projections = self.projector(features, train=train)
+    return features.astype(jnp.float32), projections.astype(jnp.float32)
+
+
+def _choice(kind: str, value: str, valid: Sequence[str]) -> str:
+  if value not in valid:
+    raise ValueError(f"Unknown {kind} {value!r}; valid: {', '.join(valid)}.")
+  return value
+
+
+def build_model(model_config: ml_collections.ConfigDict, *,
+                dtype: Any = "float32") -> Encoder:
+  """The encoder described by `config.model`, computing in `dtype`.
+
+  Parameters are always float32; `dtype` ("float32" | "bfloat16") is the
+  compute dtype of convolutions, dense layers and BatchNorm outputs.
+  """
+  spec = BACKBONES[_choice("model.name", model_config.name, list(BACKBONES))]
+  _choice("model.stem", model_config.stem, STEMS)
+  if isinstance(dtype, str):
+    dtype = DTYPES[_choice("dtype", dtype, list(DTYPES))]
+  if model_config.width_multiplier <= 0:
+    raise ValueError(f"model.width_multiplier must be > 0, got "
+                     f"{model_config.width_multiplier}.")
+  if model_config.projector_num_layers < 1:
+    raise ValueError(f"model.projector_num_layers must be >= 1, got "
+                     f"{model_config.projector_num_layers}.")
+  backbone = ResNet(spec, stem=model_config.stem,
+                    width_multiplier=model_config.width_multiplier,
+                    dtype=dtype)
+  projector = Projector(num_layers=model_config.projector_num_layers,
+                        hidden_dim=model_config.projector_hidden_dim,
+                        output_dim=model_config.projector_output_dim,
+                        last_bn=model_config.projector_last_bn, dtype=dtype)
+  return Encoder(backbone, projector)
+
+
+def feature_dim(model_config: ml_collections.ConfigDict) -> int:
+  """Width of the pooled backbone features (512 for ResNet-18 at width 1)."""
+  return build_model(model_config).backbone.feature_dim
