@@ -1,0 +1,181 @@
+"""Tests of mio_jax.distributed: settings, failure modes, and 2-process training.
+
+The multi-process tests start real processes of tests/multiprocess_runner.py
+on the CPU backend (gloo collectives, a localhost coordinator), each with
+its own 2 fake devices, and read their results from JSON files.
+"""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from etils import epath
+import numpy as np
+import pytest
+
+from mio_jax import distributed
+
+_RUNNER = pathlib.Path(__file__).parent / "multiprocess_runner.py"
+
+
+# ---- settings and validation (no processes started) -----------------------
+
+def test_arguments_override_environment():
+  env = {"MIO_COORDINATOR_ADDRESS": "10.0.0.1:1234", "MIO_NUM_PROCESSES": "4",
+         "MIO_PROCESS_ID": "3", "MIO_DISTRIBUTED_HEARTBEAT_TIMEOUT": "7"}
+  s = distributed.resolve_settings(env, process_id=1)
+  assert s == distributed.DistributedSettings(
+      coordinator_address="10.0.0.1:1234", num_processes=4, process_id=1,
+      heartbeat_timeout=7)
+
+
+def test_jax_coordinator_address_is_honoured():
+  s = distributed.resolve_settings({"JAX_COORDINATOR_ADDRESS": "h:1"})
+  assert s.coordinator_address == "h:1"
+
+
+def test_bad_environment_value_names_the_variable():
+  with pytest.raises(ValueError, match="MIO_NUM_PROCESSES='two'"):
+    distributed.resolve_settings({"MIO_NUM_PROCESSES": "two"})
+
+
+def test_unknown_setting_is_rejected():
+  with pytest.raises(ValueError, match="num_process.*valid"):
+    distributed.resolve_settings({}, num_process=2)
+
+
+def test_single_process_initializes_nothing():
+  assert distributed.initialize(environ={}) is False
+  assert distributed.initialize(environ={"MIO_NUM_PROCESSES": "1"}) is False
+  assert distributed.is_main_process()
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(num_processes=2, process_id=0), "--coordinator_address"),
+    (dict(num_processes=2, coordinator_address="h:1"), "--process_id"),
+    (dict(num_processes=2, process_id=2, coordinator_address="h:1"),
+     r"process_id=2 must be in \[0, num_processes=2\)"),
+    (dict(coordinator_address="h:1"), "--num_processes"),
+])
+def test_incomplete_settings_fail_before_contacting_anyone(settings, message):
+  with pytest.raises(ValueError, match=message):
+    distributed.initialize(environ={}, **settings)
+
+
+def test_slurm_job_is_a_managed_cluster():
+  slurm = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2"}
+  assert distributed._managed_cluster(slurm) == "Slurm"
+  assert distributed._managed_cluster({**slurm, "SLURM_NTASKS": "1"}) is None
+  assert distributed._managed_cluster({}) is None
+
+
+def test_ensure_workdir_creates_nested_dirs_and_is_idempotent(tmp_path):
+  workdir = distributed.ensure_workdir(tmp_path / "a" / "b")
+  assert isinstance(workdir, epath.Path) and workdir.is_dir()
+  assert distributed.ensure_workdir(str(workdir)) == workdir
+
+
+# ---- real processes -------------------------------------------------------
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _child_env(num_devices: int) -> dict:
+  env = {k: v for k, v in os.environ.items() if not k.startswith("MIO_")}
+  env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+  return env
+
+
+def _start(out, *args, env=None, num_devices=2) -> subprocess.Popen:
+  return subprocess.Popen(
+      [sys.executable, str(_RUNNER), f"--out={out}", *args],
+      env={**_child_env(num_devices), **(env or {})},
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _kill_leftovers(procs):
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+
+
+def _finish(procs, timeout):
+  """Waits for every process; returns (returncodes, outputs); kills leftovers."""
+  try:
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return [p.returncode for p in procs], outputs
+  finally:
+    _kill_leftovers(procs)
+
+
+def test_unreachable_coordinator_fails_fast_with_clear_error(tmp_path):
+  port = _free_port()  # Nobody listens there.
+  start = time.monotonic()
+  (code,), (output,) = _finish([_start(
+      tmp_path / "r.json", f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2", "--process_id=1", "--distributed_init_timeout=3")],
+      timeout=60)
+  elapsed = time.monotonic() - start
+  assert code != 0
+  assert f"No JAX coordinator at 127.0.0.1:{port} after 3 s" in output
+  assert elapsed < 30, f"took {elapsed:.0f} s to fail"
+
+
+def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
+  """2 processes x 2 devices give the losses of 1 process x 4 devices."""
+  reference = _start(tmp_path / "ref.json", "--steps=3", num_devices=4)
+  (ref_code,), (ref_output,) = _finish([reference], timeout=300)
+  assert ref_code == 0, ref_output
+  expected = json.loads((tmp_path / "ref.json").read_text())
+
+  address = f"127.0.0.1:{_free_port()}"
+  # Process 0 reads flags, process 1 the environment: both paths are used.
+  procs = [
+      _start(tmp_path / "p0.json", "--steps=3", f"--coordinator_address={address}",
+             "--num_processes=2", "--process_id=0"),
+      _start(tmp_path / "p1.json", "--steps=3",
+             env={"MIO_COORDINATOR_ADDRESS": address, "MIO_NUM_PROCESSES": "2",
+                  "MIO_PROCESS_ID": "1"}),
+  ]
+  codes, outputs = _finish(procs, timeout=300)
+  assert codes == [0, 0], "\n".join(outputs)
+  for i in range(2):
+    result = json.loads((tmp_path / f"p{i}.json").read_text())
+    assert result["process_count"] == 2 and result["device_count"] == 4
+    np.testing.assert_allclose(result["losses"], expected["losses"], rtol=1e-5)
+  assert expected["process_count"] == 1 and expected["device_count"] == 4
+  assert len(expected["losses"]) == 3
+
+
+def test_killed_process_stops_the_other_within_bounded_time(tmp_path):
+  address = f"127.0.0.1:{_free_port()}"
+  flags = [f"--coordinator_address={address}", "--num_processes=2",
+           "--mode=collectives", "--distributed_heartbeat_timeout=5",
+           "--distributed_shutdown_timeout=5"]
+  procs = [_start(tmp_path / f"p{i}.json", *flags, f"--process_id={i}")
+           for i in range(2)]
+  try:
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"p{i}.json").exists() for i in range(2)):
+      assert all(p.poll() is None for p in procs), "a process ended early"
+      assert time.monotonic() < deadline, "processes never got ready"
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    (code,), (output,) = _finish([procs[0]], timeout=60)
+    elapsed = time.monotonic() - killed_at
+  finally:
+    _kill_leftovers(procs)
+  assert code != 0, output
+  # Gloo notices the closed connection at once; JAX's heartbeat (5 s here)
+  # bounds the rest, including the exit barrier.
+  assert elapsed < 30, f"survivor took {elapsed:.0f} s to stop"
