@@ -190,3 +190,21 @@ def test_extract_features_returns_each_example_once_in_order():
   np.testing.assert_array_equal(
       features, images.reshape(num_examples, -1)[:, :5] * 2.0)
   np.testing.assert_array_equal(out_labels, labels)
+
+
+def test_digits_raw_pixels_sanity():
+  """All three evaluations on sklearn's digits pixels (a fixed 1500/297 split)."""
+  datasets = pytest.importorskip("sklearn.datasets")
+  x, y = datasets.load_digits(return_X_y=True)
+  order = np.random.default_rng(0).permutation(len(x))
+  x, y = x[order].astype(np.float32), y[order]
+  train, test = slice(0, 1500), slice(1500, None)
+  args = (x[train], y[train], x[test], y[test])
+  linear = linear_probe(*args, num_classes=10, epochs=100, learning_rate=0.1,
+                        weight_decay=0.0, batch_size=256, seed=0)
+  knn_result = knn_classify(*args, num_classes=10, k=20, temperature=0.07)
+  few = fewshot_probe(*args, num_classes=10, shots=5, trials=5, seed=0)
+  print(f"digits pixels: linear {linear}, kNN {knn_result}, 5-shot {few}")
+  assert linear["top1"] > 0.95
+  assert knn_result["top1"] > 0.95
+  assert 0.75 < few["top1"] < 0.95 and few["top1_std"] > 0.0

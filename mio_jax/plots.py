@@ -1,0 +1,124 @@
+"""Figures of a run: training curves from metrics.jsonl, t-SNE of features.
+
+Uses matplotlib's object API with the Agg canvas (`Figure.savefig`), so no
+display and no global pyplot state are needed.
+"""
+import json
+import math
+from typing import Optional
+
+from matplotlib.figure import Figure
+import numpy as np
+from sklearn.manifold import TSNE
+
+from mio_jax.metric_logging import EVAL_PREFIX
+
+# Panels of the training-curve figure: (title, metric names drawn in it).
+# Names are those of the train step and losses.pair_metrics; a panel with
+# none of its metrics in the file is left out.
+TRAINING_PANELS = (
+    ("loss", ("loss",)),
+    ("learning rate", ("learning_rate",)),
+    ("cosine similarity of pairs", ("pos_sim", "neg_sim")),
+    ("pair classification accuracy",
+     ("pair_accuracy", "pos_accuracy", "neg_accuracy")),
+    ("mutual information estimate (nats)", ("mi_estimate",)),
+    ("throughput (images/s)", ("images_per_sec",)),
+)
+
+
+def read_metrics(metrics_jsonl_path: str) -> dict[str, tuple[np.ndarray,
+                                                             np.ndarray]]:
+  """{name: (steps, values)} sorted by step, from a metrics.jsonl file.
+
+  A step logged twice (re-run after a resume from an older checkpoint) keeps
+  its latest value.
+  """
+  by_name: dict[str, dict[int, float]] = {}
+  with open(metrics_jsonl_path) as f:
+    for line_number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{metrics_jsonl_path}:{line_number} is not JSON "
+                         f"({e}); was the file truncated?") from e
+      step = record.pop("step")
+      for name, value in record.items():
+        by_name.setdefault(name, {})[step] = value
+  return {name: (np.array(sorted(values)),
+                 np.array([values[s] for s in sorted(values)], np.float64))
+          for name, values in by_name.items()}
+
+
+def plot_training_curves(metrics_jsonl_path: str, out_png: str) -> None:
+  """Loss, learning rate, pair metrics, throughput and eval results vs step."""
+  metrics = read_metrics(metrics_jsonl_path)
+  panels = [(title, [n for n in names if n in metrics])
+            for title, names in TRAINING_PANELS]
+  eval_names = sorted(n for n in metrics if n.startswith(EVAL_PREFIX))
+  panels.append(("evaluation", eval_names))
+  panels = [(title, names) for title, names in panels if names]
+  if not panels:
+    raise ValueError(f"{metrics_jsonl_path} holds no metrics to plot.")
+
+  columns = min(2, len(panels))
+  rows = math.ceil(len(panels) / columns)
+  figure = Figure(figsize=(6 * columns, 3.5 * rows), layout="constrained")
+  axes = figure.subplots(rows, columns, squeeze=False).ravel()
+  for axis, (title, names) in zip(axes, panels):
+    for name in names:
+      steps, values = metrics[name]
+      axis.plot(steps, values, marker="o" if len(steps) < 20 else None,
+                label=name.removeprefix(EVAL_PREFIX))
+    if title == "learning rate":
+      axis.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    axis.set_title(title)
+    axis.set_xlabel("step")
+    axis.grid(alpha=0.3)
+    if len(names) > 1 or title == "evaluation":
+      axis.legend(fontsize="small")
+  for axis in axes[len(panels):]:
+    axis.set_visible(False)
+  figure.savefig(out_png, dpi=100)
+
+
+def plot_embedding(features: np.ndarray, labels: np.ndarray, out_png: str, *,
+                   max_points: int, seed: int,
+                   title: Optional[str] = None) -> None:
+  """A 2-D t-SNE of `features` (cosine metric), points coloured by label.
+
+  At most `max_points` examples, drawn uniformly without replacement with
+  `seed` (which also seeds t-SNE), so the figure is reproducible.
+  """
+  features = np.asarray(features, np.float32)
+  labels = np.asarray(labels)
+  if len(features) != len(labels) or len(features) < 2:
+    raise ValueError(f"need >= 2 features with one label each; got "
+                     f"{len(features)} features, {len(labels)} labels.")
+  rng = np.random.default_rng(seed)
+  if len(features) > max_points:
+    keep = np.sort(rng.choice(len(features), size=max_points, replace=False))
+    features, labels = features[keep], labels[keep]
+  # sklearn requires perplexity < number of points.
+  perplexity = min(30.0, max(1.0, (len(features) - 1) / 3))
+  embedded = TSNE(n_components=2, perplexity=perplexity, metric="cosine",
+                  init="pca", random_state=seed).fit_transform(features)
+
+  classes = np.unique(labels)
+  colormap = "tab10" if len(classes) <= 10 else (
+      "tab20" if len(classes) <= 20 else "turbo")
+  figure = Figure(figsize=(7, 6), layout="constrained")
+  axis = figure.subplots()
+  scatter = axis.scatter(embedded[:, 0], embedded[:, 1], s=6,
+                         c=np.searchsorted(classes, labels), cmap=colormap,
+                         vmin=-0.5, vmax=len(classes) - 0.5)
+  if len(classes) <= 20:
+    handles, _ = scatter.legend_elements(num=None)
+    axis.legend(handles, [str(c) for c in classes], title="class",
+                fontsize="small", loc="center left", bbox_to_anchor=(1, 0.5))
+  axis.set_title(title or f"t-SNE of {len(features)} features")
+  axis.set_xticks([])
+  axis.set_yticks([])
+  figure.savefig(out_png, dpi=100)

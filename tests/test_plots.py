@@ -1,0 +1,59 @@
+"""Tests of the figures: they are written as non-empty PNG files."""
+import json
+
+import numpy as np
+import pytest
+
+from mio_jax import plots
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path):
+  data = path.read_bytes()
+  assert len(data) > 1000
+  assert data.startswith(_PNG_SIGNATURE)
+
+
+def _write_jsonl(path, records):
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_read_metrics_keeps_latest_value_of_a_rerun_step(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  _write_jsonl(path, [{"step": 2, "loss": 3.0}, {"step": 4, "loss": 2.0},
+                      {"step": 3, "loss": 9.0},  # resumed from step 2
+                      {"step": 4, "loss": 1.0, "eval/top1": 0.5}])
+  metrics = plots.read_metrics(str(path))
+  np.testing.assert_array_equal(metrics["loss"][0], [2, 3, 4])
+  np.testing.assert_array_equal(metrics["loss"][1], [3.0, 9.0, 1.0])
+  np.testing.assert_array_equal(metrics["eval/top1"][0], [4])
+
+
+def test_plot_training_curves_writes_png(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  records = [{"step": s, "loss": 5.0 / s, "learning_rate": 0.1 * s,
+              "pos_sim": 0.5, "neg_sim": 0.0, "pair_accuracy": 0.9,
+              "mi_estimate": 1.0, "images_per_sec": float("nan") if s == 1
+              else 100.0} for s in range(1, 30)]
+  records.append({"step": 29, "eval/knn/top1": 0.8, "eval/linear/top1": 0.9})
+  _write_jsonl(path, records)
+  out = tmp_path / "curves.png"
+  plots.plot_training_curves(str(path), str(out))
+  _assert_png(out)
+
+
+def test_plot_training_curves_rejects_empty_file(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("")
+  with pytest.raises(ValueError, match="no metrics"):
+    plots.plot_training_curves(str(path), str(tmp_path / "x.png"))
+
+
+def test_plot_embedding_writes_png(tmp_path):
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(3), 40)
+  features = rng.normal(size=(120, 8)) + 3 * np.eye(8)[labels]
+  out = tmp_path / "tsne.png"
+  plots.plot_embedding(features, labels, str(out), max_points=60, seed=0)
+  _assert_png(out)
