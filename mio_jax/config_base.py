@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.hflip = True
   c.augment.color_jitter_strength = 0.5  # s: brightness/contrast/saturation 0.8s, hue 0.2s
   c.augment.color_jitter_prob = 0.8
+  c.augment.color_jitter_random_order = True  # the four jitter ops in random order (torchvision)
   c.augment.grayscale_prob = 0.2
   c.augment.blur_prob = 0.0  # 0.5 for images of 64 px and more
   c.augment.solarize_prob = 0.0  # 0.2 for images of 64 px and more

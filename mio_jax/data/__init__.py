@@ -1,0 +1,37 @@
+"""Input pipelines of mio_jax: datasets, two-view augmentation, eval passes.
+
+TensorFlow only feeds data here: it is hidden from every accelerator and
+kept quiet before anything else imports it.
+
+  dataset_info(config) -> DatasetInfo
+  pretrain_batches(config, mesh, *, start_step=0) -> Iterator[dict]
+  eval_batches(config, mesh, split) -> Iterator[dict]
+  ensure_prepared(config)  # raises DatasetNotPreparedError with the fix
+  prepare_digits(data_dir=None), prepare_dataset(name, data_dir, manual_dir)
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# TF must never allocate GPU memory or claim a TPU JAX needs.
+tf.config.set_visible_devices([], "GPU")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from mio_jax.data.pipeline import eval_batches
+from mio_jax.data.pipeline import pretrain_batches
+from mio_jax.data.registry import DATASETS
+from mio_jax.data.registry import DatasetInfo
+from mio_jax.data.registry import DatasetNotPreparedError
+from mio_jax.data.registry import dataset_info
+from mio_jax.data.registry import ensure_prepared
+from mio_jax.data.registry import prepare_dataset
+from mio_jax.data.registry import prepare_digits
+
+__all__ = [
+    "DATASETS", "DatasetInfo", "DatasetNotPreparedError", "dataset_info",
+    "ensure_prepared", "eval_batches", "prepare_dataset", "prepare_digits",
+    "pretrain_batches",
+]

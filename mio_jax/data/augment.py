@@ -1,0 +1,284 @@
+"""Host-side image ops for the two-view augmentation, as small tf functions.
+
+Every random choice is a stateless TF op driven by an explicit `seed`
+(an int64 tensor of shape [2]), so the same key always gives the same view,
+in eager mode and inside `tf.data` alike. Keys come from
+`example_key(seed, epoch, index)` and `view_key(key, view)`; each op draws
+its own sub-key with `tf.random.experimental.stateless_split`.
+
+Images are uint8 in, float32 in [0, 1] after `random_resized_crop` (or
+`eval_resize_crop`), HWC with 3 channels. The recipe follows SimCLR/MIO:
+random resized crop, horizontal flip, colour jitter (p), grayscale (p),
+Gaussian blur (p), solarise (p), then the small-image extras
+(rotation/translation, Gaussian noise) used for digits.
+"""
+import dataclasses
+import math
+from typing import Callable
+
+import ml_collections
+import tensorflow as tf
+
+# Kernel side of the Gaussian blur as a fraction of the image side (SimCLR).
+_BLUR_KERNEL_FRACTION = 0.1
+_BLUR_SIGMA_RANGE = (0.1, 2.0)
+# Sub-keys drawn per view: crop, flip, jitter (apply, op), grayscale, blur
+# (apply, op), solarise, affine, noise.
+_NUM_VIEW_SUBKEYS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentParams:
+  """The augmentation settings of one run (from `config.augment`)."""
+  image_size: int
+  crop_scale: tuple[float, float] = (0.08, 1.0)
+  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  hflip: bool = True
+  color_jitter_strength: float = 0.5
+  color_jitter_prob: float = 0.8
+  color_jitter_random_order: bool = True
+  grayscale_prob: float = 0.2
+  blur_prob: float = 0.0
+  solarize_prob: float = 0.0
+  rotation_degrees: float = 0.0
+  translate_pixels: int = 0
+  gaussian_noise_std: float = 0.0
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "AugmentParams":
+    a = config.augment
+    return cls(
+        image_size=int(config.dataset.image_size),
+        crop_scale=tuple(float(x) for x in a.crop_scale),
+        crop_ratio=tuple(float(x) for x in a.crop_ratio),
+        hflip=bool(a.hflip),
+        color_jitter_strength=float(a.color_jitter_strength),
+        color_jitter_prob=float(a.color_jitter_prob),
+        color_jitter_random_order=bool(a.color_jitter_random_order),
+        grayscale_prob=float(a.grayscale_prob),
+        blur_prob=float(a.blur_prob),
+        solarize_prob=float(a.solarize_prob),
+        rotation_degrees=float(a.rotation_degrees),
+        translate_pixels=int(a.translate_pixels),
+        gaussian_noise_std=float(a.gaussian_noise_std),
+    )
+
+
+# ---- keys ------------------------------------------------------------------
+
+
+def example_key(seed, epoch, index) -> tf.Tensor:
+  """The key of one example in one epoch: int64 [2] from (seed, epoch, index)."""
+  key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+  return tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64))
+
+
+def view_key(key: tf.Tensor, view: int) -> tf.Tensor:
+  """Independent keys for the two views of one example."""
+  return tf.random.experimental.stateless_fold_in(key, tf.cast(view, tf.int64))
+
+
+def random_apply(fn: Callable[[tf.Tensor], tf.Tensor], image: tf.Tensor,
+                 seed: tf.Tensor, prob: float) -> tf.Tensor:
+  """`fn(image)` with probability `prob`, else `image`."""
+  if prob <= 0.0:
+    return image
+  if prob >= 1.0:
+    return fn(image)
+  draw = tf.random.stateless_uniform([], seed)
+  return tf.cond(draw < prob, lambda: fn(image), lambda: image)
+
+
+# ---- geometry --------------------------------------------------------------
+
+
+def _resize_float(image: tf.Tensor, height, width) -> tf.Tensor:
+  """Bilinear (antialiased) resize to float32 in [0, 1]."""
+  image = tf.image.convert_image_dtype(image, tf.float32)
+  image = tf.image.resize(image, tf.stack([height, width]),
+                          method="bilinear", antialias=True)
+  return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, size: int,
+                        scale: tuple[float, float],
+                        ratio: tuple[float, float]) -> tf.Tensor:
+  """Crop of random area fraction `scale` and aspect `ratio`, resized to size.
+
+  uint8 or float HWC in, float32 [size, size, C] in [0, 1] out. When no
+  window fits after 10 tries the whole image is used (TF's fallback;
+  torchvision falls back to a centre crop).
+  """
+  whole_image = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), bounding_boxes=whole_image, seed=seed,
+      min_object_covered=0.0, aspect_ratio_range=ratio, area_range=scale,
+      max_attempts=10, use_image_if_no_bounding_boxes=True)
+  crop = tf.slice(image, begin, crop_size)
+  return _resize_float(crop, size, size)
+
+
+def eval_resize_crop(image: tf.Tensor, *, size: int,
+                     crop_fraction: float) -> tf.Tensor:
+  """Evaluation view: resize the short side to size/crop_fraction, centre crop.
+
+  crop_fraction 0.875 is the ImageNet convention (256 -> 224); 1.0 keeps the
+  whole (square) image. float32 [size, size, C] in [0, 1] out.
+  """
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  factor = (size / crop_fraction) / tf.reduce_min(shape)
+  new_hw = tf.maximum(tf.cast(tf.round(shape * factor), tf.int32), size)
+  resized = _resize_float(image, new_hw[0], new_hw[1])
+  top = (new_hw[0] - size) // 2
+  left = (new_hw[1] - size) // 2
+  return tf.image.crop_to_bounding_box(resized, top, left, size, size)
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Horizontal flip with probability 1/2."""
+  return tf.image.stateless_random_flip_left_right(image, seed)
+
+
+def random_affine(image: tf.Tensor, seed: tf.Tensor, *, max_degrees: float,
+                  max_translate: float) -> tf.Tensor:
+  """Rotation about the centre by U(-d, d) degrees and a U(-t, t) px shift.
+
+  Uncovered pixels are filled with 0 (black: the digits background).
+  """
+  angle_seed, shift_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2))
+  angle = tf.random.stateless_uniform(
+      [], angle_seed, -max_degrees, max_degrees) * (math.pi / 180.0)
+  shift_x, shift_y = tf.unstack(tf.random.stateless_uniform(
+      [2], shift_seed, -float(max_translate), float(max_translate)))
+  height = tf.cast(tf.shape(image)[0], tf.float32)
+  width = tf.cast(tf.shape(image)[1], tf.float32)
+  cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+  cos, sin = tf.cos(angle), tf.sin(angle)
+  # The transform maps output (x, y) to the input point it samples:
+  # input = R(-angle) (output - centre - shift) + centre.
+  transform = tf.stack([
+      cos, sin, cx - cos * (cx + shift_x) - sin * (cy + shift_y),
+      -sin, cos, cy + sin * (cx + shift_x) - cos * (cy + shift_y),
+      0.0, 0.0,
+  ])
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=image[None], transforms=transform[None],
+      output_shape=tf.shape(image)[:2], fill_value=0.0,
+      interpolation="BILINEAR", fill_mode="CONSTANT")
+  return out[0]
+
+
+# ---- colour ----------------------------------------------------------------
+
+
+def color_jitter(image: tf.Tensor, seed: tf.Tensor, *, strength: float,
+                 random_order: bool) -> tf.Tensor:
+  """SimCLR colour jitter: brightness, contrast, saturation 0.8s, hue 0.2s.
+
+  Brightness multiplies by U(1-0.8s, 1+0.8s) (torchvision's definition; TF's
+  own random_brightness adds a delta instead). With `random_order` the four
+  ops run in a random permutation, as torchvision's ColorJitter does.
+  """
+  b = c = s = 0.8 * strength
+  h = min(0.2 * strength, 0.5)
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+
+  def brightness(x):
+    factor = tf.random.stateless_uniform([], seeds[0], max(0.0, 1 - b), 1 + b)
+    return tf.clip_by_value(x * factor, 0.0, 1.0)
+
+  def contrast(x):
+    return tf.clip_by_value(tf.image.stateless_random_contrast(
+        x, max(0.0, 1 - c), 1 + c, seeds[1]), 0.0, 1.0)
+
+  def saturation(x):
+    return tf.clip_by_value(tf.image.stateless_random_saturation(
+        x, max(0.0, 1 - s), 1 + s, seeds[2]), 0.0, 1.0)
+
+  def hue(x):
+    return tf.clip_by_value(
+        tf.image.stateless_random_hue(x, h, seeds[3]), 0.0, 1.0)
+
+  ops = [brightness, contrast, saturation, hue]
+  if not random_order:
+    for op in ops:
+      image = op(image)
+    return image
+  order = tf.argsort(tf.random.stateless_uniform([len(ops)], seeds[4]))
+  for position in range(len(ops)):
+    image = tf.switch_case(
+        order[position], [lambda op=op: op(image) for op in ops])
+  return image
+
+
+def to_grayscale(image: tf.Tensor) -> tf.Tensor:
+  """Luma, replicated to 3 channels."""
+  return tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
+
+
+def gaussian_blur(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Separable Gaussian blur, sigma ~ U(0.1, 2), kernel ~10% of the side."""
+  side = image.shape[0]
+  if side is None:
+    raise ValueError("gaussian_blur needs a static image size.")
+  radius = max(1, int(side * _BLUR_KERNEL_FRACTION) // 2)
+  sigma = tf.random.stateless_uniform([], seed, *_BLUR_SIGMA_RANGE)
+  x = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kernel = tf.exp(-(x ** 2) / (2.0 * sigma ** 2))
+  kernel /= tf.reduce_sum(kernel)
+  channels = image.shape[-1]
+  kernel_h = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+  kernel_w = tf.reshape(kernel_h, [1, -1, channels, 1])
+  padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius],
+                                [0, 0]], mode="REFLECT")
+  out = tf.nn.depthwise_conv2d(padded, kernel_h, [1, 1, 1, 1], "VALID")
+  out = tf.nn.depthwise_conv2d(out, kernel_w, [1, 1, 1, 1], "VALID")
+  return out[0]
+
+
+def solarize(image: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
+  """Invert pixels at or above `threshold` (images in [0, 1])."""
+  return tf.where(image < threshold, image, 1.0 - image)
+
+
+def gaussian_noise(image: tf.Tensor, seed: tf.Tensor, *,
+                   std: float) -> tf.Tensor:
+  """Additive N(0, std^2) pixel noise, clipped to [0, 1]."""
+  noise = tf.random.stateless_normal(tf.shape(image), seed, stddev=std)
+  return tf.clip_by_value(image + noise, 0.0, 1.0)
+
+
+def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
+  """(image - mean) / std per channel; image float in [0, 1]."""
+  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+# ---- one view --------------------------------------------------------------
+
+
+def augment_view(image: tf.Tensor, seed: tf.Tensor,
+                 params: AugmentParams) -> tf.Tensor:
+  """One augmented view: uint8 HWC (3 channels) -> float32 [S, S, 3] in [0, 1]."""
+  keys = tf.unstack(
+      tf.random.experimental.stateless_split(seed, _NUM_VIEW_SUBKEYS))
+  image = random_resized_crop(image, keys[0], size=params.image_size,
+                              scale=params.crop_scale, ratio=params.crop_ratio)
+  if params.hflip:
+    image = random_flip(image, keys[1])
+  if params.color_jitter_strength > 0:
+    image = random_apply(
+        lambda x: color_jitter(x, keys[3],
+                               strength=params.color_jitter_strength,
+                               random_order=params.color_jitter_random_order),
+        image, keys[2], params.color_jitter_prob)
+  image = random_apply(to_grayscale, image, keys[4], params.grayscale_prob)
+  image = random_apply(lambda x: gaussian_blur(x, keys[6]), image, keys[5],
+                       params.blur_prob)
+  image = random_apply(solarize, image, keys[7], params.solarize_prob)
+  if params.rotation_degrees > 0 or params.translate_pixels > 0:
+    image = random_affine(image, keys[8], max_degrees=params.rotation_degrees,
+                          max_translate=params.translate_pixels)
+  if params.gaussian_noise_std > 0:
+    image = gaussian_noise(image, keys[9], std=params.gaussian_noise_std)
+  return image

@@ -1,0 +1,13 @@
+"""TFDS builders defined by mio_jax; importing this module registers them.
+
+- `digits`: scikit-learn's 8x8 digits, built offline (the CPU demo data).
+- `tiny_imagenet`: from the user's `tiny-imagenet-200.zip` (manual_dir).
+- `imagenet100`: the CMC ImageNet-100 subset, from the ImageNet-1K archives
+  in the user's manual_dir.
+"""
+from mio_jax.data.builders.digits import Digits
+from mio_jax.data.builders.imagenet100 import Imagenet100
+from mio_jax.data.builders.imagenet100 import imagenet100_class_ids
+from mio_jax.data.builders.tiny_imagenet import TinyImagenet
+
+__all__ = ["Digits", "Imagenet100", "TinyImagenet", "imagenet100_class_ids"]

@@ -1,0 +1,363 @@
+"""Deterministic tf.data input pipelines feeding global, sharded jax.Arrays.
+
+Which examples a step sees is decided by plain NumPy index arithmetic, not
+by tf.data shuffling, so it depends only on (seed, step):
+
+  * pretraining step i of epoch e = i // steps_per_epoch takes positions
+    [p*B, (p+1)*B), p = i % steps_per_epoch, of a permutation of the whole
+    pretraining split drawn from (seed, e) (the epoch's remainder is
+    dropped);
+  * each process reads only its contiguous slice of those B rows, the rows
+    its devices hold under `mesh.batch_sharding(mesh)`;
+  * every augmentation draw is keyed by (seed, epoch, example index, view).
+
+The global batch of a step is therefore identical on restart (the iterator
+starts at `start_step` without touching earlier steps), on 1 or 8 devices
+and with 1 or 2 processes.
+
+Reading by index needs random access. Small datasets are decoded once into
+a uint8 array in host RAM (`ArraySource`); ImageNet-scale ones are read as
+encoded JPEG bytes from ArrayRecord files with `tfds.data_source`
+(`EncodedSource`) and decoded per step. The trade-off: the whole split is
+shuffled exactly every epoch and any step can be reproduced alone, at the
+price of ArrayRecord files (TFDS 4.9.10 still writes TFRecord by default,
+which has no random access; `python -m mio_jax.data.prepare` writes
+ArrayRecord) and of per-record reads instead of large sequential ones.
+"""
+import collections
+import dataclasses
+import functools
+import itertools
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mio_jax import mesh as mesh_lib
+from mio_jax.data import augment
+from mio_jax.data import registry
+
+# Mixed into the permutation seed so it is not the augmentation stream.
+_PERMUTATION_STREAM = 0x5EED
+
+
+# ---- example sources (random access by index) -------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+  """A split decoded into memory: uint8 images (N, H, W, C), int labels (N,)."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  encoded = False
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return self.images[indices], self.labels[indices]
+
+  @property
+  def image_spec(self) -> tf.TensorSpec:
+    return tf.TensorSpec((None,) + self.images.shape[1:], tf.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedSource:
+  """Records {"image": encoded bytes, "label": int} readable by index."""
+  records: Sequence[dict[str, Any]]
+
+  encoded = True
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    records = [self.records[int(i)] for i in indices]
+    images = np.array([r["image"] for r in records], dtype=object)
+    labels = np.array([r["label"] for r in records], dtype=np.int64)
+    return images, labels
+
+  @property
+  def image_spec(self) -> tf.TensorSpec:
+    return tf.TensorSpec((None,), tf.string)
+
+
+def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+  resized = tf.image.resize(images, (size, size), method="bilinear",
+                            antialias=True)
+  return np.asarray(tf.cast(tf.clip_by_value(tf.round(resized), 0, 255),
+                            tf.uint8))
+
+
+@functools.lru_cache(maxsize=4)
+def load_source(name: str, split: str, data_dir: Optional[str],
+                image_size: int):
+  """An ArraySource or EncodedSource for a TFDS split of dataset `name`.
+
+  Cached: the evaluators ask for the same splits again and again. Call
+  `load_source.cache_clear()` after the data changes (tests).
+  """
+  spec = registry.get_spec(name)
+  if spec.storage == "random_access":
+    records = tfds.data_source(
+        spec.tfds_name, split=split, data_dir=data_dir, download=False,
+        decoders={"image": tfds.decode.SkipDecoding()})
+    return EncodedSource(records)
+  data = tfds.as_numpy(tfds.load(spec.tfds_name, split=split,
+                                 data_dir=data_dir, batch_size=-1,
+                                 download=False))
+  images = np.asarray(data["image"], np.uint8)
+  if spec.resize_on_load:
+    images = _resize_uint8(images, image_size)
+  return ArraySource(images, np.asarray(data["label"], np.int64))
+
+
+def _source(config: ml_collections.ConfigDict, split: str):
+  return load_source(config.dataset.name, split, config.dataset.data_dir,
+                     int(config.dataset.image_size))
+
+
+# ---- which examples each step reads ---------------------------------------
+
+
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """The order of the pretraining split in `epoch` (PCG64, platform-stable)."""
+  rng = np.random.default_rng([seed, epoch, _PERMUTATION_STREAM])
+  return rng.permutation(num_examples)
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  """Full batches per epoch (the remainder of each epoch is dropped)."""
+  if num_examples < global_batch_size:
+    raise ValueError(f"The pretraining split has {num_examples} examples, "
+                     f"fewer than config.batch_size={global_batch_size}.")
+  return num_examples // global_batch_size
+
+
+def pretrain_step_indices(step: int, *, seed: int, num_examples: int,
+                          global_batch_size: int) -> tuple[np.ndarray, int]:
+  """(example indices of the global batch of `step`, its epoch)."""
+  epoch, position = divmod(step, steps_per_epoch(num_examples,
+                                                 global_batch_size))
+  order = epoch_permutation(seed, epoch, num_examples)
+  start = position * global_batch_size
+  return order[start:start + global_batch_size], epoch
+
+
+def eval_batch_indices(batch: int, *, num_examples: int,
+                       global_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(example indices, mask) of eval batch `batch`; padding rows masked out."""
+  positions = batch * global_batch_size + np.arange(global_batch_size)
+  mask = positions < num_examples
+  return np.where(mask, positions, 0), mask
+
+
+def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
+  return -(-num_examples // global_batch_size)
+
+
+def process_slice(global_batch_size: int, process_index: int,
+                  process_count: int) -> slice:
+  """Rows of each global batch that process `process_index` loads."""
+  if global_batch_size % process_count:
+    raise ValueError(f"Batch size {global_batch_size} is not divisible by "
+                     f"the {process_count} processes.")
+  per_process = global_batch_size // process_count
+  return slice(process_index * per_process, (process_index + 1) * per_process)
+
+
+def _local_rows(mesh: jax.sharding.Mesh, global_batch_size: int) -> slice:
+  """This process's rows, checked against what its devices hold."""
+  if global_batch_size % mesh.size:
+    raise ValueError(f"Batch size {global_batch_size} is not divisible by "
+                     f"the {mesh.size} devices of the mesh.")
+  rows = process_slice(global_batch_size, jax.process_index(),
+                       jax.process_count())
+  index_map = mesh_lib.batch_sharding(mesh).addressable_devices_indices_map(
+      (global_batch_size,))
+  held = sorted(s[0].indices(global_batch_size)[:2] for s in index_map.values())
+  if (held[0][0], held[-1][1]) != (rows.start, rows.stop) or any(
+      a[1] != b[0] for a, b in zip(held, held[1:])):
+    raise ValueError(
+        f"Process {jax.process_index()} devices hold rows {held} of the "
+        f"batch, not the contiguous block {rows}: build the mesh with "
+        "mio_jax.mesh.make_data_mesh(), which orders devices by process.")
+  return rows
+
+
+# ---- tf.data stages -----------------------------------------------------------
+
+
+def _decoded_rgb(image: tf.Tensor, encoded: bool) -> tf.Tensor:
+  """uint8 HWC with 3 channels from a source element."""
+  if encoded:
+    image = tf.io.decode_image(image, channels=3, expand_animations=False)
+  if image.shape[-1] == 1:
+    image = tf.image.grayscale_to_rgb(image)
+  return image
+
+
+def _local_batches(make_records: Callable[[], Iterator[tuple]], source,
+                   local_batch: int, example_fn) -> tf.data.Dataset:
+  """tf.data over per-step record tuples: unbatch, map example_fn, rebatch."""
+  record_spec = (source.image_spec, tf.TensorSpec((None,), tf.int64),
+                 tf.TensorSpec((None,), tf.int64),
+                 tf.TensorSpec((None,), tf.int64))
+  ds = tf.data.Dataset.from_generator(make_records,
+                                      output_signature=record_spec)
+  ds = ds.unbatch()
+  ds = ds.map(example_fn, num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _global_batches(local_batches: Iterator[dict[str, np.ndarray]],
+                    mesh: jax.sharding.Mesh, global_batch_size: int,
+                    prefetch: int) -> Iterator[dict[str, jax.Array]]:
+  """Local numpy batches -> global arrays, `prefetch` transfers in flight."""
+  sharding = mesh_lib.batch_sharding(mesh)
+
+  def to_global(batch):
+    return {
+        k: jax.make_array_from_process_local_data(
+            sharding, v, (global_batch_size,) + v.shape[1:])
+        for k, v in batch.items()
+    }
+
+  queue = collections.deque()
+  for batch in local_batches:
+    queue.append(to_global(batch))
+    if len(queue) > prefetch:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+# ---- pretraining -----------------------------------------------------------
+
+
+def pretrain_records(source, *, seed: int, global_batch_size: int,
+                     rows: slice, start_step: int = 0) -> Iterator[tuple]:
+  """Per step, this process's (images, labels, example indices, epochs)."""
+  num_examples = len(source)
+  steps = steps_per_epoch(num_examples, global_batch_size)
+  order, order_epoch = None, None
+  for step in itertools.count(start_step):
+    epoch, position = divmod(step, steps)
+    if epoch != order_epoch:
+      order, order_epoch = epoch_permutation(seed, epoch, num_examples), epoch
+    start = position * global_batch_size
+    indices = order[start:start + global_batch_size][rows]
+    images, labels = source.get(indices)
+    yield images, labels, indices, np.full_like(indices, epoch)
+
+
+def two_view_fn(params: augment.AugmentParams, *, seed: int, mean, std,
+                encoded: bool):
+  """The per-example map: record -> {"view1", "view2", "label"}."""
+
+  def fn(image, label, index, epoch):
+    image = _decoded_rgb(image, encoded)
+    key = augment.example_key(seed, epoch, index)
+    views = {}
+    for view in (1, 2):
+      x = augment.augment_view(image, augment.view_key(key, view), params)
+      views[f"view{view}"] = augment.normalize(x, mean, std)
+    return {**views, "label": tf.cast(label, tf.int32)}
+
+  return fn
+
+
+def pretrain_dataset(source, config: ml_collections.ConfigDict, *,
+                     rows: slice, start_step: int = 0) -> tf.data.Dataset:
+  """This process's share of the pretraining batches, as numpy-ready tf.data."""
+  spec = registry.get_spec(config.dataset.name)
+  make_records = functools.partial(
+      pretrain_records, source, seed=int(config.seed),
+      global_batch_size=int(config.batch_size), rows=rows,
+      start_step=start_step)
+  example_fn = two_view_fn(augment.AugmentParams.from_config(config),
+                           seed=int(config.seed), mean=spec.mean, std=spec.std,
+                           encoded=source.encoded)
+  return _local_batches(make_records, source, rows.stop - rows.start,
+                        example_fn)
+
+
+def pretrain_batches(config: ml_collections.ConfigDict,
+                     mesh: jax.sharding.Mesh, *,
+                     start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
+  """Endless pretraining batches from step `start_step` on.
+
+  Each: {"view1", "view2": f32 (batch_size, S, S, 3) normalised,
+  "label": int32 (batch_size,)}, sharded over the mesh's `data` axis.
+  """
+  registry.ensure_prepared(config)
+  spec = registry.get_spec(config.dataset.name)
+  source = _source(config, spec.pretrain_split)
+  rows = _local_rows(mesh, int(config.batch_size))
+  ds = pretrain_dataset(source, config, rows=rows, start_step=start_step)
+  return _global_batches(tfds.as_numpy(ds), mesh, int(config.batch_size),
+                         int(config.dataset.prefetch))
+
+
+# ---- evaluation --------------------------------------------------------------
+
+
+def eval_records(source, *, global_batch_size: int,
+                 rows: slice) -> Iterator[tuple]:
+  """Per batch, this process's (images, labels, masks, indices); finite."""
+  for batch in range(num_eval_batches(len(source), global_batch_size)):
+    indices, mask = eval_batch_indices(batch, num_examples=len(source),
+                                       global_batch_size=global_batch_size)
+    indices, mask = indices[rows], mask[rows]
+    images, labels = source.get(indices)
+    yield images, np.where(mask, labels, -1), mask.astype(np.int64), indices
+
+
+def eval_dataset(source, config: ml_collections.ConfigDict, *,
+                 rows: slice) -> tf.data.Dataset:
+  spec = registry.get_spec(config.dataset.name)
+  size = int(config.dataset.image_size)
+
+  def example_fn(image, label, mask, index):
+    del index  # Only carried for debugging symmetry with pretraining.
+    image = _decoded_rgb(image, source.encoded)
+    image = augment.eval_resize_crop(image, size=size,
+                                     crop_fraction=spec.eval_crop_fraction)
+    return {"image": augment.normalize(image, spec.mean, spec.std),
+            "label": tf.cast(label, tf.int32), "mask": tf.cast(mask, tf.bool)}
+
+  make_records = functools.partial(
+      eval_records, source, global_batch_size=int(config.eval.batch_size),
+      rows=rows)
+  return _local_batches(make_records, source, rows.stop - rows.start,
+                        example_fn)
+
+
+def eval_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                 split: str) -> Iterator[dict[str, jax.Array]]:
+  """One pass over the "train" or "test" split, every example exactly once.
+
+  Each: {"image": f32 (B, S, S, 3), "label": int32 (-1 on padding),
+  "mask": bool}, B = config.eval.batch_size; the last batch is padded with
+  mask False.
+  """
+  spec = registry.get_spec(config.dataset.name)
+  if split not in spec.eval_splits:
+    raise ValueError(f"Unknown eval split {split!r}; valid: "
+                     f"{', '.join(spec.eval_splits)}.")
+  registry.ensure_prepared(config)
+  source = _source(config, spec.eval_splits[split])
+  rows = _local_rows(mesh, int(config.eval.batch_size))
+  ds = eval_dataset(source, config, rows=rows)
+  return _global_batches(tfds.as_numpy(ds), mesh, int(config.eval.batch_size),
+                         int(config.dataset.prefetch))

@@ -1,0 +1,252 @@
+"""The datasets mio_jax knows, how big they are, and whether they are prepared.
+
+`DATASETS` maps `config.dataset.name` to a `DatasetSpec`. Split sizes come
+from the prepared dataset's own `dataset_info.json` when there is one and
+from the table here otherwise (e.g. under `tfds.testing.mock_data`, whose
+`info.splits` is empty).
+
+`ensure_prepared(config)` only looks at files (the builder's
+`data_path/dataset_info.json`), never at the network: an unguarded
+`tfds.load` of a missing dataset retries the network for minutes.
+"""
+import dataclasses
+import os
+import shlex
+from typing import Mapping, Optional
+
+import ml_collections
+import tensorflow_datasets as tfds
+from absl import logging
+
+# Imported for its side effect: registers digits, tiny_imagenet, imagenet100.
+from mio_jax.data import builders  # pylint: disable=unused-import
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DatasetNotPreparedError(RuntimeError):
+  """The dataset's TFDS files are missing or unusable; the message says how to make them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """How one dataset is read.
+
+  storage: "memory" decodes the split once into a uint8 array held in host
+  RAM (fast, fine up to a few GB: digits, CIFAR, STL-10, Tiny ImageNet);
+  "random_access" reads encoded JPEGs by index from ArrayRecord files
+  (`tfds.data_source`) and decodes them per step (ImageNet scale).
+  """
+  tfds_name: str
+  pretrain_split: str  # TFDS split expression, e.g. "train+unlabelled"
+  eval_splits: Mapping[str, str]  # "train" / "test" -> TFDS split
+  split_sizes: Mapping[str, int]  # fallback sizes by TFDS split
+  num_classes: int
+  mean: tuple[float, float, float]  # per channel, images in [0, 1]
+  std: tuple[float, float, float]
+  storage: str = "memory"
+  eval_crop_fraction: float = 1.0  # 0.875: ImageNet resize + centre crop
+  resize_on_load: bool = False  # digits: resize the tiny source once to S
+  manual_files: tuple[str, ...] = ()  # archives the user supplies
+  auto_prepare: bool = False  # built offline on first use
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec(
+        tfds_name="digits", pretrain_split="train",
+        eval_splits={"train": "train", "test": "test"},
+        split_sizes={"train": 1500, "test": 297}, num_classes=10,
+        # Measured on all 1,797 images scaled to [0, 1] (grey, so equal).
+        mean=(0.3053, 0.3053, 0.3053), std=(0.3759, 0.3759, 0.3759),
+        resize_on_load=True, auto_prepare=True),
+    "cifar10": DatasetSpec(
+        tfds_name="cifar10", pretrain_split="train",
+        eval_splits={"train": "train", "test": "test"},
+        split_sizes={"train": 50_000, "test": 10_000}, num_classes=10,
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "cifar100": DatasetSpec(
+        tfds_name="cifar100", pretrain_split="train",
+        eval_splits={"train": "train", "test": "test"},
+        split_sizes={"train": 50_000, "test": 10_000}, num_classes=100,
+        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+    "stl10": DatasetSpec(
+        tfds_name="stl10", pretrain_split="train+unlabelled",
+        eval_splits={"train": "train", "test": "test"},
+        split_sizes={"train": 5_000, "test": 8_000, "unlabelled": 100_000},
+        num_classes=10,
+        mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713)),
+    "tiny_imagenet": DatasetSpec(
+        tfds_name="tiny_imagenet", pretrain_split="train",
+        eval_splits={"train": "train", "test": "validation"},
+        split_sizes={"train": 100_000, "validation": 10_000}, num_classes=200,
+        mean=(0.4802, 0.4481, 0.3975), std=(0.2770, 0.2691, 0.2821),
+        manual_files=("tiny-imagenet-200.zip",)),
+    "imagenet100": DatasetSpec(
+        tfds_name="imagenet100", pretrain_split="train",
+        eval_splits={"train": "train", "test": "validation"},
+        split_sizes={"train": 126_689, "validation": 5_000}, num_classes=100,
+        mean=_IMAGENET_MEAN, std=_IMAGENET_STD, storage="random_access",
+        eval_crop_fraction=0.875,
+        manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")),
+    "imagenet1k": DatasetSpec(
+        tfds_name="imagenet2012", pretrain_split="train",
+        eval_splits={"train": "train", "test": "validation"},
+        split_sizes={"train": 1_281_167, "validation": 50_000},
+        num_classes=1000, mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
+        storage="random_access", eval_crop_fraction=0.875,
+        manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")),
+}
+
+# The file format each storage needs (random access needs ArrayRecord).
+STORAGE_FILE_FORMAT = {"memory": "tfrecord", "random_access": "array_record"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the trainer and evaluators need to know about a dataset."""
+  name: str
+  num_pretrain_examples: int
+  num_classes: int
+  image_size: int
+  eval_splits: Mapping[str, str]  # "train" / "test" -> TFDS split name
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  num_eval_examples: Mapping[str, int]  # "train" / "test" -> size
+
+
+def get_spec(name: str) -> DatasetSpec:
+  """The spec of `name`; a ValueError lists the valid names."""
+  if name not in DATASETS:
+    raise ValueError(f"Unknown dataset {name!r} (config.dataset.name). "
+                     f"Valid names: {', '.join(sorted(DATASETS))}.")
+  return DATASETS[name]
+
+
+def _builder(spec: DatasetSpec,
+             data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
+  return tfds.builder(spec.tfds_name, data_dir=data_dir)
+
+
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+  return (builder.data_path / "dataset_info.json").exists()
+
+
+def split_size(spec: DatasetSpec, split: str,
+               data_dir: Optional[str] = None) -> int:
+  """Examples in a split expression such as "train+unlabelled".
+
+  Read from the prepared dataset's info when it lists the split, else from
+  the spec's table.
+  """
+  builder = _builder(spec, data_dir)
+  known = builder.info.splits if _is_prepared(builder) else {}
+  total = 0
+  for part in split.split("+"):
+    total += (known[part].num_examples if part in known
+              else spec.split_sizes[part])
+  return total
+
+
+def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+  """Sizes, classes and normalisation of `config.dataset.name`."""
+  spec = get_spec(config.dataset.name)
+  data_dir = config.dataset.data_dir
+  return DatasetInfo(
+      name=config.dataset.name,
+      num_pretrain_examples=split_size(spec, spec.pretrain_split, data_dir),
+      num_classes=spec.num_classes,
+      image_size=int(config.dataset.image_size),
+      eval_splits=dict(spec.eval_splits),
+      mean=spec.mean,
+      std=spec.std,
+      num_eval_examples={k: split_size(spec, v, data_dir)
+                         for k, v in spec.eval_splits.items()},
+  )
+
+
+def prepare_command(name: str, data_dir: Optional[str] = None,
+                    manual_dir: Optional[str] = None) -> str:
+  """The shell command that prepares `name`."""
+  spec = get_spec(name)
+  parts = ["python", "-m", "mio_jax.data.prepare", f"--dataset={name}"]
+  if data_dir:
+    parts.append(f"--data_dir={data_dir}")
+  if spec.manual_files:
+    parts.append(f"--manual_dir={manual_dir or 'DIR_WITH_ARCHIVES'}")
+  return shlex.join(parts)
+
+
+def _not_prepared_message(name: str, spec: DatasetSpec, builder,
+                          data_dir: Optional[str],
+                          manual_dir: Optional[str]) -> str:
+  lines = [f"Dataset {name!r} (TFDS {spec.tfds_name!r}) is not prepared in "
+           f"{builder.data_dir_root} (looked for "
+           f"{builder.data_path / 'dataset_info.json'})."]
+  if spec.manual_files:
+    lines.append("Put " + " and ".join(spec.manual_files) +
+                 " in a folder (they cannot be downloaded automatically), then:")
+  else:
+    lines.append("Prepare it (downloads the data) with:")
+  lines.append("  " + prepare_command(name, data_dir, manual_dir))
+  lines.append("or point config.dataset.data_dir at a TFDS data_dir that "
+               "already holds it.")
+  return "\n".join(lines)
+
+
+def ensure_prepared(config: ml_collections.ConfigDict) -> None:
+  """Raises DatasetNotPreparedError (fast, no network) unless data is ready.
+
+  Digits needs no network and is built automatically on first use.
+  """
+  name = config.dataset.name
+  spec = get_spec(name)
+  data_dir = config.dataset.data_dir
+  builder = _builder(spec, data_dir)
+  if not _is_prepared(builder):
+    if spec.auto_prepare:
+      logging.info("Preparing %s offline in %s.", name, builder.data_dir_root)
+      tfds.disable_progress_bar()  # a sub-second build: no progress bars
+      try:
+        prepare_dataset(name, data_dir=data_dir)
+      finally:
+        tfds.enable_progress_bar()
+      return
+    raise DatasetNotPreparedError(_not_prepared_message(
+        name, spec, builder, data_dir, config.dataset.manual_dir))
+  wanted = STORAGE_FILE_FORMAT[spec.storage]
+  have = builder.info.file_format
+  if spec.storage == "random_access" and (have is None or
+                                          have.value != wanted):
+    raise DatasetNotPreparedError(
+        f"Dataset {name!r} in {builder.data_path} is stored as "
+        f"{have.value if have else 'unknown'}, but mio_jax reads it by index "
+        f"and needs {wanted} files. Rebuild it with\n  "
+        f"{prepare_command(name, data_dir, config.dataset.manual_dir)}\n"
+        f"into another data_dir (or convert the existing files with TFDS's "
+        f"convert_format to {wanted}).")
+
+
+def prepare_dataset(name: str, data_dir: Optional[str] = None,
+                    manual_dir: Optional[str] = None
+                    ) -> tfds.core.DatasetBuilder:
+  """Builds the TFDS files of `name` (downloads unless manual/offline)."""
+  spec = get_spec(name)
+  if spec.manual_files and not spec.auto_prepare:
+    missing = [f for f in spec.manual_files
+               if not manual_dir or not os.path.exists(
+                   os.path.join(manual_dir, f))]
+    if missing:
+      raise FileNotFoundError(
+          f"Preparing {name!r} needs {', '.join(missing)} in --manual_dir "
+          f"(got {manual_dir!r}).")
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir,
+                         file_format=STORAGE_FILE_FORMAT[spec.storage])
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+def prepare_digits(data_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
+  """Builds the offline digits dataset (1,500 train / 297 test) in data_dir."""
+  return prepare_dataset("digits", data_dir=data_dir)
