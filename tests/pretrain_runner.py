@@ -1,0 +1,52 @@
+"""A tiny synthetic-data pretraining run, shared by the tests.
+
+Run as a script by the kill/restart tests (the subprocess gets no conftest,
+so callers pass XLA_FLAGS / JAX_PLATFORMS in its environment):
+
+    python tests/pretrain_runner.py WORKDIR TOTAL_STEPS CHECKPOINT_EVERY
+"""
+import sys
+
+import ml_collections
+
+from mio_jax import config_base
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  """resnet_tiny on 8 px synthetic images, batch 16, LARS, the mio loss."""
+  c = config_base.base_config()
+  c.model.name = "resnet_tiny"
+  c.model.width_multiplier = 0.5
+  c.model.projector_hidden_dim = 32
+  c.model.projector_output_dim = 16
+  c.dataset.image_size = 8
+  c.batch_size = 16
+  c.optimizer.name = "lars"
+  c.optimizer.base_lr = 0.5
+  c.optimizer.warmup_epochs = 1.0
+  c.total_steps = 6
+  c.checkpoint_every_steps = 2
+  c.keep_checkpoints = 2
+  c.log_every_steps = 1
+  for key, value in overrides.items():
+    c[key] = value
+  return c
+
+
+STEPS_PER_EPOCH = 3
+
+
+def main(workdir: str, total_steps: int, checkpoint_every: int) -> None:
+  from mio_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from mio_jax import pretrain, synthetic  # pylint: disable=g-import-not-at-top
+  config = tiny_config(total_steps=total_steps,
+                       checkpoint_every_steps=checkpoint_every)
+  mesh = mesh_lib.make_data_mesh()
+  pretrain.pretrain(
+      config, workdir, mesh=mesh, steps_per_epoch=STEPS_PER_EPOCH,
+      batches_fn=lambda start: synthetic.synthetic_batches(
+          config, mesh, start_step=start))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
