@@ -4,7 +4,6 @@ import numpy as np
 import optax
 import pytest
 
-import loss_standin  # noqa: F401  (until mio_jax.losses is committed)
 from mio_jax import mesh as mesh_lib
 from mio_jax import optim
 from mio_jax import synthetic
