@@ -1,4 +1,11 @@
 """Tests of the frozen-encoder evaluations: features, linear, kNN, few-shot."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -208,3 +215,70 @@ def test_digits_raw_pixels_sanity():
   assert linear["top1"] > 0.95
   assert knn_result["top1"] > 0.95
   assert 0.75 < few["top1"] < 0.95 and few["top1_std"] > 0.0
+
+
+# One process of a 2-process x 2-device run of extract_features: each process
+# feeds only its own rows of the global batches, and must get every row back.
+_TWO_PROCESS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax
+    import numpy as np
+    address, process_id, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    jax.distributed.initialize(coordinator_address=address, num_processes=2,
+                               process_id=process_id,
+                               initialization_timeout=60)
+    from mio_jax import mesh as mesh_lib
+    from mio_jax.evaluation import extract_features
+    mesh = mesh_lib.make_data_mesh()
+    sharding = mesh_lib.batch_sharding(mesh)
+    num_examples, batch_size = 13, 8
+    images = np.arange(num_examples * 12, dtype=np.float32).reshape(
+        num_examples, 2, 2, 3)
+    labels = np.arange(num_examples, dtype=np.int32)
+    # Process i's devices hold rows [4 i, 4 i + 4) of each global batch.
+    local = slice(4 * process_id, 4 * process_id + 4)
+    def batches():
+      for start in range(0, num_examples, batch_size):
+        padding = start + batch_size - min(start + batch_size, num_examples)
+        batch = {
+            "image": np.pad(images[start:start + batch_size],
+                            ((0, padding), (0, 0), (0, 0), (0, 0))),
+            "label": np.pad(labels[start:start + batch_size], (0, padding)),
+            "mask": np.arange(batch_size) < batch_size - padding,
+        }
+        yield {k: jax.make_array_from_process_local_data(sharding, v[local],
+                                                          v.shape)
+               for k, v in batch.items()}
+    encode_fn = jax.jit(lambda state, x: x.reshape(x.shape[0], -1)[:, :3] + state)
+    features, out_labels = extract_features(encode_fn, 1.0, batches())
+    with open(out, "w") as f:
+      json.dump({"features": features.tolist(), "labels": out_labels.tolist(),
+                 "process_count": jax.process_count()}, f)
+""")
+
+
+def test_extract_features_gathers_every_row_on_every_process(tmp_path):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{s.getsockname()[1]}"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", _TWO_PROCESS_SCRIPT, address, str(i),
+       str(tmp_path / f"p{i}.json")],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+  expected = np.arange(13 * 12, dtype=np.float32).reshape(13, 12)[:, :3] + 1
+  for i in range(2):
+    result = json.loads((tmp_path / f"p{i}.json").read_text())
+    assert result["process_count"] == 2
+    np.testing.assert_array_equal(result["features"], expected)
+    np.testing.assert_array_equal(result["labels"], np.arange(13))
