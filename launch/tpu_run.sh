@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Starts a training config on every worker of a Cloud TPU VM.
+set -euo pipefail
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() {
+  cat <<'USAGE'
+Usage: launch/tpu_run.sh [flags] [-- --config.key=value ...]
+
+Starts `python -m mio_jax.main` on all workers at once (JAX finds the other
+workers by itself), detached from the ssh session, logging to
+~/mio_jax_run.log on each worker; then streams worker 0's log (Ctrl-C stops
+the streaming, not the run). Rerunning the same command after a preemption
+resumes from the latest checkpoint in the workdir.
+
+  --tpu-name       TPU VM name                                    (required)
+  --project        Google Cloud project id                        (required)
+  --zone           zone of the TPU VM                             (required)
+  --config         config file, e.g. configs/imagenet100.py       (required)
+  --workdir        gs:// directory for checkpoints, metrics, plots (required)
+  --tfds-data-dir  gs:// TFDS data directory with the prepared dataset (required)
+  --follow         yes | no: stream worker 0's log afterwards (default yes)
+  --remote-dir     code directory under the workers' home (default mio_jax)
+  --dry-run        print the commands, run nothing
+  --help           this text
+Arguments after `--` go to mio_jax.main (e.g. --config.batch_size=1024).
+
+Example:
+  launch/tpu_run.sh --tpu-name=mio-v4-32 --project=my-proj --zone=us-central2-b \
+    --config=configs/imagenet100.py --workdir=gs://my-bucket/mio/in100 \
+    --tfds-data-dir=gs://my-bucket/tfds -- --config.num_epochs=400
+USAGE
+}
+
+SETTINGS=(TPU_NAME PROJECT ZONE CONFIG WORKDIR TFDS_DATA_DIR FOLLOW REMOTE_DIR)
+FOLLOW="${FOLLOW:-yes}"
+parse_flags "$@"
+require TPU_NAME CONFIG
+require_gcs WORKDIR
+require_gcs TFDS_DATA_DIR
+require_one_of FOLLOW "${FOLLOW}" yes no
+
+main_command="$(shell_quote env TFDS_DATA_DIR="${TFDS_DATA_DIR}" \
+  .venv/bin/python -m mio_jax.main --config="${CONFIG}" --workdir="${WORKDIR}" \
+  "${EXTRA_ARGS[@]}")"
+log="\"\$HOME\"/${REMOTE_LOG}"
+pid="\"\$HOME\"/${REMOTE_PID}"
+# Refuse to start a second run next to a live one; setsid + nohup keep the
+# run alive when ssh disconnects, and its pid lets tpu_stop.sh send SIGTERM.
+remote_run="set -e; cd $(shell_quote "${REMOTE_DIR}")"
+remote_run+="; if [ -f ${pid} ] && kill -0 \"\$(cat ${pid})\" 2>/dev/null; then"
+remote_run+=" echo \"a run is already going (pid \$(cat ${pid})); stop it with launch/tpu_stop.sh\" >&2; exit 1; fi"
+remote_run+="; nohup setsid ${main_command} > ${log} 2>&1 < /dev/null &"
+remote_run+=" echo \$! > ${pid}; echo \"\$(hostname): started pid \$!\""
+tpu_ssh all "${remote_run}"
+
+if [[ "${FOLLOW}" == yes ]]; then
+  follow_logs 0 100
+fi
