@@ -10,14 +10,20 @@ process only:
   * one terminal line per call: step/total, loss, lr, images/s and ETA.
 
 Throughput and ETA are measured by the logger, not the caller. When built
-with `batch_size`, each training line gets "images_per_sec" = images
+with `batch_size`, each `log` at a new step gets "images_per_sec" = images
 processed since the previous `log` call / seconds since it (unless the
 caller passes its own). The first `log` of a process has no previous call,
 so its images_per_sec is NaN: the logger cannot know where a resumed run
-started, and time before that call includes compilation. The ETA uses the
-average rate since the first `log` of this process (never since step 0, so
-it stays right after a resume). Other processes (is_main_process=False) do
-nothing at all.
+started, and time before that call includes compilation. A further `log` at
+the same step (e.g. the pretraining hooks' online kNN result) gets no
+images_per_sec and restarts the interval, so time spent evaluating is not
+counted as training time. The ETA uses the average rate since the first
+`log` of this process (never since step 0, so it stays right after a
+resume; it includes the time of periodic evaluations, which recur).
+
+A `log` with a "loss" prints the progress line (step/total, loss, lr,
+images/s, ETA); any other `log` or `log_eval` prints its values. Other
+processes (is_main_process=False) do nothing at all.
 """
 import datetime
 import json
@@ -96,13 +102,18 @@ class MetricLogger:
       return
     now = self._clock()
     values = _flatten(metrics)
-    if self.batch_size is not None and "images_per_sec" not in values:
+    new_step = self._previous is None or step != self._previous[0]
+    if (self.batch_size is not None and new_step
+        and "images_per_sec" not in values):
       values["images_per_sec"] = self._images_per_sec(step, now)
     if self._first is None:
       self._first = (step, now)
     self._previous = (step, now)
     self._write(step, values)
-    print(self._progress_line(step, now, values), flush=True)
+    if "loss" in values:
+      print(self._progress_line(step, now, values), flush=True)
+    else:
+      self._print_values(step, values)
 
   def log_eval(self, step: int, results: Mapping[str, Any],
                prefix: str = EVAL_PREFIX) -> None:
@@ -111,8 +122,7 @@ class MetricLogger:
       return
     values = _flatten(results, prefix)
     self._write(step, values)
-    shown = "  ".join(f"{name} {value:.4f}" for name, value in values.items())
-    print(f"step {step}/{self.total_steps}  {shown}", flush=True)
+    self._print_values(step, values)
 
   def close(self) -> None:
     """Flushes and closes the outputs."""
@@ -150,6 +160,10 @@ class MetricLogger:
         self._tf.summary.write(name, self._tf.constant(value, self._tf.float32),
                                step=int(step), metadata=self._scalar_metadata)
     self._writer.flush()
+
+  def _print_values(self, step: int, values: dict[str, float]) -> None:
+    shown = "  ".join(f"{name} {value:.4f}" for name, value in values.items())
+    print(f"step {step}/{self.total_steps}  {shown}", flush=True)
 
   def _progress_line(self, step: int, now: float,
                      values: dict[str, float]) -> str:

@@ -23,8 +23,13 @@ TRAINING_PANELS = (
     ("pair classification accuracy",
      ("pair_accuracy", "pos_accuracy", "neg_accuracy")),
     ("mutual information estimate (nats)", ("mi_estimate",)),
+    ("gradient norm", ("grad_norm",)),
     ("throughput (images/s)", ("images_per_sec",)),
 )
+# Metrics of the evaluation panel: results logged with this prefix by
+# MetricLogger.log_eval, or by pretraining hooks (online kNN monitor), except
+# standard deviations over trials, which are not accuracies.
+ONLINE_PREFIX = "online_"
 
 
 def read_metrics(metrics_jsonl_path: str) -> dict[str, tuple[np.ndarray,
@@ -52,14 +57,21 @@ def read_metrics(metrics_jsonl_path: str) -> dict[str, tuple[np.ndarray,
           for name, values in by_name.items()}
 
 
+def curve_panels(metric_names) -> list[tuple[str, list[str]]]:
+  """(title, names) of the panels with at least one of `metric_names`."""
+  panels = [(title, [n for n in names if n in metric_names])
+            for title, names in TRAINING_PANELS]
+  eval_names = sorted(
+      n for n in metric_names if n.startswith((EVAL_PREFIX, ONLINE_PREFIX))
+      and not n.endswith("_std"))
+  panels.append(("evaluation", eval_names))
+  return [(title, names) for title, names in panels if names]
+
+
 def plot_training_curves(metrics_jsonl_path: str, out_png: str) -> None:
   """Loss, learning rate, pair metrics, throughput and eval results vs step."""
   metrics = read_metrics(metrics_jsonl_path)
-  panels = [(title, [n for n in names if n in metrics])
-            for title, names in TRAINING_PANELS]
-  eval_names = sorted(n for n in metrics if n.startswith(EVAL_PREFIX))
-  panels.append(("evaluation", eval_names))
-  panels = [(title, names) for title, names in panels if names]
+  panels = curve_panels(metrics)
   if not panels:
     raise ValueError(f"{metrics_jsonl_path} holds no metrics to plot.")
 

@@ -78,6 +78,27 @@ def test_logger_writes_jsonl_tensorboard_and_progress(tmp_path, capsys):
   assert "eval/knn/top1 0.5000" in lines[3]
 
 
+def test_same_step_log_is_not_training_time(tmp_path, capsys):
+  """A hook's metrics logged at the training step: no rate, interval restarts."""
+  clock = _FakeClock()
+  workdir = str(tmp_path)
+  with MetricLogger(workdir, total_steps=100, batch_size=10,
+                    clock=clock) as logger:
+    logger.log(10, {"loss": 1.0})
+    clock.now += 5.0
+    logger.log(20, {"loss": 0.9})
+    clock.now += 100.0  # an online evaluation
+    logger.log(20, {"online_knn_top1": 0.7})
+    clock.now += 5.0
+    logger.log(30, {"loss": 0.8})
+  records = _read_jsonl(workdir)
+  assert records[2] == {"step": 20, "online_knn_top1": 0.7}
+  assert records[1]["images_per_sec"] == pytest.approx(20.0)
+  assert records[3]["images_per_sec"] == pytest.approx(20.0)
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[2] == "step 20/100  online_knn_top1 0.7000"
+
+
 def test_logger_appends_on_resume(tmp_path):
   workdir = str(tmp_path)
   with MetricLogger(workdir, total_steps=10) as logger:

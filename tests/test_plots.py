@@ -30,13 +30,24 @@ def test_read_metrics_keeps_latest_value_of_a_rerun_step(tmp_path):
   np.testing.assert_array_equal(metrics["eval/top1"][0], [4])
 
 
+def test_curve_panels_group_metrics():
+  panels = dict(plots.curve_panels(
+      {"loss", "pos_sim", "neg_sim", "grad_norm", "eval/knn_top1",
+       "eval/fewshot_top1_std", "online_knn_top1", "unplotted"}))
+  assert panels == {
+      "loss": ["loss"], "cosine similarity of pairs": ["pos_sim", "neg_sim"],
+      "gradient norm": ["grad_norm"],
+      "evaluation": ["eval/knn_top1", "online_knn_top1"]}
+
+
 def test_plot_training_curves_writes_png(tmp_path):
   path = tmp_path / "metrics.jsonl"
   records = [{"step": s, "loss": 5.0 / s, "learning_rate": 0.1 * s,
               "pos_sim": 0.5, "neg_sim": 0.0, "pair_accuracy": 0.9,
               "mi_estimate": 1.0, "images_per_sec": float("nan") if s == 1
               else 100.0} for s in range(1, 30)]
-  records.append({"step": 29, "eval/knn/top1": 0.8, "eval/linear/top1": 0.9})
+  records.append({"step": 29, "eval/knn_top1": 0.8, "eval/fewshot_top1_std": 0.1})
+  records.append({"step": 20, "online_knn_top1": 0.7})
   _write_jsonl(path, records)
   out = tmp_path / "curves.png"
   plots.plot_training_curves(str(path), str(out))
