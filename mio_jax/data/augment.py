@@ -115,6 +115,7 @@ def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, size: int,
       min_object_covered=0.0, aspect_ratio_range=ratio, area_range=scale,
       max_attempts=10, use_image_if_no_bounding_boxes=True)
   crop = tf.slice(image, begin, crop_size)
+  crop.set_shape([None, None, image.shape[-1]])
   return _resize_float(crop, size, size)
 
 
@@ -206,9 +207,10 @@ def color_jitter(image: tf.Tensor, seed: tf.Tensor, *, strength: float,
       image = op(image)
     return image
   order = tf.argsort(tf.random.stateless_uniform([len(ops)], seeds[4]))
+  shape = image.shape  # switch_case forgets static shapes; blur needs them
   for position in range(len(ops)):
-    image = tf.switch_case(
-        order[position], [lambda op=op: op(image) for op in ops])
+    image = tf.ensure_shape(tf.switch_case(
+        order[position], [lambda op=op: op(image) for op in ops]), shape)
   return image
 
 
@@ -264,6 +266,7 @@ def augment_view(image: tf.Tensor, seed: tf.Tensor,
       tf.random.experimental.stateless_split(seed, _NUM_VIEW_SUBKEYS))
   image = random_resized_crop(image, keys[0], size=params.image_size,
                               scale=params.crop_scale, ratio=params.crop_ratio)
+  image = tf.ensure_shape(image, [params.image_size, params.image_size, 3])
   if params.hflip:
     image = random_flip(image, keys[1])
   if params.color_jitter_strength > 0:

@@ -42,6 +42,8 @@ from mio_jax.data import registry
 
 # Mixed into the permutation seed so it is not the augmentation stream.
 _PERMUTATION_STREAM = 0x5EED
+# Examples per chunk when decoding a split into memory.
+_LOAD_CHUNK = 4096
 
 
 # ---- example sources (random access by index) -------------------------------
@@ -108,13 +110,16 @@ def load_source(name: str, split: str, data_dir: Optional[str],
         spec.tfds_name, split=split, data_dir=data_dir, download=False,
         decoders={"image": tfds.decode.SkipDecoding()})
     return EncodedSource(records)
-  data = tfds.as_numpy(tfds.load(spec.tfds_name, split=split,
-                                 data_dir=data_dir, batch_size=-1,
-                                 download=False))
-  images = np.asarray(data["image"], np.uint8)
+  # Chunked rather than batch_size=-1, which aborts under mock_data.
+  ds = tfds.load(spec.tfds_name, split=split, data_dir=data_dir,
+                 download=False)
+  ds = ds.map(lambda x: (x["image"], x["label"])).batch(_LOAD_CHUNK)
+  chunks = list(tfds.as_numpy(ds))
+  images = np.concatenate([c[0] for c in chunks]).astype(np.uint8)
+  labels = np.concatenate([c[1] for c in chunks]).astype(np.int64)
   if spec.resize_on_load:
     images = _resize_uint8(images, image_size)
-  return ArraySource(images, np.asarray(data["label"], np.int64))
+  return ArraySource(images, labels)
 
 
 def _source(config: ml_collections.ConfigDict, split: str):
