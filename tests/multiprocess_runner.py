@@ -13,6 +13,8 @@ Modes:
     every global device; writes {"losses": [...], "device_count": ...}.
   collectives: an all-gather across processes every 0.1 s, forever; writes
     {"ready": true} after the first one (for the process-death test).
+  preemptible: the same loop, stopping when JAX's preemption sync point says
+    a process got SIGTERM; rewrites {"stopped_at": step} then exits 0.
 """
 import json
 import time
@@ -22,7 +24,8 @@ from absl import flags
 
 from mio_jax import distributed
 
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "collectives"],
+_MODE = flags.DEFINE_enum("mode", "train",
+                          ["train", "collectives", "preemptible"],
                           "What to run.")
 _OUT = flags.DEFINE_string("out", None, "JSON file for the results.",
                            required=True)
@@ -68,13 +71,19 @@ def _train() -> dict:
           "process_count": jax.process_count()}
 
 
-def _collectives_forever() -> None:
+def _collectives_loop(stop_on_preemption: bool) -> None:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  multihost_utils.process_allgather(jnp.ones(()))
-  _write({"ready": True})
+  step = 0
   while True:
     multihost_utils.process_allgather(jnp.ones(()))
+    if step == 0:
+      _write({"ready": True})
+    if (stop_on_preemption
+        and multihost_utils.reached_preemption_sync_point(step)):
+      _write({"stopped_at": step})
+      return
+    step += 1
     time.sleep(0.1)
 
 
@@ -89,7 +98,7 @@ def main(argv):
   if _MODE.value == "train":
     _write(_train())
   else:
-    _collectives_forever()
+    _collectives_loop(stop_on_preemption=_MODE.value == "preemptible")
 
 
 if __name__ == "__main__":

@@ -156,19 +156,29 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
   assert len(expected["losses"]) == 3
 
 
-def test_killed_process_stops_the_other_within_bounded_time(tmp_path):
+def _start_pair(tmp_path, mode, *flags):
+  """Two processes of `mode`, once both wrote their first result."""
   address = f"127.0.0.1:{_free_port()}"
-  flags = [f"--coordinator_address={address}", "--num_processes=2",
-           "--mode=collectives", "--distributed_heartbeat_timeout=5",
-           "--distributed_shutdown_timeout=5"]
-  procs = [_start(tmp_path / f"p{i}.json", *flags, f"--process_id={i}")
-           for i in range(2)]
+  procs = [_start(tmp_path / f"p{i}.json", f"--mode={mode}",
+                  f"--coordinator_address={address}", "--num_processes=2",
+                  f"--process_id={i}", *flags) for i in range(2)]
   try:
     deadline = time.monotonic() + 120
     while not all((tmp_path / f"p{i}.json").exists() for i in range(2)):
       assert all(p.poll() is None for p in procs), "a process ended early"
       assert time.monotonic() < deadline, "processes never got ready"
       time.sleep(0.2)
+  except BaseException:
+    _kill_leftovers(procs)
+    raise
+  return procs
+
+
+def test_killed_process_stops_the_other_within_bounded_time(tmp_path):
+  procs = _start_pair(tmp_path, "collectives",
+                      "--distributed_heartbeat_timeout=5",
+                      "--distributed_shutdown_timeout=5")
+  try:
     procs[1].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     (code,), (output,) = _finish([procs[0]], timeout=60)
@@ -179,3 +189,14 @@ def test_killed_process_stops_the_other_within_bounded_time(tmp_path):
   # Gloo notices the closed connection at once; JAX's heartbeat (5 s here)
   # bounds the rest, including the exit barrier.
   assert elapsed < 30, f"survivor took {elapsed:.0f} s to stop"
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """What launch/tpu_stop.sh and a TPU preemption rely on."""
+  procs = _start_pair(tmp_path, "preemptible")
+  time.sleep(1)  # A few steps in.
+  procs[1].send_signal(signal.SIGTERM)
+  codes, outputs = _finish(procs, timeout=60)
+  assert codes == [0, 0], "\n".join(outputs)
+  stops = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2)]
+  assert stops[0] == stops[1] and stops[0]["stopped_at"] > 0
