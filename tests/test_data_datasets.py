@@ -1,0 +1,176 @@
+"""Dataset registry, builders and every dataset's pipeline on mock data."""
+import io
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import mio_jax.data as data
+from mio_jax import config_base
+from mio_jax import mesh as mesh_lib
+from mio_jax.data import builders
+from mio_jax.data import pipeline
+from mio_jax.data import registry
+
+_MOCK_EXAMPLES = 20
+
+
+def _config(name, data_dir=None):
+  config = config_base.base_config()
+  config.dataset.name = name
+  config.dataset.data_dir = data_dir
+  config.dataset.image_size = 16
+  config.dataset.prefetch = 1
+  config.batch_size = 8
+  config.eval.batch_size = 8
+  config.augment.blur_prob = 0.5
+  config.augment.solarize_prob = 0.2
+  return config
+
+
+@pytest.fixture
+def mocked_tfds(monkeypatch):
+  """tfds.testing.mock_data; its fake data has no prepared files to find."""
+  monkeypatch.setattr(registry, "ensure_prepared", lambda config: None)
+  pipeline.load_source.cache_clear()
+  with tfds.testing.mock_data(num_examples=_MOCK_EXAMPLES):
+    yield
+  pipeline.load_source.cache_clear()
+
+
+@pytest.mark.parametrize("name", sorted(registry.DATASETS))
+def test_every_dataset_pipeline_on_mock_data(name, mocked_tfds):
+  del mocked_tfds
+  config = _config(name)
+  mesh = mesh_lib.make_data_mesh()
+  batch = next(data.pretrain_batches(config, mesh))
+  assert batch["view1"].shape == batch["view2"].shape == (8, 16, 16, 3)
+  assert np.isfinite(np.asarray(batch["view1"])).all()
+  masks = [np.asarray(b["mask"]) for b in data.eval_batches(config, mesh,
+                                                            "test")]
+  assert sum(m.sum() for m in masks) == _MOCK_EXAMPLES
+  info = data.dataset_info(config)  # mock info has no splits: table sizes
+  assert info.num_pretrain_examples == sum(
+      registry.get_spec(name).split_sizes[s]
+      for s in registry.get_spec(name).pretrain_split.split("+"))
+  assert info.num_classes == registry.get_spec(name).num_classes
+
+
+def test_unknown_dataset_lists_valid_names():
+  with pytest.raises(ValueError, match="cifar10, cifar100, digits"):
+    data.dataset_info(_config("mnist"))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "tiny_imagenet", "imagenet100"])
+def test_unprepared_dataset_fails_fast_with_commands(name, tmp_path):
+  start = time.monotonic()
+  with pytest.raises(data.DatasetNotPreparedError) as error:
+    data.ensure_prepared(_config(name, str(tmp_path)))
+  assert time.monotonic() - start < 5.0
+  message = str(error.value)
+  assert f"python -m mio_jax.data.prepare --dataset={name}" in message
+  assert f"--data_dir={tmp_path}" in message
+  assert isinstance(error.value, RuntimeError)
+  with pytest.raises(data.DatasetNotPreparedError):
+    next(data.pretrain_batches(_config(name, str(tmp_path)),
+                               mesh_lib.make_data_mesh()))
+
+
+def test_digits_builder_offline(tmp_path):
+  builder = data.prepare_digits(str(tmp_path))
+  assert (builder.data_path / "dataset_info.json").exists()
+  splits = {k: v.num_examples for k, v in builder.info.splits.items()}
+  assert splits == {"train": 1500, "test": 297}
+  ids = {}
+  for split in ("train", "test"):
+    ds = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    assert ds["image"].shape[1:] == (8, 8, 1)
+    assert ds["image"].dtype == np.uint8 and ds["image"].max() == 255
+    assert set(ds["label"]) == set(range(10))  # stratified: every class
+    ids[split] = set(ds["id"])
+  assert not ids["train"] & ids["test"]
+  assert len(ids["train"] | ids["test"]) == 1797
+  # Already prepared: ensure_prepared is a no-op and dataset_info reads it.
+  config = _config("digits", str(tmp_path))
+  data.ensure_prepared(config)
+  assert data.dataset_info(config).num_pretrain_examples == 1500
+
+
+def test_digits_auto_prepares(tmp_path):
+  config = _config("digits", str(tmp_path))
+  data.ensure_prepared(config)
+  assert (tmp_path / "digits" / "1.0.0" / "dataset_info.json").exists()
+
+
+def _jpeg(value, gray=False):
+  image = tf.fill([64, 64, 1 if gray else 3], tf.constant(value, tf.uint8))
+  return tf.io.encode_jpeg(image).numpy()
+
+
+def test_tiny_imagenet_builder_from_fake_archive(tmp_path, monkeypatch):
+  wnids = [f"n{i:08d}" for i in range(builders.tiny_imagenet.NUM_CLASSES)]
+  buffer = io.BytesIO()
+  with zipfile.ZipFile(buffer, "w") as zf:
+    root = "tiny-imagenet-200"
+    zf.writestr(f"{root}/wnids.txt", "\n".join(reversed(wnids)) + "\n")
+    for wnid in wnids[:2]:
+      for k in range(2):
+        zf.writestr(f"{root}/train/{wnid}/images/{wnid}_{k}.JPEG",
+                    _jpeg(10 * k, gray=k == 1))
+    zf.writestr(f"{root}/val/images/val_0.JPEG", _jpeg(50))
+    zf.writestr(f"{root}/val/images/val_1.JPEG", _jpeg(60))
+    zf.writestr(f"{root}/val/val_annotations.txt",
+                f"val_0.JPEG\t{wnids[1]}\t0\t0\t10\t10\n"
+                f"val_1.JPEG\t{wnids[0]}\t0\t0\t10\t10\n")
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  (manual / "tiny-imagenet-200.zip").write_bytes(buffer.getvalue())
+  builder = data.prepare_dataset("tiny_imagenet", data_dir=str(tmp_path),
+                                 manual_dir=str(manual))
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
+      "train": 4, "validation": 2}
+  val = tfds.as_numpy(builder.as_dataset(split="validation", batch_size=-1))
+  labels = dict(zip(val["file_name"], val["label"]))
+  assert labels == {b"val_0.JPEG": 1, b"val_1.JPEG": 0}
+  train = tfds.as_numpy(builder.as_dataset(split="train", batch_size=-1))
+  assert train["image"].shape == (4, 64, 64, 3)  # grayscale JPEG -> RGB
+  # The real pipeline reads it (a prepared dataset, no mocks).
+  pipeline.load_source.cache_clear()
+  config = _config("tiny_imagenet", str(tmp_path))
+  config.batch_size = config.eval.batch_size = 8
+  masks = [np.asarray(b["mask"]) for b in data.eval_batches(
+      config, mesh_lib.make_data_mesh(), "test")]
+  assert sum(m.sum() for m in masks) == 2
+  pipeline.load_source.cache_clear()
+
+
+def test_tiny_imagenet_needs_its_archive(tmp_path):
+  with pytest.raises(FileNotFoundError, match="tiny-imagenet-200.zip"):
+    data.prepare_dataset("tiny_imagenet", data_dir=str(tmp_path),
+                         manual_dir=str(tmp_path))
+
+
+def test_imagenet100_class_list():
+  ids = builders.imagenet100_class_ids()
+  assert len(ids) == len(set(ids)) == 100
+  assert ids[:3] == ("n02869837", "n01749939", "n02488291")
+  assert ids[-1] == "n02090622"
+  imagenet_ids = set(tfds.builder("imagenet2012").info.features[
+      "label"].names)
+  assert set(ids) <= imagenet_ids
+  assert tfds.builder("imagenet100").info.features["label"].num_classes == 100
+
+
+def test_random_access_dataset_in_tfrecord_format_is_rejected(
+    tmp_path, monkeypatch):
+  """ImageNet-scale sets are read by index: TFRecord files are refused."""
+  # Stand in a prepared TFRecord dataset (digits) for imagenet1k's files.
+  data.prepare_digits(str(tmp_path))
+  spec = registry.get_spec("imagenet1k")
+  monkeypatch.setitem(registry.DATASETS, "imagenet1k", registry.DatasetSpec(
+      **{**spec.__dict__, "tfds_name": "digits"}))
+  with pytest.raises(data.DatasetNotPreparedError, match="array_record"):
+    data.ensure_prepared(_config("imagenet1k", str(tmp_path)))
