@@ -1,5 +1,6 @@
 """Dataset registry, builders and every dataset's pipeline on mock data."""
 import io
+import tarfile
 import time
 import zipfile
 
@@ -174,3 +175,52 @@ def test_random_access_dataset_in_tfrecord_format_is_rejected(
       **{**spec.__dict__, "tfds_name": "digits"}))
   with pytest.raises(data.DatasetNotPreparedError, match="array_record"):
     data.ensure_prepared(_config("imagenet1k", str(tmp_path)))
+
+
+def _tar_bytes(members: dict[str, bytes]) -> bytes:
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode="w") as tar:
+    for name, payload in members.items():
+      info = tarfile.TarInfo(name)
+      info.size = len(payload)
+      tar.addfile(info, io.BytesIO(payload))
+  return buffer.getvalue()
+
+
+def test_imagenet100_builder_filters_fake_imagenet_archives(tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  kept, dropped = "n02869837", "n01440764"  # in / not in ImageNet-100
+  (manual / "ILSVRC2012_img_train.tar").write_bytes(_tar_bytes({
+      f"{kept}.tar": _tar_bytes({f"{kept}_{k}.JPEG": _jpeg(k) for k in (1, 2)}),
+      f"{dropped}.tar": _tar_bytes({f"{dropped}_1.JPEG": b"never read"}),
+  }))
+  # TFDS labels validation files by sorted name from its own label list.
+  num_val = 40
+  (manual / "ILSVRC2012_img_val.tar").write_bytes(_tar_bytes({
+      f"ILSVRC2012_val_{i:08d}.JPEG": _jpeg(i) for i in range(1, num_val + 1)}))
+  val_labels = tfds.core.tfds_path(
+      "datasets/imagenet2012/validation_labels.txt").read_text().split()
+  expected_val = [w for w in val_labels[:num_val]
+                  if w in builders.imagenet100_class_ids()]
+  assert 0 < len(expected_val) < num_val
+  builder = data.prepare_dataset("imagenet100", data_dir=str(tmp_path),
+                                 manual_dir=str(manual))
+  assert builder.info.file_format.value == "array_record"
+  names = builder.info.features["label"].names
+  records = tfds.data_source("imagenet100", split="validation",
+                             data_dir=str(tmp_path))
+  assert sorted(names[records[i]["label"]] for i in range(len(records))) == (
+      sorted(expected_val))
+  train = tfds.data_source("imagenet100", split="train",
+                           data_dir=str(tmp_path))
+  assert len(train) == 2
+  assert {names[train[i]["label"]] for i in range(2)} == {kept}
+  # The random-access pipeline reads the prepared ArrayRecord files.
+  pipeline.load_source.cache_clear()
+  config = _config("imagenet100", str(tmp_path))
+  config.batch_size = 8
+  masks = [np.asarray(b["mask"]) for b in data.eval_batches(
+      config, mesh_lib.make_data_mesh(), "train")]
+  assert sum(m.sum() for m in masks) == 2
+  pipeline.load_source.cache_clear()

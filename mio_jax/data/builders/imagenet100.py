@@ -82,6 +82,17 @@ class Imagenet100(imagenet2012_dataset_builder.Builder):
             "file_name": image_name,
         }
 
+  def _fix_image(self, image_name: str, image):
+    """CMYK and PNG files of the training set -> RGB JPEG, as imagenet2012 5.x.
+
+    (The parent applies this only from its own version 3.0.0 on.)
+    """
+    if image_name in imagenet2012_dataset_builder.CMYK_IMAGES:
+      return io.BytesIO(tfds.core.utils.jpeg_cmyk_to_rgb(image.read()))
+    if image_name in imagenet2012_dataset_builder.PNG_IMAGES:
+      return io.BytesIO(tfds.core.utils.png_to_jpeg(image.read()))
+    return image
+
   def _generate_validation(self, archive, labels: dict[str, str]):
     keep = set(imagenet100_class_ids())
     for image_name, image in archive:
