@@ -15,7 +15,7 @@ reduced over the keys to one statistic per anchor (a logsumexp or a sum of
 softplus). Because rows carry their ids, the same code serves the whole
 batch on one device, each device's anchors against all-gathered keys inside
 `jax.shard_map` (`sharded_mio_loss`), and blocks of keys streamed one at a
-time (a chunked form adds per-block statistics with `_combine_key_stats`).
+time (`block_size`, merging per-block statistics with `_merge_block_stats`).
 
 Similarities are computed in float32 (float64 when given float64) whatever
 the input dtype, so bfloat16 models get float32 losses.
@@ -105,7 +105,7 @@ def _key_statistic(anchors: Array, anchor_ids: Array, keys: Array,
   Returns:
     (n,) logsumexp_j(logit_ij) or sum_j softplus(logit_ij) over the kept keys.
     A block with no kept key gives -inf (logsumexp) or 0 (sum), the
-    identities of `_combine_key_stats`.
+    neutral elements of `_merge_block_stats`.
   """
   logits = (anchors @ keys.T) / temperature
   keep = _key_mask(anchor_ids, key_ids, num_images=num_images,
@@ -117,11 +117,48 @@ def _key_statistic(anchors: Array, anchor_ids: Array, keys: Array,
   return jnp.sum(jnp.where(keep, jax.nn.softplus(logits), 0.0), axis=1)
 
 
-def _combine_key_stats(stat_a: Array, stat_b: Array, kind: _LossKind) -> Array:
-  """Merges the statistics of two disjoint key blocks (for streaming keys)."""
+def _view_rows(z_view1: Array, z_view2: Array, image_offset,
+               num_images: int) -> Tuple[Array, Array]:
+  """Both views of images [offset, offset + n) as rows, with their global ids."""
+  images = image_offset + jnp.arange(z_view1.shape[0])
+  return (jnp.concatenate([z_view1, z_view2]),
+          jnp.concatenate([images, images + num_images]))
+
+
+def _merge_block_stats(block_stats: Array, kind: _LossKind) -> Array:
+  """Merges (num_blocks, n) statistics of disjoint key blocks into (n,).
+
+  A block in which every key of an anchor is masked contributes -inf
+  (logsumexp) or 0 (sum), which leaves the others unchanged.
+  """
   if kind.key_reduction == "logsumexp":
-    return jnp.logaddexp(stat_a, stat_b)
-  return stat_a + stat_b
+    return jax.nn.logsumexp(block_stats, axis=0)
+  return jnp.sum(block_stats, axis=0)
+
+
+def _streamed_key_statistic(anchors: Array, anchor_ids: Array,
+                            z_keys1: Array, z_keys2: Array, *,
+                            block_size: int, num_images: int,
+                            temperature: float, kind: _LossKind) -> Array:
+  """`_key_statistic` over all 2N keys, taken block_size images at a time.
+
+  Only one (anchors, 2 * block_size) logit block exists at a time; each
+  block leaves one (n,) statistic, and the checkpointed block function
+  recomputes its logits in the backward pass instead of storing them.
+  """
+  def block_statistic(block_index):
+    start = block_index * block_size
+    keys, key_ids = _view_rows(
+        jax.lax.dynamic_slice_in_dim(z_keys1, start, block_size),
+        jax.lax.dynamic_slice_in_dim(z_keys2, start, block_size), start,
+        num_images)
+    return _key_statistic(anchors, anchor_ids, keys, key_ids,
+                          num_images=num_images, temperature=temperature,
+                          kind=kind)
+
+  block_stats = jax.lax.map(jax.checkpoint(block_statistic),
+                            jnp.arange(num_images // block_size))
+  return _merge_block_stats(block_stats, kind)
 
 
 def _anchor_losses(anchors: Array, partners: Array, key_stat: Array, *,
@@ -155,35 +192,67 @@ def _anchor_losses(anchors: Array, partners: Array, key_stat: Array, *,
 
 
 def _summed_anchor_losses(z_anchor1: Array, z_anchor2: Array, image_offset,
-                          z_keys: Array, *, name: str, num_images: int,
+                          z_keys1: Array, z_keys2: Array, *, name: str,
                           temperature: float,
                           negative_temperature: Optional[float],
-                          reg_weight: float) -> Array:
+                          reg_weight: float,
+                          block_size: Optional[int] = None) -> Array:
   """Sum of l_i over the anchors of images [offset, offset + n) in both views.
 
   Args:
     z_anchor1, z_anchor2: (n, d) unit vectors of the anchor images' two views.
     image_offset: index of the first anchor image in the global batch.
-    z_keys: (2N, d) all unit vectors, view 1 rows then view 2 rows.
+    z_keys1, z_keys2: (N, d) unit vectors of every image's two views.
+    name, temperature, negative_temperature, reg_weight: the loss.
+    block_size: None computes all (2n, 2N) logits at once. An integer
+      dividing n and N streams block_size images at a time: anchor blocks
+      against key blocks, holding O(block_size^2) logits and keeping
+      O(N) values per anchor block for the backward pass (the rest is
+      recomputed, `jax.checkpoint`). Same value and gradients.
   The dense loss calls this with all images; each device inside shard_map
   calls it with its own images against the all-gathered keys.
   """
   kind = _KINDS[name]
-  n = z_anchor1.shape[0]
-  local = image_offset + jnp.arange(n)
-  anchor_ids = jnp.concatenate([local, local + num_images])
-  anchors = jnp.concatenate([z_anchor1, z_anchor2])
-  partners = jnp.concatenate([z_anchor2, z_anchor1])
+  num_images = z_keys1.shape[0]
   key_temperature = (
       _negative_temperature(temperature, negative_temperature)
       if kind.uses_negative_temperature else temperature)
-  key_stat = _key_statistic(
-      anchors, anchor_ids, z_keys, jnp.arange(2 * num_images),
-      num_images=num_images, temperature=key_temperature, kind=kind)
-  losses = _anchor_losses(anchors, partners, key_stat, name=name,
-                          num_images=num_images, temperature=temperature,
-                          reg_weight=reg_weight)
-  return jnp.sum(losses)
+
+  def block_loss(view1, view2, offset):
+    anchors, anchor_ids = _view_rows(view1, view2, offset, num_images)
+    partners = jnp.concatenate([view2, view1])
+    options = dict(num_images=num_images, temperature=key_temperature,
+                   kind=kind)
+    if block_size is None:
+      keys, key_ids = _view_rows(z_keys1, z_keys2, 0, num_images)
+      key_stat = _key_statistic(anchors, anchor_ids, keys, key_ids, **options)
+    else:
+      key_stat = _streamed_key_statistic(anchors, anchor_ids, z_keys1, z_keys2,
+                                         block_size=block_size, **options)
+    return jnp.sum(_anchor_losses(
+        anchors, partners, key_stat, name=name, num_images=num_images,
+        temperature=temperature, reg_weight=reg_weight))
+
+  if block_size is None:
+    return block_loss(z_anchor1, z_anchor2, image_offset)
+  num_anchor_images = z_anchor1.shape[0]
+  if (not isinstance(block_size, int) or block_size < 1
+      or num_anchor_images % block_size or num_images % block_size):
+    raise ValueError(
+        f"block_size={block_size!r} must be a positive integer dividing the "
+        f"images per device ({num_anchor_images}) and the global batch "
+        f"({num_images}); use a divisor such as a power of two, or None.")
+
+  def anchor_block_loss(block_index):
+    start = block_index * block_size
+    view1, view2 = (jax.lax.dynamic_slice_in_dim(view, start, block_size)
+                    for view in (z_anchor1, z_anchor2))
+    return block_loss(view1, view2, image_offset + start)
+
+  # jax.lax.map rather than a scan with a running total: a carry would need
+  # its shard_map varying-axes type spelled out, per-block outputs do not.
+  return jnp.sum(jax.lax.map(jax.checkpoint(anchor_block_loss),
+                             jnp.arange(num_anchor_images // block_size)))
 
 
 def _negative_temperature(temperature, negative_temperature):
@@ -210,7 +279,8 @@ def _check_options(name: str, temperature, negative_temperature,
 def mio_loss(u1: Array, u2: Array, *, variant: str = "mio",
              temperature: float = 0.5,
              negative_temperature: Optional[float] = None,
-             reg_weight: float = 0.0) -> Array:
+             reg_weight: float = 0.0,
+             block_size: Optional[int] = None) -> Array:
   """The MIO binary pair loss on one (global) batch.
 
   Args:
@@ -223,6 +293,10 @@ def mio_loss(u1: Array, u2: Array, *, variant: str = "mio",
     temperature: tau_p, dividing the cosine similarity of positive pairs.
     negative_temperature: tau_n for negative pairs; None means tau_p.
     reg_weight: lambda, weight of the alignment regulariser R.
+    block_size: None: all (2N, 2N) similarities at once. An integer dividing
+      N: stream blocks of block_size images (anchors against keys, with a
+      running logsumexp and `jax.checkpoint`) so memory grows as
+      O(N * block_size) instead of O(N^2); same value and gradients.
 
   Returns:
     The scalar loss (float32, or float64 for float64 inputs).
@@ -231,16 +305,17 @@ def mio_loss(u1: Array, u2: Array, *, variant: str = "mio",
   num_images = _check_batch(u1, u2)
   z1, z2 = normalize_rows(u1), normalize_rows(u2)
   total = _summed_anchor_losses(
-      z1, z2, 0, jnp.concatenate([z1, z2]), name=variant,
-      num_images=num_images, temperature=temperature,
-      negative_temperature=negative_temperature, reg_weight=reg_weight)
+      z1, z2, 0, z1, z2, name=variant, temperature=temperature,
+      negative_temperature=negative_temperature, reg_weight=reg_weight,
+      block_size=block_size)
   return total / (2 * num_images)
 
 
 def sharded_mio_loss(u1_local: Array, u2_local: Array, *, axis_name: str,
                      variant: str = "mio", temperature: float = 0.5,
                      negative_temperature: Optional[float] = None,
-                     reg_weight: float = 0.0) -> Array:
+                     reg_weight: float = 0.0,
+                     block_size: Optional[int] = None) -> Array:
   """`mio_loss` of the global batch, called per device inside `jax.shard_map`.
 
   Each device holds the same number n of images (both views, the rows
@@ -256,6 +331,8 @@ def sharded_mio_loss(u1_local: Array, u2_local: Array, *, axis_name: str,
     u1_local, u2_local: (n, d) this device's projector outputs.
     axis_name: the mesh axis the batch is split over (e.g. mesh.DATA_AXIS).
     variant, temperature, negative_temperature, reg_weight: as `mio_loss`.
+    block_size: as `mio_loss`; must divide n (the device's anchors are
+      streamed against all keys).
   """
   _check_options(variant, temperature, negative_temperature, reg_weight)
   n = u1_local.shape[0]
@@ -269,34 +346,43 @@ def sharded_mio_loss(u1_local: Array, u2_local: Array, *, axis_name: str,
   z1, z2 = normalize_rows(u1_local), normalize_rows(u2_local)
   gather = functools.partial(jax.lax.all_gather, axis_name=axis_name,
                              tiled=True)
-  z_keys = jnp.concatenate([gather(z1), gather(z2)])
   local_total = _summed_anchor_losses(
-      z1, z2, jax.lax.axis_index(axis_name) * n, z_keys, name=variant,
-      num_images=num_images, temperature=temperature,
-      negative_temperature=negative_temperature, reg_weight=reg_weight)
+      z1, z2, jax.lax.axis_index(axis_name) * n, gather(z1), gather(z2),
+      name=variant, temperature=temperature,
+      negative_temperature=negative_temperature, reg_weight=reg_weight,
+      block_size=block_size)
   return jax.lax.psum(local_total, axis_name) / (2 * num_images)
 
 
-def _baseline_loss(name: str, u1: Array, u2: Array, temperature: float) -> Array:
+def _baseline_loss(name: str, u1: Array, u2: Array, temperature: float,
+                   block_size: Optional[int]) -> Array:
   if isinstance(temperature, (int, float)) and not temperature > 0:
     raise ValueError(f"temperature must be > 0, got {temperature!r}.")
   num_images = _check_batch(u1, u2)
   z1, z2 = normalize_rows(u1), normalize_rows(u2)
   total = _summed_anchor_losses(
-      z1, z2, 0, jnp.concatenate([z1, z2]), name=name, num_images=num_images,
-      temperature=temperature, negative_temperature=None, reg_weight=0.0)
+      z1, z2, 0, z1, z2, name=name, temperature=temperature,
+      negative_temperature=None, reg_weight=0.0, block_size=block_size)
   return total / (2 * num_images)
 
 
-def nt_xent_loss(u1: Array, u2: Array, *, temperature: float) -> Array:
-  """SimCLR's NT-Xent: l_i = -a_i + logsumexp_{j != i} s_ij / tau, mean over 2N."""
-  return _baseline_loss("nt_xent", u1, u2, temperature)
+def nt_xent_loss(u1: Array, u2: Array, *, temperature: float,
+                 block_size: Optional[int] = None) -> Array:
+  """SimCLR's NT-Xent: l_i = -a_i + logsumexp_{j != i} s_ij / tau, mean over 2N.
+
+  block_size: as `mio_loss` (None: dense).
+  """
+  return _baseline_loss("nt_xent", u1, u2, temperature, block_size)
 
 
-def dcl_loss(u1: Array, u2: Array, *, temperature: float) -> Array:
+def dcl_loss(u1: Array, u2: Array, *, temperature: float,
+             block_size: Optional[int] = None) -> Array:
   """Decoupled contrastive loss: as NT-Xent with the positive left out of the
-  denominator, l_i = -a_i + logsumexp_{k in K(i)} s_ik / tau."""
-  return _baseline_loss("dcl", u1, u2, temperature)
+  denominator, l_i = -a_i + logsumexp_{k in K(i)} s_ik / tau.
+
+  block_size: as `mio_loss` (None: dense).
+  """
+  return _baseline_loss("dcl", u1, u2, temperature, block_size)
 
 
 # ---- closed-form gradient ---------------------------------------------------
@@ -370,23 +456,32 @@ LOSSES: Dict[str, Callable[..., Array]] = {
 
 def make_loss(name: str, *, temperature: float,
               negative_temperature: Optional[float] = None,
-              reg_weight: float = 0.0) -> Callable[[Array, Array], Array]:
+              reg_weight: float = 0.0,
+              block_size: Optional[int] = None
+              ) -> Callable[[Array, Array], Array]:
   """The loss `name` (config.loss) as a function (u1, u2) -> scalar.
 
+  block_size: None (dense) or the number of images per streamed block (see
+  `mio_loss`); it must divide the batch, which is checked when called.
+
   Raises ValueError for an unknown name (listing LOSSES), a non-positive
-  temperature, or options the loss does not take (reg_weight and
-  negative_temperature exist only for "mio" and "bce").
+  temperature or block_size, or options the loss does not take (reg_weight
+  and negative_temperature exist only for "mio" and "bce").
   """
   if name not in LOSSES:
     raise ValueError(
         f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}.")
   if not temperature > 0:
     raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+  if block_size is not None and not (isinstance(block_size, int)
+                                     and block_size > 0):
+    raise ValueError(
+        f"block_size must be None or a positive integer, got {block_size!r}.")
   if name in ("mio", "bce"):
     _check_options(name, temperature, negative_temperature, reg_weight)
     return functools.partial(LOSSES[name], temperature=temperature,
                              negative_temperature=negative_temperature,
-                             reg_weight=reg_weight)
+                             reg_weight=reg_weight, block_size=block_size)
   unsupported = []
   if negative_temperature is not None:
     unsupported.append(f"negative_temperature={negative_temperature!r}")
@@ -396,7 +491,8 @@ def make_loss(name: str, *, temperature: float,
     raise ValueError(
         f"loss {name!r} does not take {', '.join(unsupported)}; only 'mio' and "
         "'bce' do. Leave negative_temperature unset and reg_weight at 0.")
-  return functools.partial(LOSSES[name], temperature=temperature)
+  return functools.partial(LOSSES[name], temperature=temperature,
+                           block_size=block_size)
 
 
 # ---- pair metrics -----------------------------------------------------------
