@@ -59,16 +59,6 @@ _SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
     "Seconds a finishing process waits for the others at exit "
     "(env MIO_DISTRIBUTED_SHUTDOWN_TIMEOUT).")
 
-# Flag -> environment variable read when the flag is not given.
-_ENV_NAMES = {
-    "coordinator_address": ("MIO_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"),
-    "num_processes": ("MIO_NUM_PROCESSES",),
-    "process_id": ("MIO_PROCESS_ID",),
-    "initialization_timeout": ("MIO_DISTRIBUTED_INIT_TIMEOUT",),
-    "heartbeat_timeout": ("MIO_DISTRIBUTED_HEARTBEAT_TIMEOUT",),
-    "shutdown_timeout": ("MIO_DISTRIBUTED_SHUTDOWN_TIMEOUT",),
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class DistributedSettings:
@@ -76,16 +66,44 @@ class DistributedSettings:
   coordinator_address: Optional[str] = None
   num_processes: Optional[int] = None
   process_id: Optional[int] = None
-  initialization_timeout: int = 300
-  heartbeat_timeout: int = 60
-  shutdown_timeout: int = 60
+  initialization_timeout: int = _INIT_TIMEOUT.default
+  heartbeat_timeout: int = _HEARTBEAT_TIMEOUT.default
+  shutdown_timeout: int = _SHUTDOWN_TIMEOUT.default
+
+
+# Each setting's flag, and the environment variables read (in order) when
+# neither an argument nor the flag gives it.
+_SOURCES = {
+    "coordinator_address": (_COORDINATOR_ADDRESS, ("MIO_COORDINATOR_ADDRESS",
+                                                   "JAX_COORDINATOR_ADDRESS")),
+    "num_processes": (_NUM_PROCESSES, ("MIO_NUM_PROCESSES",)),
+    "process_id": (_PROCESS_ID, ("MIO_PROCESS_ID",)),
+    "initialization_timeout": (_INIT_TIMEOUT, ("MIO_DISTRIBUTED_INIT_TIMEOUT",)),
+    "heartbeat_timeout": (_HEARTBEAT_TIMEOUT,
+                          ("MIO_DISTRIBUTED_HEARTBEAT_TIMEOUT",)),
+    "shutdown_timeout": (_SHUTDOWN_TIMEOUT, ("MIO_DISTRIBUTED_SHUTDOWN_TIMEOUT",)),
+}
 
 
 def _flag_value(holder: flags.FlagHolder):
-  """The flag's value when absl has parsed the command line, else None."""
+  """The flag's value if given on a parsed command line, else None."""
   if not flags.FLAGS.is_parsed() or not holder.present:
     return None
   return holder.value
+
+
+def _env_value(name: str, env_names, environ: Mapping[str, str]):
+  """The first set environment variable of `env_names`, typed, else None."""
+  env_name = next((e for e in env_names if environ.get(e)), None)
+  if env_name is None:
+    return None
+  value = environ[env_name]
+  if name == "coordinator_address":
+    return value
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"{env_name}={value!r} is not an integer.") from None
 
 
 def resolve_settings(
@@ -105,33 +123,17 @@ def resolve_settings(
       integer where one is needed.
   """
   environ = os.environ if environ is None else environ
-  fields = {f.name: f for f in dataclasses.fields(DistributedSettings)}
-  unknown = set(overrides) - set(fields)
+  unknown = set(overrides) - set(_SOURCES)
   if unknown:
     raise ValueError(f"Unknown distributed settings {sorted(unknown)}; "
-                     f"valid: {sorted(fields)}.")
-  from_flags = {
-      "coordinator_address": _flag_value(_COORDINATOR_ADDRESS),
-      "num_processes": _flag_value(_NUM_PROCESSES),
-      "process_id": _flag_value(_PROCESS_ID),
-      "initialization_timeout": _flag_value(_INIT_TIMEOUT),
-      "heartbeat_timeout": _flag_value(_HEARTBEAT_TIMEOUT),
-      "shutdown_timeout": _flag_value(_SHUTDOWN_TIMEOUT),
-  }
+                     f"valid: {sorted(_SOURCES)}.")
   values = {}
-  for name, field in fields.items():
+  for name, (flag, env_names) in _SOURCES.items():
     value = overrides.get(name)
     if value is None:
-      value = from_flags[name]
+      value = _flag_value(flag)
     if value is None:
-      env_name = next((e for e in _ENV_NAMES[name] if environ.get(e)), None)
-      if env_name is not None:
-        value = environ[env_name]
-        if name != "coordinator_address":
-          try:
-            value = int(value)
-          except ValueError:
-            raise ValueError(f"{env_name}={value!r} is not an integer.") from None
+      value = _env_value(name, env_names, environ)
     if value is not None:
       values[name] = value
   return DistributedSettings(**values)
