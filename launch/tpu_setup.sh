@@ -48,6 +48,10 @@ dir="$(shell_quote "${REMOTE_DIR}")"
 case "${SOURCE}" in
   tarball)
     tarball="/tmp/mio_jax-$(whoami)-src.tar.gz"
+    if [[ "${DRY_RUN}" == 0 && -n "$(git -C "${REPO_ROOT}" status --porcelain \
+      --untracked-files=no)" ]]; then
+      echo "warning: uncommitted changes are not copied (the tarball is HEAD)." >&2
+    fi
     run git -C "${REPO_ROOT}" archive --format=tar.gz --output="${tarball}" HEAD
     run gcloud compute tpus tpu-vm scp "${tarball}" "${TPU_NAME}:mio_jax-src.tar.gz" \
       "${GCLOUD_LOCATION[@]}" --worker=all
