@@ -14,6 +14,7 @@ import sys
 import time
 
 from etils import epath
+import jax
 import numpy as np
 import pytest
 
@@ -71,6 +72,35 @@ def test_slurm_job_is_a_managed_cluster():
   assert distributed._managed_cluster(slurm) == "Slurm"
   assert distributed._managed_cluster({**slurm, "SLURM_NTASKS": "1"}) is None
   assert distributed._managed_cluster({}) is None
+
+
+@pytest.fixture
+def recorded_initialize(monkeypatch):
+  """Replaces jax.distributed.initialize by a recorder of its arguments."""
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize",
+                      lambda *args, **kwargs: calls.append((args, kwargs)))
+  return calls
+
+
+def test_cloud_tpu_vm_initializes_with_auto_detection(monkeypatch,
+                                                      recorded_initialize):
+  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  # raising=True (the default) also catches JAX renaming the attribute.
+  monkeypatch.setattr(cloud_tpu_init, "running_in_cloud_tpu_vm", True)
+  assert distributed.initialize(environ={}, heartbeat_timeout=9) is True
+  assert recorded_initialize == [((), dict(
+      initialization_timeout=300, heartbeat_timeout_seconds=9,
+      shutdown_timeout_seconds=60))]
+
+
+def test_explicit_settings_reach_jax(recorded_initialize):
+  env = {"MIO_COORDINATOR_ADDRESS": "10.0.0.1:1234", "MIO_NUM_PROCESSES": "4",
+         "MIO_PROCESS_ID": "0", "MIO_DISTRIBUTED_INIT_TIMEOUT": "30"}
+  assert distributed.initialize(environ=env) is True
+  assert recorded_initialize == [(("10.0.0.1:1234", 4, 0), dict(
+      initialization_timeout=30, heartbeat_timeout_seconds=60,
+      shutdown_timeout_seconds=60))]
 
 
 def test_ensure_workdir_creates_nested_dirs_and_is_idempotent(tmp_path):
