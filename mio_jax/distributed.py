@@ -203,8 +203,10 @@ def initialize(environ: Optional[Mapping[str, str]] = None,
     ValueError: settings that are incomplete or inconsistent, naming the fix.
     CoordinatorUnreachableError: process 0's coordinator did not answer
       within initialization_timeout.
-    jax.errors.JaxRuntimeError (from JAX): the coordinator could not be
-      reached, or not every process joined, within initialization_timeout.
+
+  If some process never joins, JAX itself aborts the waiting processes after
+  initialization_timeout (a fatal log naming DEADLINE_EXCEEDED, status 134):
+  that is an abort of the process, not an exception.
   """
   if jax.distributed.is_initialized():
     return True
