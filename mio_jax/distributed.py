@@ -204,9 +204,10 @@ def initialize(environ: Optional[Mapping[str, str]] = None,
     CoordinatorUnreachableError: process 0's coordinator did not answer
       within initialization_timeout.
 
-  If some process never joins, JAX itself aborts the waiting processes after
-  initialization_timeout (a fatal log naming DEADLINE_EXCEEDED, status 134):
-  that is an abort of the process, not an exception.
+  If some process never joins, JAX itself aborts the waiting processes (a
+  fatal log naming DEADLINE_EXCEEDED and RegisterTask, status 134; measured
+  on jax 0.10.2: 10 s for initialization_timeout=5): an abort of the
+  process, not an exception.
   """
   if jax.distributed.is_initialized():
     return True
@@ -228,8 +229,12 @@ def initialize(environ: Optional[Mapping[str, str]] = None,
     if not 0 <= s.process_id < s.num_processes:
       raise ValueError(f"process_id={s.process_id} must be in "
                        f"[0, num_processes={s.num_processes}).")
-    logging.info("Joining %d processes as process %d via coordinator %s.",
-                 s.num_processes, s.process_id, s.coordinator_address)
+    logging.info(
+        "Joining %d processes as process %d via coordinator %s. If one never "
+        "joins, JAX aborts after about %d s with DEADLINE_EXCEEDED "
+        "(RegisterTask): check that every process was started.",
+        s.num_processes, s.process_id, s.coordinator_address,
+        2 * s.initialization_timeout)
     if s.process_id != 0:  # Process 0 starts the coordinator itself.
       waited = _wait_for_coordinator(s.coordinator_address,
                                      s.initialization_timeout)

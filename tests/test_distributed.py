@@ -160,6 +160,18 @@ def test_unreachable_coordinator_fails_fast_with_clear_error(tmp_path):
   assert elapsed < 30, f"took {elapsed:.0f} s to fail"
 
 
+def test_missing_peer_aborts_the_waiting_process_in_bounded_time(tmp_path):
+  start = time.monotonic()
+  (code,), (output,) = _finish([_start(
+      tmp_path / "r.json", "--mode=collectives",
+      f"--coordinator_address=127.0.0.1:{_free_port()}", "--num_processes=2",
+      "--process_id=0", "--distributed_init_timeout=3")], timeout=60)
+  elapsed = time.monotonic() - start
+  assert code != 0
+  assert "DEADLINE_EXCEEDED" in output and "RegisterTask" in output
+  assert elapsed < 30, f"took {elapsed:.0f} s to fail"
+
+
 def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
   """2 processes x 2 devices give the losses of 1 process x 4 devices."""
   reference = _start(tmp_path / "ref.json", "--steps=3", num_devices=4)
