@@ -1,0 +1,324 @@
+r"""Hessian eigenspectrum of the pretraining loss at a checkpoint, per loss.
+
+    python -m mio_jax.analysis.hessian --config=configs/digits.py \
+        --workdir=runs/digits [--losses=mio,bce,nt_xent,dcl] [--top_k=5] \
+        [--params=all|projector|backbone] [--batch_size=64] [--data=pipeline]
+
+Restores the checkpoint (latest, or --step) of `workdir`, fixes one batch
+(the batch of the checkpoint's step), and for each loss computes, at the
+same parameters on the same batch, the top-k Hessian eigenvalues (ARPACK on
+Hessian-vector products) and the spectral density (stochastic Lanczos
+quadrature). BatchNorm runs in train mode with the batch's statistics, i.e.
+the loss exactly as the train step optimises it; the updated running
+averages are discarded. Writes `<workdir>/hessian/hessian.json` and
+`<workdir>/hessian/hessian_spectrum.png`. See docs/analysis.md.
+"""
+import io
+import json
+import os
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+from etils import epath
+from jax.sharding import Mesh
+from matplotlib.figure import Figure
+from ml_collections import config_flags
+
+from mio_jax import checkpointing
+from mio_jax import losses as losses_lib
+from mio_jax import mesh as mesh_lib
+from mio_jax import models
+from mio_jax import train
+from mio_jax.analysis import spectrum
+
+# Top-level parameter groups of the encoder (`models.Encoder`) by name.
+PARAM_SUBSETS: dict[str, Optional[tuple[str, ...]]] = {
+    "all": None,
+    "projector": ("projector",),
+    "backbone": ("backbone",),
+}
+DATA_SOURCES = ("pipeline", "synthetic")
+OUTPUT_SUBDIR = "hessian"
+JSON_NAME = "hessian.json"
+PNG_NAME = "hessian_spectrum.png"
+
+
+def _choice(kind: str, value: str, valid: Sequence[str]) -> str:
+  if value not in valid:
+    raise ValueError(f"Unknown {kind} {value!r}; valid: {', '.join(valid)}.")
+  return value
+
+
+def make_pair_loss(config: ml_collections.ConfigDict,
+                   name: str) -> tuple[Callable[..., jax.Array], dict[str, Any]]:
+  """The loss `name` with the config's options, and the options used.
+
+  nt_xent and dcl have one temperature and no regulariser (`make_loss`
+  refuses the others), so they get `config.temperature` only.
+  """
+  options = {"temperature": config.temperature}
+  if name in ("mio", "bce"):
+    options.update(negative_temperature=config.negative_temperature,
+                   reg_weight=config.reg_weight)
+  return losses_lib.make_loss(name, **options), options
+
+
+def training_loss_fn(model: models.Encoder, batch_stats: Any,
+                     batch: Mapping[str, jax.Array],
+                     pair_loss: Callable[..., jax.Array]
+                    ) -> Callable[[Any], jax.Array]:
+  """params -> the pretraining loss on `batch`, as `train.make_train_step` has it.
+
+  Both views go through one forward pass (rows 2i, 2i+1 are image i's views),
+  so BatchNorm normalises over both views of the batch, in train mode; the
+  running averages it would update are discarded.
+  """
+  view1, view2 = batch["view1"], batch["view2"]
+  num_images = view1.shape[0]
+  images = jnp.stack([view1, view2], axis=1).reshape(
+      (2 * num_images,) + view1.shape[1:])
+
+  def loss_fn(params: Any) -> jax.Array:
+    (_, projections), _ = model.apply(
+        {"params": params, "batch_stats": batch_stats}, images, train=True,
+        mutable=["batch_stats"])
+    projections = projections.reshape(num_images, 2, -1)
+    return pair_loss(projections[:, 0], projections[:, 1])
+
+  return loss_fn
+
+
+def analyze_loss(loss_fn: Callable[[Any], jax.Array], params: Any, *,
+                 top_k: int, which: str = "LA", lanczos_steps: int = 64,
+                 num_probes: int = 2, seed: int = 0) -> dict[str, Any]:
+  """Loss value, top-k eigenvalues and SLQ density of one loss at `params`."""
+  hessian = spectrum.flat_hessian(loss_fn, params)
+  start = time.perf_counter()
+  top = spectrum.top_eigenvalues(hessian, top_k, which=which, seed=seed)
+  quadrature = spectrum.slq_quadrature(hessian, num_probes=num_probes,
+                                       lanczos_steps=lanczos_steps, seed=seed)
+  grid, density = spectrum.gaussian_density(quadrature)
+  # Hutchinson: n * mean over probes of v^T H v = sum_j w_j theta_j.
+  trace = hessian.dim * float(np.mean(np.sum(quadrature.nodes
+                                             * quadrature.weights, axis=1)))
+  return {
+      "loss": float(jax.jit(loss_fn)(params)),
+      "top_eigenvalues": top.tolist(),
+      "trace_estimate": trace,
+      "density": {"grid": grid.tolist(), "values": density.tolist()},
+      "quadrature": {"nodes": quadrature.nodes.tolist(),
+                     "weights": quadrature.weights.tolist()},
+      "seconds": time.perf_counter() - start,
+  }
+
+
+def _fixed_batch(config: ml_collections.ConfigDict, mesh: Mesh, step: int,
+                 batch_size: int, data_source: str) -> dict[str, jax.Array]:
+  """The training batch of `step`, cut to its first `batch_size` images."""
+  if data_source == "pipeline":
+    from mio_jax import data  # pylint: disable=g-import-not-at-top
+    batch = next(data.pretrain_batches(config, mesh, start_step=step))
+  else:
+    from mio_jax import synthetic  # pylint: disable=g-import-not-at-top
+    batch = synthetic.synthetic_batch(config, mesh, step)
+  return jax.jit(lambda b: jax.tree.map(lambda x: x[:batch_size], b),
+                 out_shardings=mesh_lib.batch_sharding(mesh))(batch)
+
+
+def _steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+  """As pretraining computes it from the dataset size."""
+  from mio_jax import data  # pylint: disable=g-import-not-at-top
+  return max(1, data.dataset_info(config).num_pretrain_examples
+             // config.batch_size)
+
+
+def restore_state(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
+                  *, steps_per_epoch: int,
+                  step: Optional[int] = None) -> train.TrainState:
+  """The TrainState saved in `workdir` at `step` (default: the latest).
+
+  steps_per_epoch: as in pretraining (it sets the learning-rate schedule
+  that `create_train_state` checks; the state's shapes do not depend on it).
+  """
+  directory = checkpointing.checkpoint_dir(workdir)
+  if not directory.exists():
+    # Checked first: Checkpointer would create the directory.
+    raise FileNotFoundError(f"No checkpoints in {directory}: pretrain first "
+                            "(python -m mio_jax.main --mode=pretrain ...).")
+  checkpointer = checkpointing.Checkpointer(workdir, config)
+  try:
+    target = train.create_train_state(config, mesh,
+                                      steps_per_epoch=steps_per_epoch)
+    return checkpointer.restore(target, step)
+  finally:
+    checkpointer.close()
+
+
+def analyze_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
+                       losses: Sequence[str] = tuple(losses_lib.LOSSES),
+                       top_k: int = 5, params_subset: str = "all",
+                       batch_size: Optional[int] = None,
+                       data_source: str = "pipeline",
+                       step: Optional[int] = None,
+                       steps_per_epoch: Optional[int] = None, which: str = "LA",
+                       lanczos_steps: int = 64, num_probes: int = 2,
+                       seed: int = 0, mesh: Optional[Mesh] = None,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Hessian spectra of each loss at a checkpoint of `workdir`, on one batch.
+
+  batch_size: the first images of the step's training batch (default: all of
+    config.batch_size); a multiple of the device count.
+  data_source: "pipeline" (the real input pipeline, `mio_jax.data`) or
+    "synthetic" (`mio_jax.synthetic`, random images: for tests).
+  steps_per_epoch: as in pretraining; default: from the dataset size.
+  Returns a JSON-ready dict: the settings, and per loss its value, top
+  eigenvalues, trace estimate, density and quadrature (see `analyze_loss`).
+  One process only: the eigensolvers run on the host.
+  """
+  subset = PARAM_SUBSETS[_choice("params subset", params_subset,
+                                 list(PARAM_SUBSETS))]
+  _choice("data source", data_source, DATA_SOURCES)
+  pair_losses = {name: make_pair_loss(config, name) for name in losses}
+  if jax.process_count() != 1:
+    raise RuntimeError("The Hessian analysis runs in one process; got "
+                       f"{jax.process_count()}. Run it on one host.")
+  mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
+  batch_size = config.batch_size if batch_size is None else batch_size
+  if not 2 <= batch_size <= config.batch_size or batch_size % mesh.size:
+    raise ValueError(
+        f"batch_size={batch_size} must be in [2, config.batch_size="
+        f"{config.batch_size}] and a multiple of the {mesh.size} devices.")
+
+  if steps_per_epoch is None:
+    steps_per_epoch = _steps_per_epoch(config)
+  state = restore_state(config, workdir, mesh, step=step,
+                        steps_per_epoch=steps_per_epoch)
+  step = int(state.step)
+  batch = _fixed_batch(config, mesh, step, batch_size, data_source)
+  model = models.build_model(config.model, dtype=config.dtype)
+  results = {
+      "workdir": str(workdir), "step": step, "params_subset": params_subset,
+      "batch_size": batch_size, "data_source": data_source,
+      "which": which, "top_k": top_k, "lanczos_steps": lanczos_steps,
+      "num_probes": num_probes, "seed": seed, "losses": {},
+  }
+  for name, (pair_loss, options) in pair_losses.items():
+    loss_fn = training_loss_fn(model, state.batch_stats, batch, pair_loss)
+    loss_fn, params = spectrum.restrict_to_subset(loss_fn, state.params, subset)
+    results["num_params"] = int(sum(x.size for x in jax.tree.leaves(params)))
+    analysis = analyze_loss(loss_fn, params, top_k=top_k, which=which,
+                            lanczos_steps=lanczos_steps,
+                            num_probes=num_probes, seed=seed)
+    results["losses"][name] = {"options": options, **analysis}
+    top = ", ".join(f"{v:.4g}" for v in analysis["top_eigenvalues"])
+    log(f"[hessian] {name}: loss {analysis['loss']:.4f}, top eigenvalues "
+        f"[{top}], trace ~ {analysis['trace_estimate']:.4g} "
+        f"({analysis['seconds']:.1f} s)")
+  return results
+
+
+def plot_spectra(results: Mapping[str, Any]) -> Figure:
+  """One panel per loss: SLQ density on a log scale, top eigenvalues dashed.
+
+  Log density (as in Ghorbani et al. 2019) shows the few outliers next to
+  the bulk near 0; the eigenvalue axis is linear and shared, so the panels
+  compare the curvature scales of the losses directly.
+  """
+  per_loss = results["losses"]
+  figure = Figure(figsize=(7, 2.4 * len(per_loss) + 0.6), layout="constrained")
+  axes = figure.subplots(len(per_loss), 1, squeeze=False, sharex=True).ravel()
+  for axis, (name, analysis) in zip(axes, per_loss.items()):
+    grid = np.asarray(analysis["density"]["grid"])
+    density = np.asarray(analysis["density"]["values"])
+    # Below ~1e-6 of the peak the curve is the tail of the broadening kernel,
+    # not spectrum; the floor also keeps zeros off the log scale.
+    floor = density.max() * 1e-6
+    axis.plot(grid, np.maximum(density, floor), color="C0",
+              label="SLQ density")
+    for i, value in enumerate(analysis["top_eigenvalues"]):
+      axis.axvline(value, color="C3", linestyle="--", linewidth=0.8,
+                   label=f"top {results['top_k']} (eigsh)" if i == 0 else None)
+    axis.set_yscale("log")
+    axis.set_ylim(bottom=floor)
+    axis.set_title(f"{name}: loss {analysis['loss']:.3f}, "
+                   f"lambda_max {analysis['top_eigenvalues'][0]:.3g}, "
+                   f"trace {analysis['trace_estimate']:.3g}", fontsize="medium")
+    axis.set_ylabel("density")
+    axis.grid(alpha=0.3)
+  axes[0].legend(fontsize="small", loc="upper right")
+  axes[-1].set_xlabel(
+      f"Hessian eigenvalue ({results['params_subset']} parameters, "
+      f"{results['num_params']:,}; step {results['step']}, "
+      f"batch {results['batch_size']})")
+  return figure
+
+
+def save_results(results: Mapping[str, Any], output_dir: str) -> tuple[str, str]:
+  """Writes hessian.json and hessian_spectrum.png into output_dir (may be gs://)."""
+  directory = epath.Path(output_dir)
+  directory.mkdir(parents=True, exist_ok=True)
+  json_path, png_path = directory / JSON_NAME, directory / PNG_NAME
+  json_path.write_text(json.dumps(results, indent=1) + "\n")
+  buffer = io.BytesIO()
+  plot_spectra(results).savefig(buffer, format="png", dpi=100)
+  png_path.write_bytes(buffer.getvalue())
+  return str(json_path), str(png_path)
+
+
+def _define_flags() -> dict[str, flags.FlagHolder]:
+  # Defined only when run as a command: absl flags are global, and importing
+  # this module next to mio_jax.main (which also has --config) must work.
+  return {
+      "config": config_flags.DEFINE_config_file(
+          "config", None, "The config file the checkpoints were trained with.",
+          lock_config=True),
+      "workdir": flags.DEFINE_string("workdir", None, "The run's directory."),
+      "losses": flags.DEFINE_list("losses", list(losses_lib.LOSSES),
+                                  "Losses to analyse at the same point."),
+      "top_k": flags.DEFINE_integer("top_k", 5, "Number of top eigenvalues."),
+      "params_subset": flags.DEFINE_enum(
+          "params", "all", list(PARAM_SUBSETS),
+          "Parameters the Hessian is taken with respect to."),
+      "batch_size": flags.DEFINE_integer(
+          "batch_size", None,
+          "Images of the fixed batch (default: config.batch_size)."),
+      "data_source": flags.DEFINE_enum("data", "pipeline", list(DATA_SOURCES),
+                                       "Where the fixed batch comes from."),
+      "step": flags.DEFINE_integer("step", None,
+                                   "Checkpoint step (default: the latest)."),
+      "which": flags.DEFINE_enum("which", "LA", list(spectrum.EIGSH_WHICH),
+                                 "Which end of the spectrum --top_k takes."),
+      "lanczos_steps": flags.DEFINE_integer("lanczos_steps", 64,
+                                            "Lanczos steps per SLQ probe."),
+      "num_probes": flags.DEFINE_integer("num_probes", 2, "SLQ probe vectors."),
+      "output_dir": flags.DEFINE_string(
+          "output_dir", None, f"Default: <workdir>/{OUTPUT_SUBDIR}."),
+  }
+
+
+def main(argv: Sequence[str], flag_holders: Mapping[str, flags.FlagHolder]
+        ) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
+  values = {name: holder.value for name, holder in flag_holders.items()}
+  config, workdir = values.pop("config"), values.pop("workdir")
+  output_dir = values.pop("output_dir") or os.path.join(workdir, OUTPUT_SUBDIR)
+  results = analyze_checkpoint(config, workdir, seed=config.seed, **values)
+  for path in save_results(results, output_dir):
+    print(f"Wrote {path}")
+
+
+if __name__ == "__main__":
+  _FLAGS = _define_flags()
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(lambda argv: main(argv, _FLAGS))
