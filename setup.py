@@ -34,6 +34,7 @@ setuptools.setup(
         "absl-py",
         "scikit-learn",
         "scipy",
+        "threadpoolctl",
         "matplotlib",
     ],
     extras_require={"test": ["pytest", "pytest-xdist"]},

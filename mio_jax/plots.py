@@ -10,6 +10,7 @@ from typing import Optional
 from matplotlib.figure import Figure
 import numpy as np
 from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits
 
 from mio_jax.metric_logging import EVAL_PREFIX
 
@@ -115,8 +116,12 @@ def plot_embedding(features: np.ndarray, labels: np.ndarray, out_png: str, *,
     features, labels = features[keep], labels[keep]
   # sklearn requires perplexity < number of points.
   perplexity = min(30.0, max(1.0, (len(features) - 1) / 3))
-  embedded = TSNE(n_components=2, perplexity=perplexity, metric="cosine",
-                  init="pca", random_state=seed).fit_transform(features)
+  # One OpenMP thread: sklearn's Barnes-Hut t-SNE busy-waits in OpenMP, and
+  # on a busy host that is pathological (297 points: 30 s with 2 threads vs
+  # 1.6 s with 1 on a loaded 2-core machine; ~2,000 points take ~20 s).
+  with threadpool_limits(limits=1, user_api="openmp"):
+    embedded = TSNE(n_components=2, perplexity=perplexity, metric="cosine",
+                    init="pca", random_state=seed).fit_transform(features)
 
   classes = np.unique(labels)
   colormap = "tab10" if len(classes) <= 10 else (
