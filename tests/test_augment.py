@@ -151,3 +151,13 @@ def test_params_from_config_reads_every_augment_key():
   assert params.image_size == config.dataset.image_size
   for key in config.augment.keys():
     assert getattr(params, key) == pytest.approx(config.augment[key]), key
+
+
+def test_gaussian_blur_keeps_constants_and_smooths_noise():
+  constant = tf.fill([SIZE, SIZE, 3], 0.25)
+  np.testing.assert_allclose(augment.gaussian_blur(constant, _key()).numpy(),
+                             0.25, atol=1e-6)
+  noise = tf.random.stateless_uniform([64, 64, 3], [1, 2])
+  blurred = [augment.gaussian_blur(noise, _key(index=i)).numpy()
+             for i in range(4)]
+  assert all(b.std() < noise.numpy().std() for b in blurred)

@@ -225,7 +225,7 @@ def _local_batches(make_records: Callable[[], Iterator[tuple]], source,
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _global_batches(local_batches: Iterator[dict[str, np.ndarray]],
+def global_batches(local_batches: Iterator[dict[str, np.ndarray]],
                     mesh: jax.sharding.Mesh, global_batch_size: int,
                     prefetch: int) -> Iterator[dict[str, jax.Array]]:
   """Local numpy batches -> global arrays, `prefetch` transfers in flight."""
@@ -310,7 +310,7 @@ def pretrain_batches(config: ml_collections.ConfigDict,
   source = _source(config, spec.pretrain_split)
   rows = _local_rows(mesh, int(config.batch_size))
   ds = pretrain_dataset(source, config, rows=rows, start_step=start_step)
-  return _global_batches(tfds.as_numpy(ds), mesh, int(config.batch_size),
+  return global_batches(tfds.as_numpy(ds), mesh, int(config.batch_size),
                          int(config.dataset.prefetch))
 
 
@@ -364,5 +364,5 @@ def eval_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   source = _source(config, spec.eval_splits[split])
   rows = _local_rows(mesh, int(config.eval.batch_size))
   ds = eval_dataset(source, config, rows=rows)
-  return _global_batches(tfds.as_numpy(ds), mesh, int(config.eval.batch_size),
+  return global_batches(tfds.as_numpy(ds), mesh, int(config.eval.batch_size),
                          int(config.dataset.prefetch))
