@@ -7,6 +7,7 @@ axis, and XLA inserts the collectives (BatchNorm statistics, the loss over
 the global batch, the gradient all-reduce). The old state is donated so its
 buffers are reused in place.
 """
+import functools
 from typing import Any, Callable, Mapping
 
 import flax
@@ -58,6 +59,17 @@ def _model(config: ml_collections.ConfigDict) -> nn.Module:
 def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh, *,
                        steps_per_epoch: int) -> TrainState:
   """A freshly initialised state (seeded by config.seed), replicated on mesh."""
+  return _init_fn(ml_collections.FrozenConfigDict(config), mesh,
+                  steps_per_epoch)()
+
+
+# The builders below are cached on (frozen config, mesh, steps_per_epoch) so
+# that asking twice for the same function (a resumed run in the same process,
+# main.py and the tests) reuses the jitted function and its compiled
+# executable instead of compiling again (the init alone takes seconds on CPU).
+@functools.lru_cache(maxsize=16)
+def _init_fn(config: ml_collections.FrozenConfigDict, mesh: Mesh,
+             steps_per_epoch: int) -> Callable[[], TrainState]:
   model = _model(config)
   tx, _ = optim.make_optimizer(
       config, total_steps=total_steps(config, steps_per_epoch),
@@ -74,7 +86,7 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh, *,
                       opt_state=tx.init(params),
                       rng=jax.random.key_data(state_key))
 
-  return jax.jit(init, out_shardings=mesh_lib.replicated_sharding(mesh))()
+  return jax.jit(init, out_shardings=mesh_lib.replicated_sharding(mesh))
 
 
 def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
@@ -86,6 +98,14 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
   over `data`. Metrics (replicated scalars): loss, grad_norm, learning_rate
   and the pair metrics of `losses.pair_metrics`.
   """
+  return _train_step_fn(ml_collections.FrozenConfigDict(config), mesh,
+                        steps_per_epoch)
+
+
+@functools.lru_cache(maxsize=16)
+def _train_step_fn(config: ml_collections.FrozenConfigDict, mesh: Mesh,
+                   steps_per_epoch: int
+                  ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   model = _model(config)
   tx, schedule = optim.make_optimizer(
       config, total_steps=total_steps(config, steps_per_epoch),
@@ -145,6 +165,12 @@ def make_encode_fn(config: ml_collections.ConfigDict, mesh: Mesh
   BatchNorm uses its running averages; the projector is not evaluated (XLA
   drops the unused branch). The features stay sharded over `data`.
   """
+  return _encode_fn(ml_collections.FrozenConfigDict(config), mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _encode_fn(config: ml_collections.FrozenConfigDict, mesh: Mesh
+              ) -> Callable[[TrainState, jax.Array], jax.Array]:
   model = _model(config)
 
   def encode(state: TrainState, images: jax.Array) -> jax.Array:

@@ -3,9 +3,14 @@
 Run as a script by the kill/restart tests (the subprocess gets no conftest,
 so callers pass XLA_FLAGS / JAX_PLATFORMS in its environment):
 
-    python tests/pretrain_runner.py WORKDIR TOTAL_STEPS CHECKPOINT_EVERY
+    python tests/pretrain_runner.py WORKDIR TOTAL_STEPS CHECKPOINT_EVERY \
+        [SECONDS_PER_STEP]
+
+SECONDS_PER_STEP slows the loop down (a sleep after each step) so that a
+test can kill the run between two checkpoints.
 """
 import sys
+import time
 
 import ml_collections
 
@@ -27,7 +32,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   c.total_steps = 6
   c.checkpoint_every_steps = 2
   c.keep_checkpoints = 2
-  c.log_every_steps = 1
+  c.log_every_steps = 5  # steps 1-4 take the deferred finiteness check
   for key, value in overrides.items():
     c[key] = value
   return c
@@ -36,7 +41,8 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 STEPS_PER_EPOCH = 3
 
 
-def main(workdir: str, total_steps: int, checkpoint_every: int) -> None:
+def main(workdir: str, total_steps: int, checkpoint_every: int,
+         seconds_per_step: float = 0.0) -> None:
   from mio_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from mio_jax import pretrain, synthetic  # pylint: disable=g-import-not-at-top
   config = tiny_config(total_steps=total_steps,
@@ -45,8 +51,10 @@ def main(workdir: str, total_steps: int, checkpoint_every: int) -> None:
   pretrain.pretrain(
       config, workdir, mesh=mesh, steps_per_epoch=STEPS_PER_EPOCH,
       batches_fn=lambda start: synthetic.synthetic_batches(
-          config, mesh, start_step=start))
+          config, mesh, start_step=start),
+      hooks=[lambda step, state: time.sleep(seconds_per_step)])
 
 
 if __name__ == "__main__":
-  main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+  main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
+       *map(float, sys.argv[4:5]))

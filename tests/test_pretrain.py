@@ -1,0 +1,169 @@
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from mio_jax import checkpointing
+from mio_jax import mesh as mesh_lib
+from mio_jax import pretrain
+from mio_jax import synthetic
+from mio_jax import train
+from pretrain_runner import STEPS_PER_EPOCH, tiny_config
+
+TOTAL_STEPS = 6
+RUNNER = pathlib.Path(__file__).parent / "pretrain_runner.py"
+
+
+class _RecordingLogger:
+
+  def __init__(self):
+    self.logged = []
+
+  def log(self, step, metrics):
+    self.logged.append((step, metrics))
+
+  def close(self):
+    pass
+
+
+def _pretrain(workdir, config=None, hooks=(), batches_fn=None, logger=None):
+  config = tiny_config(total_steps=TOTAL_STEPS) if config is None else config
+  mesh = mesh_lib.make_data_mesh()
+  if batches_fn is None:
+    batches_fn = lambda start: synthetic.synthetic_batches(
+        config, mesh, start_step=start)
+  return pretrain.pretrain(config, str(workdir), mesh=mesh,
+                           batches_fn=batches_fn,
+                           steps_per_epoch=STEPS_PER_EPOCH,
+                           logger=logger or _RecordingLogger(), hooks=hooks)
+
+
+def _host(state):
+  return jax.tree.map(np.asarray, jax.device_get(state))
+
+
+def _assert_identical(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """Final state of an uninterrupted TOTAL_STEPS-step run (saves at 2, 4, 6)."""
+  logger = _RecordingLogger()
+  state = _pretrain(tmp_path_factory.mktemp("uninterrupted"), logger=logger)
+  assert [step for step, _ in logger.logged] == [5, 6]  # every 5 + last
+  return _host(state)
+
+
+def test_uninterrupted_run_trains_and_saves(uninterrupted, tmp_path):
+  assert int(uninterrupted.step) == TOTAL_STEPS
+  fresh = train.create_train_state(tiny_config(total_steps=TOTAL_STEPS),
+                                   mesh_lib.make_data_mesh(),
+                                   steps_per_epoch=STEPS_PER_EPOCH)
+  kernel = lambda s: np.asarray(s.params["projector"]["dense2"]["kernel"])
+  assert not np.allclose(kernel(fresh), kernel(uninterrupted))
+
+
+def test_resume_after_a_crash_is_bit_identical(uninterrupted, tmp_path):
+  def crash_at_step_5(step, state):
+    if step == 5:
+      raise RuntimeError("simulated crash")
+
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    _pretrain(tmp_path, hooks=[crash_at_step_5])
+  assert checkpointing.Checkpointer(
+      str(tmp_path), tiny_config()).latest_step() == 4
+  resumed = _pretrain(tmp_path)  # resumes at 4, trains steps 5 and 6
+  _assert_identical(_host(resumed), uninterrupted)
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(uninterrupted,
+                                                          tmp_path):
+  def sigterm_at_step_3(step, state):
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with pytest.raises(SystemExit) as exit_info:
+    _pretrain(tmp_path, hooks=[sigterm_at_step_3])
+  assert exit_info.value.code == 0
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), tiny_config())
+  assert checkpointer.all_steps() == [2, 3]
+  checkpointer.close()
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+  _assert_identical(_host(_pretrain(tmp_path)), uninterrupted)
+
+
+# Step 2 is caught by the deferred check (after step 3 is dispatched), step 3
+# at once because its result (step 4) would be saved.
+@pytest.mark.parametrize("bad_step", [2, 3])
+def test_non_finite_loss_stops_naming_the_step(tmp_path, bad_step):
+  config = tiny_config(total_steps=TOTAL_STEPS)
+  mesh = mesh_lib.make_data_mesh()
+
+  def batches_with_nan(start):
+    for step, batch in enumerate(
+        synthetic.synthetic_batches(config, mesh, start_step=start), start):
+      if step == bad_step:
+        batch["view1"] = batch["view1"] * np.nan
+      yield batch
+
+  with pytest.raises(train.NonFiniteLossError, match=f"at step {bad_step}:"):
+    _pretrain(tmp_path, config=config, batches_fn=batches_with_nan)
+  # The last good checkpoint (step 2) is kept; no NaN state was saved.
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), config)
+  assert checkpointer.all_steps() == [2]
+  restored = checkpointer.restore(train.create_train_state(
+      config, mesh, steps_per_epoch=STEPS_PER_EPOCH))
+  checkpointer.close()
+  assert all(np.isfinite(np.asarray(x)).all()
+             for x in jax.tree.leaves(restored.params))
+
+
+def _finished_steps(workdir):
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  if not directory.exists():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir()
+                if p.name.isdigit() and (p / "commit_success.txt").exists())
+
+
+@pytest.mark.slow  # two subprocesses compiling: 80 s on 2 busy cores
+def test_sigkill_mid_run_then_restart_matches_uninterrupted(uninterrupted,
+                                                            tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             TF_CPP_MIN_LOG_LEVEL="2")
+  command = [sys.executable, str(RUNNER), str(tmp_path), str(TOTAL_STEPS), "2"]
+  # Slow steps (1 s each) leave time to kill between checkpoints 2 and 6.
+  run = subprocess.Popen(command + ["1.0"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+  deadline = time.monotonic() + 240
+  while not _finished_steps(tmp_path):
+    assert run.poll() is None, run.stdout.read().decode()
+    assert time.monotonic() < deadline, "no checkpoint within 240 s"
+    time.sleep(0.05)
+  run.send_signal(signal.SIGKILL)
+  run.wait()
+  killed_at = _finished_steps(tmp_path)
+  assert killed_at and max(killed_at) < TOTAL_STEPS
+
+  restart = subprocess.run(command, env=env, capture_output=True, text=True,
+                           timeout=240)
+  assert restart.returncode == 0, restart.stdout + restart.stderr
+  assert f"at step {max(killed_at)}." in restart.stdout
+  checkpointer = checkpointing.Checkpointer(
+      str(tmp_path), tiny_config(total_steps=TOTAL_STEPS))
+  assert checkpointer.latest_step() == TOTAL_STEPS
+  final = checkpointer.restore(train.create_train_state(
+      tiny_config(total_steps=TOTAL_STEPS), mesh_lib.make_data_mesh(),
+      steps_per_epoch=STEPS_PER_EPOCH))
+  checkpointer.close()
+  _assert_identical(_host(final), uninterrupted)
