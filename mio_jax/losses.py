@@ -15,14 +15,14 @@ reduced over the keys to one statistic per anchor (a logsumexp or a sum of
 softplus). Because rows carry their ids, the same code serves the whole
 batch on one device, each device's anchors against all-gathered keys inside
 `jax.shard_map` (`sharded_mio_loss`), and blocks of keys streamed one at a
-time (`block_size`, merging per-block statistics with `_merge_block_stats`).
+time (`block_size`, merging per-block statistics).
 
 Similarities are computed in float32 (float64 when given float64) whatever
 the input dtype, so bfloat16 models get float32 losses.
 """
 import functools
 import math
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +77,47 @@ def _check_batch(u1: Array, u2: Array) -> int:
   return u1.shape[0]
 
 
+def _check_block_size(block_size: Optional[int], num_anchor_images: int,
+                      num_images: int) -> None:
+  if block_size is None:
+    return
+  if (not isinstance(block_size, int) or block_size < 1
+      or num_anchor_images % block_size or num_images % block_size):
+    raise ValueError(
+        f"block_size={block_size!r} must be a positive integer dividing the "
+        f"images per device ({num_anchor_images}) and the global batch "
+        f"({num_images}); use a divisor such as a power of two, or None.")
+
+
+def _map_image_blocks(block_fn: Callable[[Array, int], Any], num_images: int,
+                      block_size: Optional[int]) -> Any:
+  """block_fn(start, size) over consecutive image blocks, outputs stacked.
+
+  block_size None is one block of all images (the dense computation). With
+  an integer, blocks run one after the other (`lax.map`), and
+  `jax.checkpoint` makes the backward pass recompute each block's
+  intermediates (its logits) instead of storing them for every block.
+  """
+  if block_size is None:
+    return jax.tree.map(lambda x: x[None], block_fn(0, num_images))
+  return jax.lax.map(
+      jax.checkpoint(lambda index: block_fn(index * block_size, block_size)),
+      jnp.arange(num_images // block_size))
+
+
+def _view_rows(z_view1: Array, z_view2: Array, start, size: int, *,
+               first_image, num_images: int) -> Tuple[Array, Array]:
+  """Images [start, start + size) of two (n, d) view arrays as 2 * size rows.
+
+  Returns the rows (view 1 then view 2) and their global row ids;
+  `first_image` is the global batch index of the arrays' row 0.
+  """
+  images = first_image + start + jnp.arange(size)
+  rows = [jax.lax.dynamic_slice_in_dim(z, start, size)
+          for z in (z_view1, z_view2)]
+  return jnp.concatenate(rows), jnp.concatenate([images, images + num_images])
+
+
 def _key_mask(anchor_ids: Array, key_ids: Array, *, num_images: int,
               exclude_partner: bool) -> Array:
   """(n, m) bool: True where key j counts in the reduction for anchor i."""
@@ -104,8 +145,8 @@ def _key_statistic(anchors: Array, anchor_ids: Array, keys: Array,
 
   Returns:
     (n,) logsumexp_j(logit_ij) or sum_j softplus(logit_ij) over the kept keys.
-    A block with no kept key gives -inf (logsumexp) or 0 (sum), the
-    neutral elements of `_merge_block_stats`.
+    A block with no kept key gives -inf (logsumexp) or 0 (sum), which
+    leave the other blocks' statistics unchanged when merged.
   """
   logits = (anchors @ keys.T) / temperature
   keep = _key_mask(anchor_ids, key_ids, num_images=num_images,
@@ -115,50 +156,6 @@ def _key_statistic(anchors: Array, anchor_ids: Array, keys: Array,
     # exp(logit) is ever formed unshifted.
     return jax.nn.logsumexp(jnp.where(keep, logits, -jnp.inf), axis=1)
   return jnp.sum(jnp.where(keep, jax.nn.softplus(logits), 0.0), axis=1)
-
-
-def _view_rows(z_view1: Array, z_view2: Array, image_offset,
-               num_images: int) -> Tuple[Array, Array]:
-  """Both views of images [offset, offset + n) as rows, with their global ids."""
-  images = image_offset + jnp.arange(z_view1.shape[0])
-  return (jnp.concatenate([z_view1, z_view2]),
-          jnp.concatenate([images, images + num_images]))
-
-
-def _merge_block_stats(block_stats: Array, kind: _LossKind) -> Array:
-  """Merges (num_blocks, n) statistics of disjoint key blocks into (n,).
-
-  A block in which every key of an anchor is masked contributes -inf
-  (logsumexp) or 0 (sum), which leaves the others unchanged.
-  """
-  if kind.key_reduction == "logsumexp":
-    return jax.nn.logsumexp(block_stats, axis=0)
-  return jnp.sum(block_stats, axis=0)
-
-
-def _streamed_key_statistic(anchors: Array, anchor_ids: Array,
-                            z_keys1: Array, z_keys2: Array, *,
-                            block_size: int, num_images: int,
-                            temperature: float, kind: _LossKind) -> Array:
-  """`_key_statistic` over all 2N keys, taken block_size images at a time.
-
-  Only one (anchors, 2 * block_size) logit block exists at a time; each
-  block leaves one (n,) statistic, and the checkpointed block function
-  recomputes its logits in the backward pass instead of storing them.
-  """
-  def block_statistic(block_index):
-    start = block_index * block_size
-    keys, key_ids = _view_rows(
-        jax.lax.dynamic_slice_in_dim(z_keys1, start, block_size),
-        jax.lax.dynamic_slice_in_dim(z_keys2, start, block_size), start,
-        num_images)
-    return _key_statistic(anchors, anchor_ids, keys, key_ids,
-                          num_images=num_images, temperature=temperature,
-                          kind=kind)
-
-  block_stats = jax.lax.map(jax.checkpoint(block_statistic),
-                            jnp.arange(num_images // block_size))
-  return _merge_block_stats(block_stats, kind)
 
 
 def _anchor_losses(anchors: Array, partners: Array, key_stat: Array, *,
@@ -191,12 +188,19 @@ def _anchor_losses(anchors: Array, partners: Array, key_stat: Array, *,
           + reg_weight * alignment)
 
 
+def _merge_key_stats(block_stats: Array, kind: _LossKind) -> Array:
+  """Merges (num_key_blocks, n) statistics of disjoint key blocks into (n,)."""
+  if kind.key_reduction == "logsumexp":
+    return jax.nn.logsumexp(block_stats, axis=0)
+  return jnp.sum(block_stats, axis=0)
+
+
 def _summed_anchor_losses(z_anchor1: Array, z_anchor2: Array, image_offset,
                           z_keys1: Array, z_keys2: Array, *, name: str,
                           temperature: float,
                           negative_temperature: Optional[float],
                           reg_weight: float,
-                          block_size: Optional[int] = None) -> Array:
+                          block_size: Optional[int]) -> Array:
   """Sum of l_i over the anchors of images [offset, offset + n) in both views.
 
   Args:
@@ -205,72 +209,63 @@ def _summed_anchor_losses(z_anchor1: Array, z_anchor2: Array, image_offset,
     z_keys1, z_keys2: (N, d) unit vectors of every image's two views.
     name, temperature, negative_temperature, reg_weight: the loss.
     block_size: None computes all (2n, 2N) logits at once. An integer
-      dividing n and N streams block_size images at a time: anchor blocks
-      against key blocks, holding O(block_size^2) logits and keeping
-      O(N) values per anchor block for the backward pass (the rest is
-      recomputed, `jax.checkpoint`). Same value and gradients.
+      dividing n and N takes block_size images at a time, anchor blocks
+      against key blocks: one (2b, 2b) logit block lives at a time and the
+      backward pass keeps O(N) values per anchor block. Same value and
+      gradients.
   The dense loss calls this with all images; each device inside shard_map
   calls it with its own images against the all-gathered keys.
   """
   kind = _KINDS[name]
   num_images = z_keys1.shape[0]
+  _check_block_size(block_size, z_anchor1.shape[0], num_images)
   key_temperature = (
       _negative_temperature(temperature, negative_temperature)
       if kind.uses_negative_temperature else temperature)
 
-  def block_loss(view1, view2, offset):
-    anchors, anchor_ids = _view_rows(view1, view2, offset, num_images)
-    partners = jnp.concatenate([view2, view1])
-    options = dict(num_images=num_images, temperature=key_temperature,
-                   kind=kind)
-    if block_size is None:
-      keys, key_ids = _view_rows(z_keys1, z_keys2, 0, num_images)
-      key_stat = _key_statistic(anchors, anchor_ids, keys, key_ids, **options)
-    else:
-      key_stat = _streamed_key_statistic(anchors, anchor_ids, z_keys1, z_keys2,
-                                         block_size=block_size, **options)
+  def anchor_block_loss(anchor_start, anchor_size):
+    anchors, anchor_ids = _view_rows(
+        z_anchor1, z_anchor2, anchor_start, anchor_size,
+        first_image=image_offset, num_images=num_images)
+    partners, _ = _view_rows(z_anchor2, z_anchor1, anchor_start, anchor_size,
+                             first_image=image_offset, num_images=num_images)
+
+    def key_block_statistic(key_start, key_size):
+      keys, key_ids = _view_rows(z_keys1, z_keys2, key_start, key_size,
+                                 first_image=0, num_images=num_images)
+      return _key_statistic(anchors, anchor_ids, keys, key_ids,
+                            num_images=num_images,
+                            temperature=key_temperature, kind=kind)
+
+    key_stat = _merge_key_stats(
+        _map_image_blocks(key_block_statistic, num_images, block_size), kind)
     return jnp.sum(_anchor_losses(
         anchors, partners, key_stat, name=name, num_images=num_images,
         temperature=temperature, reg_weight=reg_weight))
 
-  if block_size is None:
-    return block_loss(z_anchor1, z_anchor2, image_offset)
-  num_anchor_images = z_anchor1.shape[0]
-  if (not isinstance(block_size, int) or block_size < 1
-      or num_anchor_images % block_size or num_images % block_size):
-    raise ValueError(
-        f"block_size={block_size!r} must be a positive integer dividing the "
-        f"images per device ({num_anchor_images}) and the global batch "
-        f"({num_images}); use a divisor such as a power of two, or None.")
-
-  def anchor_block_loss(block_index):
-    start = block_index * block_size
-    view1, view2 = (jax.lax.dynamic_slice_in_dim(view, start, block_size)
-                    for view in (z_anchor1, z_anchor2))
-    return block_loss(view1, view2, image_offset + start)
-
-  # jax.lax.map rather than a scan with a running total: a carry would need
-  # its shard_map varying-axes type spelled out, per-block outputs do not.
-  return jnp.sum(jax.lax.map(jax.checkpoint(anchor_block_loss),
-                             jnp.arange(num_anchor_images // block_size)))
+  return jnp.sum(_map_image_blocks(anchor_block_loss, z_anchor1.shape[0],
+                                   block_size))
 
 
 def _negative_temperature(temperature, negative_temperature):
   return temperature if negative_temperature is None else negative_temperature
 
 
-def _check_options(name: str, temperature, negative_temperature,
+def _check_positive(key: str, value) -> None:
+  """Rejects a non-positive hyperparameter when it is known at trace time."""
+  if isinstance(value, (int, float)) and not value > 0:
+    raise ValueError(f"{key} must be > 0, got {value!r}.")
+
+
+def _check_options(variant: str, temperature, negative_temperature,
                    reg_weight) -> None:
-  """Rejects bad hyperparameters that are known at trace time."""
-  for key, value in (("temperature", temperature),
-                     ("negative_temperature", negative_temperature)):
-    if isinstance(value, (int, float)) and not value > 0:
-      raise ValueError(f"{key} must be > 0, got {value!r}.")
+  """Rejects a bad variant or bad hyperparameters (those known at trace time)."""
+  if variant not in ("mio", "bce"):
+    raise ValueError(f"variant must be 'mio' or 'bce', got {variant!r}.")
+  _check_positive("temperature", temperature)
+  _check_positive("negative_temperature", negative_temperature)
   if isinstance(reg_weight, (int, float)) and not reg_weight >= 0:
     raise ValueError(f"reg_weight must be >= 0, got {reg_weight!r}.")
-  if name not in ("mio", "bce"):
-    raise ValueError(
-        f"variant must be 'mio' or 'bce', got {name!r}.")
 
 
 # ---- public losses ----------------------------------------------------------
@@ -294,9 +289,10 @@ def mio_loss(u1: Array, u2: Array, *, variant: str = "mio",
     negative_temperature: tau_n for negative pairs; None means tau_p.
     reg_weight: lambda, weight of the alignment regulariser R.
     block_size: None: all (2N, 2N) similarities at once. An integer dividing
-      N: stream blocks of block_size images (anchors against keys, with a
-      running logsumexp and `jax.checkpoint`) so memory grows as
-      O(N * block_size) instead of O(N^2); same value and gradients.
+      N: blocks of block_size images, anchors against keys one block pair at
+      a time (per-block logsumexps merged, `jax.checkpoint` in the backward
+      pass), so memory grows as O(N * block_size) instead of O(N^2); same
+      value and gradients.
 
   Returns:
     The scalar loss (float32, or float64 for float64 inputs).
@@ -356,8 +352,7 @@ def sharded_mio_loss(u1_local: Array, u2_local: Array, *, axis_name: str,
 
 def _baseline_loss(name: str, u1: Array, u2: Array, temperature: float,
                    block_size: Optional[int]) -> Array:
-  if isinstance(temperature, (int, float)) and not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+  _check_positive("temperature", temperature)
   num_images = _check_batch(u1, u2)
   z1, z2 = normalize_rows(u1), normalize_rows(u2)
   total = _summed_anchor_losses(
@@ -396,8 +391,10 @@ def mio_loss_grad(u1: Array, u2: Array, *, variant: str = "mio",
 
   G = dL/dS for S = Z Z^T; dL/dZ = (G + G^T) Z; then through the
   normalisation dL/du_i = (I - z_i z_i^T) dL/dz_i / ||u_i|| (rows with
-  ||u_i|| < eps are only divided by eps: dL/du_i = dL/dz_i / eps). Derivation in docs/loss.md. Returns float32 (float64 for
-  float64 inputs) gradients.
+  ||u_i|| < eps are only divided by eps: dL/du_i = dL/dz_i / eps).
+  Derivation in docs/loss.md. Dense, O(N^2) memory: a reference for tests
+  and for reading, not for training. Returns float32 (float64 for float64
+  inputs) gradients.
   """
   _check_options(variant, temperature, negative_temperature, reg_weight)
   num_images = _check_batch(u1, u2)
@@ -471,7 +468,7 @@ def make_loss(name: str, *, temperature: float,
   if name not in LOSSES:
     raise ValueError(
         f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}.")
-  if not temperature > 0:
+  if not (isinstance(temperature, (int, float)) and temperature > 0):
     raise ValueError(f"temperature must be > 0, got {temperature!r}.")
   if block_size is not None and not (isinstance(block_size, int)
                                      and block_size > 0):
@@ -498,15 +495,65 @@ def make_loss(name: str, *, temperature: float,
 # ---- pair metrics -----------------------------------------------------------
 
 
+class _PairSums(NamedTuple):
+  """Sums over the loss's ordered pairs, the raw material of `pair_metrics`."""
+  positive_sim: Array  # sum of s_{i,p(i)} over the 2N anchors
+  positive_correct: Array  # number of positive pairs with s > 0
+  negative_sim: Array  # sum of s_ik over the 2N * M negative pairs
+  negative_correct: Array  # number of negative pairs with s <= 0
+  negative_critic_lse: Array  # logsumexp of s_ik / tau_p over the same pairs
+
+
+def _pair_sums(z1: Array, z2: Array, *, critic_temperature: float,
+               block_size: Optional[int]) -> _PairSums:
+  """`_PairSums` of unit vectors z1, z2 (N, d), in blocks like the losses."""
+  num_images = z1.shape[0]
+  _check_block_size(block_size, num_images, num_images)
+  rows = functools.partial(_view_rows, first_image=0, num_images=num_images)
+
+  def anchor_block_sums(anchor_start, anchor_size):
+    anchors, anchor_ids = rows(z1, z2, anchor_start, anchor_size)
+    partners, _ = rows(z2, z1, anchor_start, anchor_size)
+
+    def key_block_sums(key_start, key_size):
+      keys, key_ids = rows(z1, z2, key_start, key_size)
+      sims = anchors @ keys.T
+      negative = _key_mask(anchor_ids, key_ids, num_images=num_images,
+                           exclude_partner=True)
+      return (jnp.sum(jnp.where(negative, sims, 0.0), axis=1),
+              jnp.sum(negative & (sims <= 0), axis=1, dtype=jnp.int32),
+              jax.nn.logsumexp(
+                  jnp.where(negative, sims / critic_temperature, -jnp.inf),
+                  axis=1))
+
+    negative_sim, negative_correct, critic_lse = _map_image_blocks(
+        key_block_sums, num_images, block_size)
+    positive_sims = jnp.sum(anchors * partners, axis=1)
+    return _PairSums(jnp.sum(positive_sims),
+                     jnp.sum(positive_sims > 0, dtype=jnp.int32),
+                     jnp.sum(negative_sim), jnp.sum(negative_correct),
+                     jax.nn.logsumexp(critic_lse))
+
+  blocks = _map_image_blocks(anchor_block_sums, num_images, block_size)
+  return _PairSums(*(jnp.sum(total) for total in blocks[:-1]),
+                   jax.nn.logsumexp(blocks.negative_critic_lse))
+
+
 def pair_metrics(u1: Array, u2: Array, *, temperature: float,
-                 negative_temperature: Optional[float] = None
-                 ) -> Dict[str, Array]:
+                 negative_temperature: Optional[float] = None,
+                 block_size: Optional[int] = None) -> Dict[str, Array]:
   """How well the binary pair classifier separates positives from negatives.
 
   Pairs are those of the loss: 2N ordered positive pairs (i, p(i)) and
   2N * M ordered negative pairs (i, k), k in K(i). A pair is predicted
   positive when its logit is > 0, i.e. its cosine similarity is > 0 (the
   sign does not depend on the temperature).
+
+  Args:
+    u1, u2: (N, d) projector outputs, as for the losses.
+    temperature: tau_p; also the critic's scale in the MI estimate.
+    negative_temperature: tau_n, only for `neg_logit`; None means tau_p.
+    block_size: as `mio_loss` (None: all pairs at once).
 
   Returns a dict of scalars:
     pos_sim, neg_sim: mean cosine similarity of positive / negative pairs.
@@ -517,37 +564,31 @@ def pair_metrics(u1: Array, u2: Array, *, temperature: float,
       unbalanced, so the plain accuracy would be dominated by negatives).
     mi_estimate: Donsker-Varadhan estimate (nats) of the mutual information
       between the views' embeddings with critic T = s / tau_p:
-      mean_pos T - log mean_neg exp(T). A lower bound on I in expectation
-      over exact expectations; a batch estimate (see docs/loss.md).
+      mean_pos T - log mean_neg exp(T). A lower bound on I for exact
+      expectations; here a batch estimate (see docs/loss.md).
   """
-  _check_options("mio", temperature, negative_temperature, 0.0)
+  for key, value in (("temperature", temperature),
+                     ("negative_temperature", negative_temperature)):
+    _check_positive(key, value)
   num_images = _check_batch(u1, u2)
   tau_n = _negative_temperature(temperature, negative_temperature)
-  z = jnp.concatenate([normalize_rows(u1), normalize_rows(u2)])
-  num_rows = 2 * num_images
-  ids = jnp.arange(num_rows)
-  sims = z @ z.T
-  positive_sims = sims[ids, (ids + num_images) % num_rows]
-  is_negative = _key_mask(ids, ids, num_images=num_images, exclude_partner=True)
-  num_negative_pairs = num_rows * (num_rows - 2)
-
-  def negative_mean(values):
-    return jnp.sum(jnp.where(is_negative, values, 0.0)) / num_negative_pairs
-
-  pos_accuracy = jnp.mean((positive_sims > 0).astype(sims.dtype))
-  neg_accuracy = negative_mean((sims <= 0).astype(sims.dtype))
-  critic = sims / temperature
-  log_mean_exp_negative = (
-      jax.nn.logsumexp(jnp.where(is_negative, critic, -jnp.inf))
-      - math.log(num_negative_pairs))
+  sums = _pair_sums(normalize_rows(u1), normalize_rows(u2),
+                    critic_temperature=temperature, block_size=block_size)
+  num_positive_pairs = 2 * num_images
+  num_negative_pairs = 2 * num_images * (2 * num_images - 2)
+  pos_sim = sums.positive_sim / num_positive_pairs
+  neg_sim = sums.negative_sim / num_negative_pairs
+  pos_accuracy = sums.positive_correct / num_positive_pairs
+  neg_accuracy = sums.negative_correct / num_negative_pairs
   return {
-      "pos_sim": jnp.mean(positive_sims),
-      "neg_sim": negative_mean(sims),
-      "pos_logit": jnp.mean(positive_sims) / temperature,
-      "neg_logit": negative_mean(sims) / tau_n,
-      "pos_accuracy": pos_accuracy,
-      "neg_accuracy": neg_accuracy,
-      "pair_accuracy": (pos_accuracy + neg_accuracy) / 2,
-      "mi_estimate": jnp.mean(positive_sims) / temperature
-                     - log_mean_exp_negative,
+      "pos_sim": pos_sim,
+      "neg_sim": neg_sim,
+      "pos_logit": pos_sim / temperature,
+      "neg_logit": neg_sim / tau_n,
+      "pos_accuracy": pos_accuracy.astype(pos_sim.dtype),
+      "neg_accuracy": neg_accuracy.astype(pos_sim.dtype),
+      "pair_accuracy": ((pos_accuracy + neg_accuracy) / 2).astype(
+          pos_sim.dtype),
+      "mi_estimate": pos_sim / temperature - (
+          sums.negative_critic_lse - math.log(num_negative_pairs)),
   }

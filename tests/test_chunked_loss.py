@@ -48,6 +48,19 @@ def test_streamed_equals_dense_in_float64(name):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
 
 
+def test_streamed_pair_metrics_equal_dense():
+  u1, u2 = _views(4, 12, 6)
+  u2 = u1 + 0.7 * u2  # correlated views: accuracies away from 0 and 1
+  want = losses.pair_metrics(u1, u2, temperature=0.2, negative_temperature=0.4)
+  for block_size in (1, 4):
+    got = losses.pair_metrics(u1, u2, temperature=0.2,
+                              negative_temperature=0.4, block_size=block_size)
+    assert set(got) == set(want)
+    for key in want:
+      np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-7,
+                                 err_msg=key)
+
+
 def test_streamed_degenerate_embeddings_are_finite():
   u1 = np.tile(np.arange(1.0, 5.0, dtype=np.float32), (8, 1))
   for u2 in (u1, -u1):
@@ -62,17 +75,19 @@ def test_streaming_bounds_memory():
   n, d, block_size = 2048, 32, 128
   shape = jax.ShapeDtypeStruct((n, d), jnp.float32)
 
-  def temp_bytes(block):
-    fn = functools.partial(losses.mio_loss, block_size=block)
-    compiled = jax.jit(jax.grad(fn, argnums=(0, 1))).lower(shape,
-                                                            shape).compile()
+  def temp_bytes(fn, block):
+    compiled = jax.jit(functools.partial(fn, block_size=block)).lower(
+        shape, shape).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
-  dense, streamed = temp_bytes(None), temp_bytes(block_size)
-  # Dense holds several (2N, 2N) float32 matrices (>= 64 MiB); streamed only
-  # a few (2b, 2b) blocks and O(N d) vectors.
-  assert dense >= (2 * n)**2 * 4
-  assert streamed <= 16 * (2 * block_size)**2 * 4 + 16 * n * d * 4, streamed
+  loss_grads = jax.grad(losses.mio_loss, argnums=(0, 1))
+  metrics = functools.partial(losses.pair_metrics, temperature=0.5)
+  for fn in (loss_grads, metrics):
+    dense, streamed = temp_bytes(fn, None), temp_bytes(fn, block_size)
+    # Dense holds (2N, 2N) float32 matrices (>= 64 MiB); streamed only a few
+    # (2b, 2b) blocks and O(N d) vectors.
+    assert dense >= (2 * n)**2 * 4
+    assert streamed <= 16 * (2 * block_size)**2 * 4 + 16 * n * d * 4, streamed
 
 
 def test_bad_block_size_raises():
