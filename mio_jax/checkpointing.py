@@ -14,6 +14,9 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.sharding import Mesh
+
+from mio_jax import train
 
 CHECKPOINT_SUBDIR = "checkpoints"
 METADATA_FILE = "run_metadata.json"
@@ -40,20 +43,26 @@ def read_metadata(workdir: str) -> Optional[dict[str, Any]]:
   return json.loads(path.read_text()) if path.exists() else None
 
 
-def check_metadata(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Raises CheckpointMismatchError if workdir's checkpoints are another run's."""
+def metadata_mismatch(workdir: str,
+                      config: ml_collections.ConfigDict) -> Optional[str]:
+  """How workdir's checkpoints differ from `config` ("" if they do not)."""
   stored, expected = read_metadata(workdir), run_metadata(config)
   if stored is None or stored == expected:
-    return
-  differences = []
-  for key in sorted(set(stored) | set(expected)):
-    if stored.get(key) != expected.get(key):
-      differences.append(f"  {key}: checkpoint {stored.get(key)!r}, "
-                         f"config {expected.get(key)!r}")
-  raise CheckpointMismatchError(
-      f"The checkpoints in {checkpoint_dir(workdir)} come from another run:\n"
-      + "\n".join(differences) +
-      "\nUse a new --workdir, or the config the checkpoints were made with.")
+    return ""
+  return "; ".join(
+      f"{key}: checkpoint {stored.get(key)!r}, config {expected.get(key)!r}"
+      for key in sorted(set(stored) | set(expected))
+      if stored.get(key) != expected.get(key))
+
+
+def check_metadata(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Raises CheckpointMismatchError if workdir's checkpoints are another run's."""
+  mismatch = metadata_mismatch(workdir, config)
+  if mismatch:
+    raise CheckpointMismatchError(
+        f"The checkpoints in {checkpoint_dir(workdir)} come from another run "
+        f"({mismatch}). Use a new --workdir, or the config the checkpoints "
+        "were made with.")
 
 
 class Checkpointer:
@@ -111,3 +120,27 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def restore_latest_or_fail(config: ml_collections.ConfigDict, workdir: str,
+                           mesh: Mesh, *,
+                           steps_per_epoch: int) -> train.TrainState:
+  """The latest TrainState saved in workdir (for evaluation-only modes).
+
+  steps_per_epoch: as in pretraining (it shapes the learning-rate schedule of
+  the fresh state the checkpoint is restored into).
+  """
+  directory = checkpoint_dir(workdir)
+  # Checked before opening a Checkpointer, which would create the directory.
+  if not directory.exists() or not any(p.name.isdigit()
+                                       for p in directory.iterdir()):
+    raise FileNotFoundError(
+        f"No checkpoint in {directory}: pretrain first (--config.mode="
+        "pretrain or all with this --workdir).")
+  checkpointer = Checkpointer(workdir, config)
+  try:
+    target = train.create_train_state(config, mesh,
+                                      steps_per_epoch=steps_per_epoch)
+    return checkpointer.restore(target)
+  finally:
+    checkpointer.close()

@@ -60,9 +60,31 @@ def test_checkpoints_of_another_model_are_refused(tmp_path):
 
   other = tiny_config()
   other.model.width_multiplier = 1.0
+  assert "0.5" in checkpointing.metadata_mismatch(str(tmp_path), other)
+  assert checkpointing.metadata_mismatch(str(tmp_path), config) == ""
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match="width_multiplier.*0.5.*1.0"):
     checkpointing.Checkpointer(str(tmp_path), other)
+  with pytest.raises(checkpointing.CheckpointMismatchError):
+    checkpointing.restore_latest_or_fail(
+        other, str(tmp_path), mesh_lib.make_data_mesh(),
+        steps_per_epoch=STEPS_PER_EPOCH)
+
+
+def test_restore_latest_or_fail(tmp_path):
+  config = tiny_config()
+  mesh = mesh_lib.make_data_mesh()
+  with pytest.raises(FileNotFoundError, match="pretrain first"):
+    checkpointing.restore_latest_or_fail(config, str(tmp_path), mesh,
+                                         steps_per_epoch=STEPS_PER_EPOCH)
+  assert not checkpointing.checkpoint_dir(str(tmp_path)).exists()
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), config)
+  for step in (3, 5):
+    checkpointer.save(_state(config).replace(step=np.int32(step)))
+  checkpointer.close()
+  restored = checkpointing.restore_latest_or_fail(
+      config, str(tmp_path), mesh, steps_per_epoch=STEPS_PER_EPOCH)
+  assert int(restored.step) == 5
 
 
 def test_structure_mismatch_at_restore_is_a_clear_error(tmp_path):
