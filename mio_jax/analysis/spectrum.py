@@ -40,14 +40,22 @@ EIGSH_WHICH = {
 }
 
 
-def hvp_fn(loss_fn: LossFn, params: Params) -> Callable[[Params], Params]:
-  """Returns the jitted map `v -> H v` at `params`, with `v` a pytree like `params`.
+# TPUs (and GPUs with TF32) multiply float32 matrices in reduced precision by
+# default, about 1e-3 relative: too coarse for eigenvalue estimates.
+MATMUL_PRECISION = "highest"
 
-  Forward-over-reverse (`jax.jvp` of `jax.grad`): the cheapest exact
-  Hessian-vector product, with no finite-difference step to tune.
-  """
-  def product(point: Params, tangent: Params) -> Params:
+
+def _hvp(loss_fn: LossFn, point: Params, tangent: Params) -> Params:
+  """Forward-over-reverse (`jax.jvp` of `jax.grad`): the cheapest exact
+  Hessian-vector product, with no finite-difference step to tune."""
+  with jax.default_matmul_precision(MATMUL_PRECISION):
     return jax.jvp(jax.grad(loss_fn), (point,), (tangent,))[1]
+
+
+def hvp_fn(loss_fn: LossFn, params: Params) -> Callable[[Params], Params]:
+  """Returns the jitted map `v -> H v` at `params`, with `v` a pytree like `params`."""
+  def product(point: Params, tangent: Params) -> Params:
+    return _hvp(loss_fn, point, tangent)
 
   jitted = jax.jit(product)
   return lambda tangent: jitted(params, tangent)
@@ -74,8 +82,7 @@ def flat_hessian(loss_fn: LossFn, params: Params) -> FlatHessian:
 
   @jax.jit
   def flat_product(point: Params, flat_tangent: jax.Array) -> jax.Array:
-    hv = jax.jvp(jax.grad(loss_fn), (point,), (unravel(flat_tangent),))[1]
-    return ravel_pytree(hv)[0]
+    return ravel_pytree(_hvp(loss_fn, point, unravel(flat_tangent)))[0]
 
   def matvec(vector: np.ndarray) -> np.ndarray:
     vector = jnp.asarray(np.asarray(vector).reshape(-1), dtype=dtype)
