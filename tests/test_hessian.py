@@ -246,7 +246,7 @@ def test_analyze_checkpoint_rejects_bad_requests(tmp_path):
     hessian.analyze_checkpoint(config, str(tmp_path), params_subset="head")
   with pytest.raises(ValueError, match="unknown loss 'infonce'"):
     hessian.analyze_checkpoint(config, str(tmp_path), losses=("infonce",))
-  with pytest.raises(FileNotFoundError, match="No checkpoints in"):
+  with pytest.raises(FileNotFoundError, match="No checkpoint in"):
     hessian.analyze_checkpoint(config, str(tmp_path), data_source="synthetic",
                                steps_per_epoch=STEPS_PER_EPOCH)
   assert not (tmp_path / "checkpoints").exists()

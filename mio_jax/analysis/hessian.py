@@ -4,7 +4,7 @@ r"""Hessian eigenspectrum of the pretraining loss at a checkpoint, per loss.
         --workdir=runs/digits [--losses=mio,bce,nt_xent,dcl] [--top_k=5] \
         [--params=all|projector|backbone] [--batch_size=64] [--data=pipeline]
 
-Restores the checkpoint (latest, or --step) of `workdir`, fixes one batch
+Restores the latest checkpoint of `workdir`, fixes one batch
 (the batch of the checkpoint's step), and for each loss computes, at the
 same parameters on the same batch, the top-k Hessian eigenvalues (ARPACK on
 Hessian-vector products) and the spectral density (stochastic Lanczos
@@ -142,39 +142,19 @@ def _steps_per_epoch(config: ml_collections.ConfigDict) -> int:
              // config.batch_size)
 
 
-def restore_state(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
-                  *, steps_per_epoch: int,
-                  step: Optional[int] = None) -> train.TrainState:
-  """The TrainState saved in `workdir` at `step` (default: the latest).
-
-  steps_per_epoch: as in pretraining (it sets the learning-rate schedule
-  that `create_train_state` checks; the state's shapes do not depend on it).
-  """
-  directory = checkpointing.checkpoint_dir(workdir)
-  if not directory.exists():
-    # Checked first: Checkpointer would create the directory.
-    raise FileNotFoundError(f"No checkpoints in {directory}: pretrain first "
-                            "(python -m mio_jax.main --mode=pretrain ...).")
-  checkpointer = checkpointing.Checkpointer(workdir, config)
-  try:
-    target = train.create_train_state(config, mesh,
-                                      steps_per_epoch=steps_per_epoch)
-    return checkpointer.restore(target, step)
-  finally:
-    checkpointer.close()
-
-
 def analyze_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
                        losses: Sequence[str] = tuple(losses_lib.LOSSES),
                        top_k: int = 5, params_subset: str = "all",
                        batch_size: Optional[int] = None,
                        data_source: str = "pipeline",
-                       step: Optional[int] = None,
                        steps_per_epoch: Optional[int] = None, which: str = "LA",
                        lanczos_steps: int = 64, num_probes: int = 2,
                        seed: int = 0, mesh: Optional[Mesh] = None,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Hessian spectra of each loss at a checkpoint of `workdir`, on one batch.
+  """Hessian spectra of each loss at the latest checkpoint of `workdir`.
+
+  All losses are evaluated at the same parameters on the same batch: the
+  training batch of the checkpoint's step.
 
   batch_size: the first images of the step's training batch (default: all of
     config.batch_size); a multiple of the device count.
@@ -201,8 +181,8 @@ def analyze_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
 
   if steps_per_epoch is None:
     steps_per_epoch = _steps_per_epoch(config)
-  state = restore_state(config, workdir, mesh, step=step,
-                        steps_per_epoch=steps_per_epoch)
+  state = checkpointing.restore_latest_or_fail(
+      config, workdir, mesh, steps_per_epoch=steps_per_epoch)
   step = int(state.step)
   batch = _fixed_batch(config, mesh, step, batch_size, data_source)
   model = models.build_model(config.model, dtype=config.dtype)
@@ -294,8 +274,6 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
           "Images of the fixed batch (default: config.batch_size)."),
       "data_source": flags.DEFINE_enum("data", "pipeline", list(DATA_SOURCES),
                                        "Where the fixed batch comes from."),
-      "step": flags.DEFINE_integer("step", None,
-                                   "Checkpoint step (default: the latest)."),
       "which": flags.DEFINE_enum("which", "LA", list(spectrum.EIGSH_WHICH),
                                  "Which end of the spectrum --top_k takes."),
       "lanczos_steps": flags.DEFINE_integer("lanczos_steps", 64,
