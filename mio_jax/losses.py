@@ -79,6 +79,7 @@ def _check_batch(u1: Array, u2: Array) -> int:
 
 def _check_block_size(block_size: Optional[int], num_anchor_images: int,
                       num_images: int) -> None:
+  """Blocks must tile both the local anchors and the global keys exactly."""
   if block_size is None:
     return
   if (not isinstance(block_size, int) or block_size < 1
