@@ -168,7 +168,7 @@ def lanczos_tridiagonal(matvec: Callable[[np.ndarray], np.ndarray],
   weights. Full reorthogonalisation (twice, against every previous vector)
   keeps the rounding of the products from producing ghost eigenvalues. The
   basis (num_steps x dim, in `basis_dtype`) is the dominant memory cost:
-  float32 suffices for float32 products (ResNet-18, 64 steps: 2.9 GB).
+  float32 suffices for float32 products (ResNet-18, 64 steps: ~3 GB).
   """
   dim = start.size
   num_steps = min(num_steps, dim)  # a Krylov space has at most dim dimensions
