@@ -43,9 +43,21 @@ def _source(size: int, rng):
     return pipeline.ArraySource(images, rng.integers(0, 10, 50_000)), "cifar10"
   images = _smooth_images(rng, 256, 375, 500)
   jpegs = [tf.io.encode_jpeg(x, quality=90).numpy() for x in images]
-  records = [{"image": jpegs[i % len(jpegs)], "label": i % 1000}
-             for i in range(50_000)]
-  return pipeline.EncodedSource(records), "imagenet1k"
+  return pipeline.EncodedSource(_JpegRecords(jpegs, 50_000)), "imagenet1k"
+
+
+class _JpegRecords:
+  """Stands in for `tfds.data_source`: `num` records cycling over `jpegs`."""
+
+  def __init__(self, jpegs, num):
+    self.jpegs, self.num = jpegs, num
+
+  def __len__(self):
+    return self.num
+
+  def __getitems__(self, keys):
+    return [{"image": self.jpegs[k % len(self.jpegs)], "label": k % 1000}
+            for k in keys]
 
 
 def _config(size: int, dataset: str, batch_size: int):

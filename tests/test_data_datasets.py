@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.data_sources import base as data_sources_base
 
 import mio_jax.data as data
 from mio_jax import config_base
@@ -36,6 +37,12 @@ def _config(name, data_dir=None):
 def mocked_tfds(monkeypatch):
   """tfds.testing.mock_data; its fake data has no prepared files to find."""
   monkeypatch.setattr(registry, "ensure_prepared", lambda config: None)
+  # TFDS 4.9.10's mock data source only answers __getitem__ (its
+  # __getitems__ is set on a MagicMock, which does not bind self): read the
+  # mock records one by one. Real sources are tested in the imagenet100 test.
+  monkeypatch.setattr(
+      data_sources_base.BaseDataSource, "__getitems__",
+      lambda self, keys: [self[k] for k in keys])
   pipeline.load_source.cache_clear()
   with tfds.testing.mock_data(num_examples=_MOCK_EXAMPLES):
     yield

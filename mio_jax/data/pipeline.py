@@ -28,7 +28,7 @@ import collections
 import dataclasses
 import functools
 import itertools
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import ml_collections
@@ -70,8 +70,12 @@ class ArraySource:
 
 @dataclasses.dataclass(frozen=True)
 class EncodedSource:
-  """Records {"image": encoded bytes, "label": int} readable by index."""
-  records: Sequence[dict[str, Any]]
+  """Records {"image": encoded bytes, "label": int} read by index.
+
+  `records` is a TFDS data source (anything with `__len__` and
+  `__getitems__(list of indices) -> list of records`).
+  """
+  records: Any
 
   encoded = True
 
@@ -79,7 +83,8 @@ class EncodedSource:
     return len(self.records)
 
   def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    records = [self.records[int(i)] for i in indices]
+    # TFDS data sources read a list of keys with parallel ArrayRecord reads.
+    records = self.records.__getitems__(indices.tolist())
     images = np.array([r["image"] for r in records], dtype=object)
     labels = np.array([r["label"] for r in records], dtype=np.int64)
     return images, labels
