@@ -242,11 +242,63 @@ def test_analyze_checkpoint_writes_json_and_png(tmp_path):
 def test_analyze_checkpoint_rejects_bad_requests(tmp_path):
   from mio_jax.analysis import hessian
   config = tiny_config()
-  with pytest.raises(ValueError, match="valid: all, projector, backbone"):
+  with pytest.raises(hessian.AnalysisRequestError,
+                     match="valid: all, projector, backbone"):
     hessian.analyze_checkpoint(config, str(tmp_path), params_subset="head")
-  with pytest.raises(ValueError, match="unknown loss 'infonce'"):
+  with pytest.raises(hessian.AnalysisRequestError,
+                     match="unknown loss 'infonce'"):
     hessian.analyze_checkpoint(config, str(tmp_path), losses=("infonce",))
+  with pytest.raises(hessian.AnalysisRequestError,
+                     match="batch_size=12 must be .* multiple of the 8 devices"):
+    hessian.analyze_checkpoint(config, str(tmp_path), batch_size=12)
   with pytest.raises(FileNotFoundError, match="No checkpoint in"):
     hessian.analyze_checkpoint(config, str(tmp_path), data_source="synthetic",
                                steps_per_epoch=STEPS_PER_EPOCH)
   assert not (tmp_path / "checkpoints").exists()
+
+
+_CONFIG_FILE = """
+import sys
+sys.path.insert(0, {tests_dir!r})
+from pretrain_runner import tiny_config
+
+def get_config():
+  # The schedule must outlast the warm-up at digits' steps per epoch.
+  return tiny_config(total_steps=1000)
+"""
+
+
+def _run_command(tmp_path, *flags):
+  import pathlib
+  import subprocess
+  import sys
+  config_file = tmp_path / "tiny_config.py"
+  config_file.write_text(_CONFIG_FILE.format(
+      tests_dir=str(pathlib.Path(__file__).parent)))
+  return subprocess.run(
+      [sys.executable, "-m", "mio_jax.analysis.hessian",
+       f"--config={config_file}", f"--workdir={tmp_path}", *flags],
+      capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_command_reports_bad_requests_in_one_line(tmp_path):
+  result = _run_command(tmp_path, "--losses=mio,infonce")
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: unknown loss 'infonce'; valid names: mio, bce, nt_xent, dcl")
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_command_end_to_end(tmp_path):
+  import json
+  _saved_checkpoint(tmp_path, tiny_config(), step=2)
+  result = _run_command(tmp_path, "--data=synthetic", "--losses=bce,dcl",
+                        "--top_k=2", "--params=projector", "--batch_size=8",
+                        "--lanczos_steps=8", "--num_probes=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "[hessian] bce: loss" in result.stdout
+  results = json.loads((tmp_path / "hessian" / "hessian.json").read_text())
+  assert list(results["losses"]) == ["bce", "dcl"]
+  assert results["batch_size"] == 8 and results["step"] == 2
+  assert (tmp_path / "hessian" / "hessian_spectrum.png").stat().st_size > 0

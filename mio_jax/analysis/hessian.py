@@ -16,6 +16,7 @@ averages are discarded. Writes `<workdir>/hessian/hessian.json` and
 import io
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -53,9 +54,17 @@ JSON_NAME = "hessian.json"
 PNG_NAME = "hessian_spectrum.png"
 
 
+USAGE_EXIT_CODE = 2
+
+
+class AnalysisRequestError(ValueError):
+  """A bad argument to the analysis, found before any work is done."""
+
+
 def _choice(kind: str, value: str, valid: Sequence[str]) -> str:
   if value not in valid:
-    raise ValueError(f"Unknown {kind} {value!r}; valid: {', '.join(valid)}.")
+    raise AnalysisRequestError(
+        f"Unknown {kind} {value!r}; valid: {', '.join(valid)}.")
   return value
 
 
@@ -164,20 +173,36 @@ def analyze_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   Returns a JSON-ready dict: the settings, and per loss its value, top
   eigenvalues, trace estimate, density and quadrature (see `analyze_loss`).
   One process only: the eigensolvers run on the host.
+
+  Raises AnalysisRequestError (a ValueError) for bad arguments and
+  FileNotFoundError without checkpoints, before any heavy work.
   """
+  mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
+  batch_size = config.batch_size if batch_size is None else batch_size
+  # Every argument is checked before the (slow) restore and analysis.
   subset = PARAM_SUBSETS[_choice("params subset", params_subset,
                                  list(PARAM_SUBSETS))]
   _choice("data source", data_source, DATA_SOURCES)
-  pair_losses = {name: make_pair_loss(config, name) for name in losses}
-  if jax.process_count() != 1:
-    raise RuntimeError("The Hessian analysis runs in one process; got "
-                       f"{jax.process_count()}. Run it on one host.")
-  mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
-  batch_size = config.batch_size if batch_size is None else batch_size
+  _choice("eigsh which", which, list(spectrum.EIGSH_WHICH))
+  try:
+    pair_losses = {name: make_pair_loss(config, name) for name in losses}
+  except ValueError as error:
+    raise AnalysisRequestError(str(error)) from error
+  if not losses or min(top_k, lanczos_steps, num_probes) < 1:
+    raise AnalysisRequestError(
+        f"Need at least one loss (got {list(losses)}) and top_k ({top_k}), "
+        f"lanczos_steps ({lanczos_steps}), num_probes ({num_probes}) >= 1.")
   if not 2 <= batch_size <= config.batch_size or batch_size % mesh.size:
-    raise ValueError(
+    raise AnalysisRequestError(
         f"batch_size={batch_size} must be in [2, config.batch_size="
         f"{config.batch_size}] and a multiple of the {mesh.size} devices.")
+  if jax.process_count() != 1:
+    raise AnalysisRequestError(
+        "The Hessian analysis runs in one process; got "
+        f"{jax.process_count()}. Run it on one host.")
+  if data_source == "pipeline":
+    from mio_jax import data  # pylint: disable=g-import-not-at-top
+    data.ensure_prepared(config)
 
   if steps_per_epoch is None:
     steps_per_epoch = _steps_per_epoch(config)
@@ -291,7 +316,14 @@ def main(argv: Sequence[str], flag_holders: Mapping[str, flags.FlagHolder]
   values = {name: holder.value for name, holder in flag_holders.items()}
   config, workdir = values.pop("config"), values.pop("workdir")
   output_dir = values.pop("output_dir") or os.path.join(workdir, OUTPUT_SUBDIR)
-  results = analyze_checkpoint(config, workdir, seed=config.seed, **values)
+  from mio_jax import data  # pylint: disable=g-import-not-at-top
+  try:
+    results = analyze_checkpoint(config, workdir, seed=config.seed, **values)
+  except (AnalysisRequestError, FileNotFoundError, data.DatasetNotPreparedError,
+          checkpointing.CheckpointMismatchError) as error:
+    # What the user can fix: one line, no traceback, as mio_jax.main does.
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(USAGE_EXIT_CODE)
   for path in save_results(results, output_dir):
     print(f"Wrote {path}")
 
