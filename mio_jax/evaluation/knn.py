@@ -43,7 +43,11 @@ def knn_class_votes(train_features: jax.Array, train_labels: jax.Array,
   """
   similarities = query_features @ train_features.T
   top_sims, top_indices = jax.lax.top_k(similarities, k)
-  weights = jnp.exp((top_sims - top_sims[:, :1]) / temperature)
+  # The row max, not top_sims[:, :1]: a second slice of the top_k result
+  # stops XLA:CPU from rewriting its sort into the fast TopK call (measured
+  # 14x slower at 256 x 50,000, k=200).
+  weights = jnp.exp((top_sims - jnp.max(top_sims, axis=1, keepdims=True))
+                    / temperature)
   rows = jnp.arange(query_features.shape[0])[:, None]
   votes = jnp.zeros((query_features.shape[0], num_classes), jnp.float32)
   return votes.at[rows, train_labels[top_indices]].add(weights)
