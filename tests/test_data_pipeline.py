@@ -17,7 +17,8 @@ from mio_jax.data import pipeline
 _CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
-def _digits_config(data_dir):
+def digits_config(data_dir):
+  """configs/digits.py at 16 px, batch 16, eval batch 128, in data_dir."""
   spec = importlib.util.spec_from_file_location("digits_cfg",
                                                 _CONFIGS / "digits.py")
   module = importlib.util.module_from_spec(spec)
@@ -36,7 +37,7 @@ def config(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
   data.prepare_digits(str(data_dir))
   pipeline.load_source.cache_clear()
-  return _digits_config(data_dir)
+  return digits_config(data_dir)
 
 
 def _numpy(batch):
