@@ -1,7 +1,7 @@
 """Training and evaluation metrics to a JSON-lines file, TensorBoard and stdout.
 
 `MetricLogger(workdir, total_steps=..., batch_size=...)` writes, on the main
-process only:
+process only (WORKDIR may be local or gs://, written through tf.io.gfile):
   * WORKDIR/metrics.jsonl: one JSON object per `log`/`log_eval` call, with
     "step" and the metrics as Python floats (non-finite values are written
     as NaN/Infinity, which Python's json and pandas read back).
@@ -92,9 +92,11 @@ class MetricLogger:
     self._scalar_metadata = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(
             plugin_name="scalars"))
-    os.makedirs(workdir, exist_ok=True)
+    tf.io.gfile.makedirs(workdir)
     self._writer = tf.summary.create_file_writer(workdir)
-    self._jsonl = open(os.path.join(workdir, METRICS_FILENAME), "a")
+    self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, METRICS_FILENAME),
+                                    "a")
+    self._closed = False
 
   def log(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Records training metrics (scalars, jax/numpy or Python) of `step`."""
@@ -126,10 +128,11 @@ class MetricLogger:
 
   def close(self) -> None:
     """Flushes and closes the outputs."""
-    if not self.is_main_process or self._jsonl.closed:
+    if not self.is_main_process or self._closed:
       return
     self._writer.close()
     self._jsonl.close()
+    self._closed = True
 
   def __enter__(self) -> "MetricLogger":
     return self

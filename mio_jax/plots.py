@@ -1,8 +1,10 @@
 """Figures of a run: training curves from metrics.jsonl, t-SNE of features.
 
 Uses matplotlib's object API with the Agg canvas (`Figure.savefig`), so no
-display and no global pyplot state are needed.
+display and no global pyplot state are needed. Paths may be local or gs://
+(read and written through tf.io.gfile, like the rest of the workdir).
 """
+import io
 import json
 import math
 from typing import Optional
@@ -40,8 +42,9 @@ def read_metrics(metrics_jsonl_path: str) -> dict[str, tuple[np.ndarray,
   A step logged twice (re-run after a resume from an older checkpoint) keeps
   its latest value.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   by_name: dict[str, dict[int, float]] = {}
-  with open(metrics_jsonl_path) as f:
+  with tf.io.gfile.GFile(metrics_jsonl_path) as f:
     for line_number, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -94,7 +97,7 @@ def plot_training_curves(metrics_jsonl_path: str, out_png: str) -> None:
       axis.legend(fontsize="small")
   for axis in axes[len(panels):]:
     axis.set_visible(False)
-  figure.savefig(out_png, dpi=100)
+  _save_png(figure, out_png)
 
 
 def plot_embedding(features: np.ndarray, labels: np.ndarray, out_png: str, *,
@@ -138,4 +141,13 @@ def plot_embedding(features: np.ndarray, labels: np.ndarray, out_png: str, *,
   axis.set_title(title or f"t-SNE of {len(features)} features")
   axis.set_xticks([])
   axis.set_yticks([])
-  figure.savefig(out_png, dpi=100)
+  _save_png(figure, out_png)
+
+
+def _save_png(figure: Figure, out_png: str) -> None:
+  """Renders to memory, then writes through tf.io.gfile (local or gs://)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=100)
+  with tf.io.gfile.GFile(out_png, "wb") as f:
+    f.write(buffer.getvalue())
