@@ -10,14 +10,14 @@ process only (WORKDIR may be local or gs://, written through tf.io.gfile):
   * one terminal line per call: step/total, loss, lr, images/s and ETA.
 
 Throughput and ETA are measured by the logger, not the caller. When built
-with `batch_size`, each `log` at a new step gets "images_per_sec" = images
-processed since the previous `log` call / seconds since it (unless the
-caller passes its own). The first `log` of a process has no previous call,
-so its images_per_sec is NaN: the logger cannot know where a resumed run
-started, and time before that call includes compilation. A further `log` at
-the same step (e.g. the pretraining hooks' online kNN result) gets no
-images_per_sec and restarts the interval, so time spent evaluating is not
-counted as training time. The ETA uses the average rate since the first
+with `batch_size`, each training record (a `log` with a "loss") gets
+"images_per_sec" = images processed since the previous `log` call / seconds
+since it (unless the caller passes its own). The first `log` of a process
+has no previous call, so its images_per_sec is NaN: the logger cannot know
+where a resumed run started, and time before that call includes
+compilation. Other `log` calls (e.g. the pretraining hooks' online kNN
+result) get no images_per_sec but restart the interval, so the time spent
+evaluating before them is not counted as training time. The ETA uses the average rate since the first
 `log` of this process (never since step 0, so it stays right after a
 resume; it includes the time of periodic evaluations, which recur).
 
@@ -104,8 +104,7 @@ class MetricLogger:
       return
     now = self._clock()
     values = _flatten(metrics)
-    new_step = self._previous is None or step != self._previous[0]
-    if (self.batch_size is not None and new_step
+    if (self.batch_size is not None and "loss" in values
         and "images_per_sec" not in values):
       values["images_per_sec"] = self._images_per_sec(step, now)
     if self._first is None:
@@ -144,7 +143,7 @@ class MetricLogger:
     if self._previous is None:
       return math.nan
     previous_step, previous_time = self._previous
-    if now <= previous_time:
+    if step <= previous_step or now <= previous_time:
       return math.nan
     return (step - previous_step) * self.batch_size / (now - previous_time)
 

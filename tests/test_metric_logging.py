@@ -78,8 +78,8 @@ def test_logger_writes_jsonl_tensorboard_and_progress(tmp_path, capsys):
   assert "eval/knn/top1 0.5000" in lines[3]
 
 
-def test_same_step_log_is_not_training_time(tmp_path, capsys):
-  """A hook's metrics logged at the training step: no rate, interval restarts."""
+def test_hook_log_is_not_training_time(tmp_path, capsys):
+  """A hook's metrics (no loss): no rate, and the interval restarts."""
   clock = _FakeClock()
   workdir = str(tmp_path)
   with MetricLogger(workdir, total_steps=100, batch_size=10,
@@ -91,10 +91,15 @@ def test_same_step_log_is_not_training_time(tmp_path, capsys):
     logger.log(20, {"online_knn_top1": 0.7})
     clock.now += 5.0
     logger.log(30, {"loss": 0.8})
+    clock.now += 2.5
+    logger.log(35, {"online_knn_top1": 0.8})  # not a logging step
+    clock.now += 100.0
+    logger.log(40, {"loss": 0.7})
   records = _read_jsonl(workdir)
   assert records[2] == {"step": 20, "online_knn_top1": 0.7}
-  assert records[1]["images_per_sec"] == pytest.approx(20.0)
-  assert records[3]["images_per_sec"] == pytest.approx(20.0)
+  assert records[4] == {"step": 35, "online_knn_top1": 0.8}
+  assert [r.get("images_per_sec") for r in records[1::2]] == pytest.approx(
+      [20.0, 20.0, 0.5])
   lines = capsys.readouterr().out.strip().splitlines()
   assert lines[2] == "step 20/100  online_knn_top1 0.7000"
 
