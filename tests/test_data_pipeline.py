@@ -118,20 +118,18 @@ def test_pretrain_batch_shapes_and_values(config):
 def test_restart_at_step_k_equals_kth_batch_across_epoch_boundary(config):
   mesh = mesh_lib.make_data_mesh()
   steps = pipeline.steps_per_epoch(1500, config.batch_size)  # 93
-  fresh = data.pretrain_batches(config, mesh)
-  first = _take(fresh, 2)
-  assert not np.array_equal(first[0]["view1"], first[1]["view1"])
+  fresh = _take(data.pretrain_batches(config, mesh), steps + 1)
+  assert not np.array_equal(fresh[0]["view1"], fresh[1]["view1"])
+  source = pipeline.load_source("digits", "train", config.dataset.data_dir,
+                                config.dataset.image_size)
   for k in (1, steps - 1, steps):
     resumed = _take(data.pretrain_batches(config, mesh, start_step=k), 1)[0]
-    reference_indices, _ = pipeline.pretrain_step_indices(
+    _assert_batches_equal(resumed, fresh[k])
+    indices, epoch = pipeline.pretrain_step_indices(
         k, seed=config.seed, num_examples=1500,
         global_batch_size=config.batch_size)
-    source = pipeline.load_source("digits", "train", config.dataset.data_dir,
-                                  config.dataset.image_size)
-    np.testing.assert_array_equal(resumed["label"],
-                                  source.labels[reference_indices])
-    if k == 1:
-      _assert_batches_equal(resumed, first[1])
+    assert epoch == (k // steps)
+    np.testing.assert_array_equal(resumed["label"], source.labels[indices])
 
 
 def test_one_and_eight_devices_give_identical_global_batches(config):
