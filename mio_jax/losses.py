@@ -33,6 +33,18 @@ Array = jax.Array
 # all-zero projection gives a zero unit vector instead of a NaN.
 NORM_EPS = 1e-12
 
+# Full float32 matmuls for the similarities: at default precision TPUs (one
+# bfloat16 pass) and GPUs that allow TF32 round float32 matmul inputs to 8-10
+# mantissa bits, and a 1e-3 similarity error is a 1e-2 logit error at
+# tau = 0.1. The (2N x 2N x d) similarity matmul is tiny next to the encoder,
+# so exactness is cheap.
+_SIMILARITY_PRECISION = jax.lax.Precision.HIGHEST
+
+
+def _similarities(a: Array, b: Array) -> Array:
+  """(n, m) dot products of the rows of a and b at full precision."""
+  return jnp.matmul(a, b.T, precision=_SIMILARITY_PRECISION)
+
 
 # ---- the shared row computation -------------------------------------------
 
@@ -149,7 +161,7 @@ def _key_statistic(anchors: Array, anchor_ids: Array, keys: Array,
     A block with no kept key gives -inf (logsumexp) or 0 (sum), which
     leave the other blocks' statistics unchanged when merged.
   """
-  logits = (anchors @ keys.T) / temperature
+  logits = _similarities(anchors, keys) / temperature
   keep = _key_mask(anchor_ids, key_ids, num_images=num_images,
                    exclude_partner=kind.exclude_partner)
   if kind.key_reduction == "logsumexp":
@@ -406,7 +418,7 @@ def mio_loss_grad(u1: Array, u2: Array, *, variant: str = "mio",
   u = jnp.concatenate([u1, u2]).astype(_compute_dtype(u1))
   norms = jnp.linalg.norm(u, axis=1, keepdims=True)
   z = u / jnp.maximum(norms, NORM_EPS)
-  sims = z @ z.T
+  sims = _similarities(z, z)
   ids = jnp.arange(num_rows)
   partner_ids = (ids + num_images) % num_rows
   is_partner = ids[None, :] == partner_ids[:, None]
@@ -433,7 +445,8 @@ def mio_loss_grad(u1: Array, u2: Array, *, variant: str = "mio",
   partner_weight = positive_weight - reg_weight / (num_images * u.shape[1])
   grad_sims = negative_weights + jnp.where(is_partner, partner_weight[:, None],
                                            0.0)
-  grad_z = (grad_sims + grad_sims.T) @ z
+  grad_z = jnp.matmul(grad_sims + grad_sims.T, z,
+                      precision=_SIMILARITY_PRECISION)
   radial = jnp.sum(grad_z * z, axis=1, keepdims=True)
   # Below eps the row is only scaled (u / eps), so nothing is projected out.
   grad_u = jnp.where(norms >= NORM_EPS, (grad_z - radial * z) / norms,
@@ -518,7 +531,7 @@ def _pair_sums(z1: Array, z2: Array, *, critic_temperature: float,
 
     def key_block_sums(key_start, key_size):
       keys, key_ids = rows(z1, z2, key_start, key_size)
-      sims = anchors @ keys.T
+      sims = _similarities(anchors, keys)
       negative = _key_mask(anchor_ids, key_ids, num_images=num_images,
                            exclude_partner=True)
       return (jnp.sum(jnp.where(negative, sims, 0.0), axis=1),

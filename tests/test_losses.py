@@ -3,6 +3,7 @@ invariances, numerical stability, multi-device equality, registry errors and
 pair metrics."""
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +107,20 @@ def test_bfloat16_inputs_give_float32_loss():
       jnp.asarray(u1, jnp.bfloat16).astype(jnp.float32),
       jnp.asarray(u2, jnp.bfloat16).astype(jnp.float32))
   np.testing.assert_allclose(low, rounded, rtol=1e-6)
+
+
+def test_similarity_matmuls_request_full_precision():
+  # TPUs and TF32 GPUs would otherwise round float32 matmul inputs; on CPU
+  # the only visible trace is the precision attribute of every dot_general.
+  u1, u2 = _random_views(2, 4, 3)
+  functions = [jax.grad(losses.mio_loss, argnums=(0, 1)),
+               functools.partial(losses.pair_metrics, temperature=0.5),
+               losses.mio_loss_grad]
+  for fn in functions:
+    jaxpr = str(jax.make_jaxpr(fn)(u1, u2))
+    precisions = re.findall(r"precision=(\S+)", jaxpr)
+    assert len(precisions) == jaxpr.count("dot_general[") > 0
+    assert all("HIGHEST" in p for p in precisions), precisions
 
 
 # ---- closed-form gradients against jax.grad (float64) -----------------------
