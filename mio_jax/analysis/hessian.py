@@ -39,7 +39,6 @@ from mio_jax import checkpointing
 from mio_jax import losses as losses_lib
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
-from mio_jax import train
 from mio_jax.analysis import spectrum
 
 # Top-level parameter groups of the encoder (`models.Encoder`) by name.
@@ -52,9 +51,7 @@ DATA_SOURCES = ("pipeline", "synthetic")
 OUTPUT_SUBDIR = "hessian"
 JSON_NAME = "hessian.json"
 PNG_NAME = "hessian_spectrum.png"
-
-
-USAGE_EXIT_CODE = 2
+USAGE_EXIT_CODE = 2  # a bad argument, checkpoint or dataset (as mio_jax.main)
 
 
 class AnalysisRequestError(ValueError):
