@@ -33,13 +33,17 @@ class Logger(Protocol):
     ...
 
 
+def _print_once(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
 class PrintLogger:
   """The default logger: one line per log step on process 0."""
 
   def log(self, step: int, metrics: dict[str, float]) -> None:
-    if jax.process_index() == 0:
-      values = ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items()))
-      print(f"step {step}: {values}", flush=True)
+    values = ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items()))
+    _print_once(f"step {step}: {values}")
 
   def close(self) -> None:
     pass
@@ -85,7 +89,7 @@ def _default_data(config: ml_collections.ConfigDict, mesh: Mesh,
   from mio_jax import data  # pylint: disable=g-import-not-at-top
   if steps_per_epoch is None:
     info = data.dataset_info(config)
-    steps_per_epoch = info.num_pretrain_examples // config.batch_size
+    steps_per_epoch = max(1, info.num_pretrain_examples // config.batch_size)
   if batches_fn is None:
     batches_fn = lambda start_step: data.pretrain_batches(
         config, mesh, start_step=start_step)
@@ -100,6 +104,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *,
              hooks: Sequence[Hook] = ()) -> train.TrainState:
   """Pretrains (or resumes pretraining) and returns the final TrainState.
 
+  steps_per_epoch: default max(1, examples // batch_size) from
+  `data.dataset_info`; it sets total_steps and the lr schedule, so a resumed
+  run must use the same value. The caller owns `logger` (and closes it).
   Raises NonFiniteLossError (naming the step) on a NaN/inf loss or gradient
   norm, keeping the last good checkpoint; raises SystemExit(0) after saving
   when preempted (SIGTERM); raises CheckpointMismatchError when workdir holds
@@ -117,8 +124,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *,
                                    steps_per_epoch=steps_per_epoch)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
-    print(f"Resumed from {checkpointer.directory} at step {int(state.step)}.",
-          flush=True)
+    _print_once(f"Resumed from {checkpointer.directory} at step "
+                f"{int(state.step)}.")
   train_step = train.make_train_step(config, mesh,
                                      steps_per_epoch=steps_per_epoch)
   try:
@@ -166,7 +173,7 @@ def _train_loop(config: ml_collections.ConfigDict, state: train.TrainState,
       checkpointer.save(state)
     if preempted:
       checkpointer.wait()
-      print(f"Preempted: saved step {done} in {checkpointer.directory}; "
-            "exiting.", flush=True)
+      _print_once(f"Preempted: saved step {done} in {checkpointer.directory};"
+                  " exiting.")
       raise SystemExit(0)
   return state

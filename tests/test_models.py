@@ -25,18 +25,19 @@ def test_backbone_parameter_counts_match_torchvision(name, expected):
   assert count == expected
 
 
-@pytest.mark.parametrize("stem, size, spatial", [("cifar", 16, 8),
-                                                 ("imagenet", 16, 2)])
-def test_tiny_encoder_shapes_and_dtypes(stem, size, spatial):
-  del spatial
+@pytest.mark.parametrize("stem, size", [("cifar", 8), ("imagenet", 16)])
+def test_tiny_encoder_shapes_and_dtypes(stem, size):
   config = _model_config("resnet_tiny", stem, projector_hidden_dim=32,
                          projector_output_dim=16)
   model = models.build_model(config, dtype="bfloat16")
   images = jnp.ones((4, size, size, 3))
-  variables = model.init(jax.random.key(0), images, train=False)
+  # Shapes and dtypes only: eval_shape skips the (slow on CPU) compilation.
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), images, train=False))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
-  (features, projections), _ = model.apply(
-      variables, images, train=True, mutable=["batch_stats"])
+  (features, projections), _ = jax.eval_shape(
+      lambda v: model.apply(v, images, train=True, mutable=["batch_stats"]),
+      variables)
   assert features.shape == (4, models.feature_dim(config)) == (4, 32)
   assert projections.shape == (4, 16)
   assert features.dtype == projections.dtype == jnp.float32

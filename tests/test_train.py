@@ -5,6 +5,7 @@ import optax
 import pytest
 
 from mio_jax import mesh as mesh_lib
+from mio_jax import models
 from mio_jax import optim
 from mio_jax import synthetic
 from mio_jax import train
@@ -57,9 +58,8 @@ def test_encode_fn_gives_sharded_f32_features():
 def test_decay_mask_excludes_exactly_biases_and_norm_params():
   config = tiny_config()
   config.model.projector_last_bn = False  # so a Dense bias exists
-  params = train.create_train_state(
-      config, mesh_lib.make_data_mesh(jax.devices()[:1]),
-      steps_per_epoch=STEPS_PER_EPOCH).params
+  params = jax.eval_shape(lambda: models.build_model(config.model).init(
+      jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False))["params"]
   mask = optim.decay_mask(params)
   for path, excluded in jax.tree_util.tree_leaves_with_path(
       jax.tree.map(lambda m: not m, mask)):
