@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from mio_jax import losses
 from mio_jax import mesh as mesh_lib
+from mio_jax import selfcheck
 
 
 # ---- an independent reference: explicit loops over pairs, in numpy ---------
@@ -313,6 +314,13 @@ def test_shard_map_form_equals_single_device(variant, data_mesh):
       in_specs=(batch, batch), out_specs=(batch, batch)))(u1, u2)
   for got, want in zip(local_grads, want_grads):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_selfcheck_passes_on_cpu_devices(data_mesh):
+  results = selfcheck.run_checks(images_per_device=2, dim=8)
+  assert len(results) == 10
+  failed = [name for name, _, passed in results if not passed]
+  assert not failed, failed
 
 
 # ---- registry and errors -------------------------------------------------------
