@@ -71,7 +71,7 @@ def validate_config(config: ml_collections.ConfigDict, *,
     raise ConfigError(f"config.augment.crop_scale={(lo, hi)!r} must satisfy "
                       "0 < min <= max <= 1; e.g. --config.augment.crop_scale='(0.08, 1.0)'")
 
-  _one_of("model.name", config.model.name, models.MODELS)
+  _one_of("model.name", config.model.name, models.BACKBONES)
   _one_of("model.stem", config.model.stem, STEMS)
   _positive("model.width_multiplier", config.model.width_multiplier)
   _positive("model.projector_num_layers", config.model.projector_num_layers)
