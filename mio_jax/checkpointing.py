@@ -80,9 +80,7 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=config.keep_checkpoints, create=True,
             enable_async_checkpointing=True))
-    metadata_path = self.directory / METADATA_FILE
-    if jax.process_index() == 0 and not metadata_path.exists():
-      metadata_path.write_text(json.dumps(run_metadata(config), indent=2))
+    self._metadata = run_metadata(config)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -95,6 +93,11 @@ class Checkpointer:
     step = int(state.step)
     if step in self._manager.all_steps():
       return False
+    # Written with the first checkpoint: a run that saved nothing claims
+    # nothing, so its workdir may be reused with another model.
+    metadata_path = self.directory / METADATA_FILE
+    if jax.process_index() == 0 and not metadata_path.exists():
+      metadata_path.write_text(json.dumps(self._metadata, indent=2))
     # force: the caller decides when to save (Orbax would otherwise skip a
     # save while the previous asynchronous one is still being written).
     return self._manager.save(step, args=ocp.args.StandardSave(state),
