@@ -8,9 +8,13 @@ Without the distributed flags it runs as a single process over its local
 devices, which gives the reference to compare with. Results go to the JSON
 file `--out` (stdout carries gloo's connection chatter).
 
-Modes:
-  train: resnet_tiny on synthetic batches for --steps steps over a mesh of
-    every global device; writes {"losses": [...], "device_count": ...}.
+Modes (the model and data are pretrain_runner.tiny_config's: resnet_tiny on
+synthetic batches, over a mesh of every global device):
+  train: --steps calls of the train step; writes {"losses": [...],
+    "device_count": ..., "process_count": ...}.
+  pretrain: `pretrain.pretrain` into --workdir (checkpoints, resume, SIGTERM
+    save), sleeping --seconds_per_step after each step; appends one JSON
+    line {"step", "loss"} per step to --out.
   collectives: an all-gather across processes every 0.1 s, forever; writes
     {"ready": true} after the first one (for the process-death test).
   preemptible: the same loop, stopping when JAX's preemption sync point says
@@ -25,50 +29,74 @@ from absl import flags
 from mio_jax import distributed
 
 _MODE = flags.DEFINE_enum("mode", "train",
-                          ["train", "collectives", "preemptible"],
+                          ["train", "pretrain", "collectives", "preemptible"],
                           "What to run.")
 _OUT = flags.DEFINE_string("out", None, "JSON file for the results.",
                            required=True)
-_STEPS = flags.DEFINE_integer("steps", 3, "Training steps (train mode).")
+_STEPS = flags.DEFINE_integer("steps", 4, "Training steps (train, pretrain).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir (pretrain mode).")
+_SECONDS_PER_STEP = flags.DEFINE_float(
+    "seconds_per_step", 0.0, "Sleep after each step (pretrain mode), so a "
+    "test can signal the run between two steps.")
 
 
-def _tiny_config():
-  from mio_jax import config_base  # pylint: disable=g-import-not-at-top
-  config = config_base.base_config()
-  config.model.name = "resnet_tiny"
-  config.model.width_multiplier = 0.5
-  config.model.projector_hidden_dim = 32
-  config.model.projector_output_dim = 16
-  config.dataset.image_size = 8
-  config.optimizer.name = "sgd"
-  config.optimizer.base_lr = 0.1
-  config.optimizer.lr_scaling = "none"
-  config.optimizer.warmup_epochs = 0.0
-  config.batch_size = 16
-  config.total_steps = _STEPS.value
-  return config
+def _setup():
+  """The tiny config, the mesh over all global devices, and its batches."""
+  # Imported after distributed.initialize(): nothing may touch the backend
+  # before it.
+  import pretrain_runner  # pylint: disable=g-import-not-at-top
+  from mio_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from mio_jax import synthetic  # pylint: disable=g-import-not-at-top
+  config = pretrain_runner.tiny_config(total_steps=_STEPS.value,
+                                       log_every_steps=1)
+  mesh = mesh_lib.make_data_mesh()
+  batches_fn = lambda start: synthetic.synthetic_batches(config, mesh,
+                                                         start_step=start)
+  return config, mesh, batches_fn, pretrain_runner.STEPS_PER_EPOCH
 
 
 def _train() -> dict:
-  # Imported after distributed.initialize(): nothing may touch the backend
-  # before it.
   import jax  # pylint: disable=g-import-not-at-top
-  from mio_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from mio_jax import synthetic  # pylint: disable=g-import-not-at-top
   from mio_jax import train  # pylint: disable=g-import-not-at-top
-
-  config = _tiny_config()
-  mesh = mesh_lib.make_data_mesh()
-  state = train.create_train_state(config, mesh, steps_per_epoch=1)
-  train_step = train.make_train_step(config, mesh, steps_per_epoch=1)
+  config, mesh, batches_fn, steps_per_epoch = _setup()
+  state = train.create_train_state(config, mesh, steps_per_epoch=steps_per_epoch)
+  train_step = train.make_train_step(config, mesh,
+                                     steps_per_epoch=steps_per_epoch)
   losses = []
-  batches = synthetic.synthetic_batches(config, mesh)
+  batches = batches_fn(0)
   for _ in range(_STEPS.value):
     state, metrics = train_step(state, next(batches))
     # Metrics are replicated: any local shard holds the global value.
     losses.append(float(metrics["loss"].addressable_shards[0].data))
   return {"losses": losses, "device_count": jax.device_count(),
           "process_count": jax.process_count()}
+
+
+class _JsonLinesLogger:
+  """pretrain's logger: one {"step", "loss"} line per log call, flushed."""
+
+  def __init__(self, path: str):
+    self._file = open(path, "a")
+
+  def log(self, step: int, metrics: dict) -> None:
+    self._file.write(json.dumps({"step": step, "loss": metrics["loss"]}) + "\n")
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+def _pretrain() -> None:
+  from mio_jax import pretrain  # pylint: disable=g-import-not-at-top
+  config, mesh, batches_fn, steps_per_epoch = _setup()
+  logger = _JsonLinesLogger(_OUT.value)
+  try:
+    pretrain.pretrain(
+        config, _WORKDIR.value, mesh=mesh, batches_fn=batches_fn,
+        steps_per_epoch=steps_per_epoch, logger=logger,
+        hooks=[lambda step, state: time.sleep(_SECONDS_PER_STEP.value)])
+  finally:
+    logger.close()
 
 
 def _collectives_loop(stop_on_preemption: bool) -> None:
@@ -97,6 +125,8 @@ def main(argv):
   distributed.initialize()
   if _MODE.value == "train":
     _write(_train())
+  elif _MODE.value == "pretrain":
+    _pretrain()
   else:
     _collectives_loop(stop_on_preemption=_MODE.value == "preemptible")
 

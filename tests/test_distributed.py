@@ -174,7 +174,7 @@ def test_missing_peer_aborts_the_waiting_process_in_bounded_time(tmp_path):
 
 def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
   """2 processes x 2 devices give the losses of 1 process x 4 devices."""
-  reference = _start(tmp_path / "ref.json", "--steps=3", num_devices=4)
+  reference = _start(tmp_path / "ref.json", "--steps=4", num_devices=4)
   (ref_code,), (ref_output,) = _finish([reference], timeout=300)
   assert ref_code == 0, ref_output
   expected = json.loads((tmp_path / "ref.json").read_text())
@@ -182,9 +182,9 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
   address = f"127.0.0.1:{_free_port()}"
   # Process 0 reads flags, process 1 the environment: both paths are used.
   procs = [
-      _start(tmp_path / "p0.json", "--steps=3", f"--coordinator_address={address}",
+      _start(tmp_path / "p0.json", "--steps=4", f"--coordinator_address={address}",
              "--num_processes=2", "--process_id=0"),
-      _start(tmp_path / "p1.json", "--steps=3",
+      _start(tmp_path / "p1.json", "--steps=4",
              env={"MIO_COORDINATOR_ADDRESS": address, "MIO_NUM_PROCESSES": "2",
                   "MIO_PROCESS_ID": "1"}),
   ]
@@ -195,7 +195,7 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
     assert result["process_count"] == 2 and result["device_count"] == 4
     np.testing.assert_allclose(result["losses"], expected["losses"], rtol=1e-5)
   assert expected["process_count"] == 1 and expected["device_count"] == 4
-  assert len(expected["losses"]) == 3
+  assert len(expected["losses"]) == 4
 
 
 def _start_pair(tmp_path, mode, *flags):
@@ -242,3 +242,59 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   assert codes == [0, 0], "\n".join(outputs)
   stops = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2)]
   assert stops[0] == stops[1] and stops[0]["stopped_at"] > 0
+
+
+def _jsonl_losses(path) -> dict[int, float]:
+  lines = pathlib.Path(path).read_text().splitlines()
+  return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+@pytest.mark.slow
+def test_two_process_pretrain_preempted_and_resumed_matches_one_process(
+    tmp_path):
+  """SIGTERM to one of 2 processes saves; relaunching resumes exactly.
+
+  Losses of steps 1..8 (first run up to the preemption, second run after)
+  equal those of one uninterrupted process with 4 devices.
+  """
+  total = "--steps=8"
+  (code,), (output,) = _finish([_start(
+      tmp_path / "ref.jsonl", "--mode=pretrain", total,
+      f"--workdir={tmp_path / 'ref'}", num_devices=4)], timeout=600)
+  assert code == 0, output
+  expected = _jsonl_losses(tmp_path / "ref.jsonl")
+  assert sorted(expected) == list(range(1, 9))
+
+  def start_run(seconds_per_step):
+    address = f"127.0.0.1:{_free_port()}"
+    return [_start(tmp_path / f"p{i}.jsonl", "--mode=pretrain", total,
+                   f"--workdir={tmp_path / 'shared'}",
+                   f"--seconds_per_step={seconds_per_step}",
+                   f"--coordinator_address={address}", "--num_processes=2",
+                   f"--process_id={i}") for i in range(2)]
+
+  procs = start_run(seconds_per_step=0.5)
+  try:
+    deadline = time.monotonic() + 300
+    while not ((tmp_path / "p1.jsonl").exists()
+               and len(_jsonl_losses(tmp_path / "p1.jsonl")) >= 2):
+      assert all(p.poll() is None for p in procs), "a process ended early"
+      assert time.monotonic() < deadline, "no progress"
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    codes, outputs = _finish(procs, timeout=300)
+  finally:
+    _kill_leftovers(procs)
+  assert codes == [0, 0], "\n".join(outputs)
+  stopped_at = max(_jsonl_losses(tmp_path / "p0.jsonl"))
+  assert 2 <= stopped_at < 8, stopped_at
+  assert f"Preempted: saved step {stopped_at}" in outputs[0]
+
+  codes, outputs = _finish(start_run(seconds_per_step=0), timeout=600)
+  assert codes == [0, 0], "\n".join(outputs)
+  assert f"at step {stopped_at}." in outputs[0]
+  for i in range(2):
+    losses = _jsonl_losses(tmp_path / f"p{i}.jsonl")
+    assert sorted(losses) == list(range(1, 9))
+    np.testing.assert_allclose([losses[s] for s in range(1, 9)],
+                               [expected[s] for s in range(1, 9)], rtol=1e-5)
