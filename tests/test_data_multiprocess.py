@@ -44,7 +44,8 @@ saved = {}
 for kind, batch in batches.items():
   for key, array in batch.items():
     shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start)
-    saved[f"{kind}/{key}"] = np.concatenate([np.asarray(s.data) for s in shards])
+    saved[f"{kind}/{key}"] = np.concatenate(
+        [np.asarray(s.data) for s in shards])
     saved[f"{kind}/{key}/start"] = shards[0].index[0].start
 np.savez(out, **saved)
 """ % _STEP

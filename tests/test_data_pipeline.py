@@ -192,3 +192,9 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(config):
   bad.batch_size = 12
   with pytest.raises(ValueError, match="not divisible by the 8 devices"):
     data.pretrain_batches(bad, mesh_lib.make_data_mesh())
+
+
+def test_tensorflow_sees_no_accelerator():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  assert tf.config.get_visible_devices("GPU") == []
+  assert all(d.device_type == "CPU" for d in tf.config.get_visible_devices())

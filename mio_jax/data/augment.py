@@ -68,7 +68,7 @@ class AugmentParams:
 
 
 def example_key(seed, epoch, index) -> tf.Tensor:
-  """The key of one example in one epoch: int64 [2] from (seed, epoch, index)."""
+  """Key of one example in one epoch: int64 [2] from (seed, epoch, index)."""
   key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
   return tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64))
 
@@ -220,7 +220,7 @@ def to_grayscale(image: tf.Tensor) -> tf.Tensor:
 
 
 def _reflect_blur_matrix(kernel: tf.Tensor, size: int) -> tf.Tensor:
-  """(size, size) matrix M with (M @ x)[i] = sum_t kernel[t] x[reflect(i+t-r)]."""
+  """(size, size) M with (M @ x)[i] = sum_t kernel[t] x[reflect(i + t - r)]."""
   radius = (kernel.shape[0] - 1) // 2
   taps = tf.range(size)[:, None] + tf.range(-radius, radius + 1)[None, :]
   taps = tf.abs(taps)  # reflect at the top/left edge
@@ -272,7 +272,7 @@ def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
 
 def augment_view(image: tf.Tensor, seed: tf.Tensor,
                  params: AugmentParams) -> tf.Tensor:
-  """One augmented view: uint8 HWC (3 channels) -> float32 [S, S, 3] in [0, 1]."""
+  """One augmented view: uint8 HWC, 3 channels -> float32 [S, S, 3] in [0, 1]."""
   keys = tf.unstack(
       tf.random.experimental.stateless_split(seed, _NUM_VIEW_SUBKEYS))
   image = random_resized_crop(image, keys[0], size=params.image_size,

@@ -200,7 +200,7 @@ def _local_rows(mesh: jax.sharding.Mesh, global_batch_size: int) -> slice:
   return rows
 
 
-# ---- tf.data stages -----------------------------------------------------------
+# ---- tf.data stages ----------------------------------------------------------
 
 
 def _decoded_rgb(image: tf.Tensor, encoded: bool) -> tf.Tensor:
@@ -231,8 +231,8 @@ def _local_batches(make_records: Callable[[], Iterator[tuple]], source,
 
 
 def global_batches(local_batches: Iterator[dict[str, np.ndarray]],
-                    mesh: jax.sharding.Mesh, global_batch_size: int,
-                    prefetch: int) -> Iterator[dict[str, jax.Array]]:
+                   mesh: jax.sharding.Mesh, global_batch_size: int,
+                   prefetch: int) -> Iterator[dict[str, jax.Array]]:
   """Local numpy batches -> global arrays, `prefetch` transfers in flight."""
   sharding = mesh_lib.batch_sharding(mesh)
 

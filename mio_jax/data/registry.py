@@ -26,7 +26,7 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DatasetNotPreparedError(RuntimeError):
-  """The dataset's TFDS files are missing or unusable; the message says how to make them."""
+  """TFDS files missing or unusable; the message gives the commands."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +184,8 @@ def _not_prepared_message(name: str, spec: DatasetSpec, builder,
            f"{builder.data_dir_root} (looked for "
            f"{builder.data_path / 'dataset_info.json'})."]
   if spec.manual_files:
-    lines.append("Put " + " and ".join(spec.manual_files) +
-                 " in a folder (they cannot be downloaded automatically), then:")
+    lines.append("Put " + " and ".join(spec.manual_files) + " in a folder "
+                 "(they cannot be downloaded automatically), then:")
   else:
     lines.append("Prepare it (downloads the data) with:")
   lines.append("  " + prepare_command(name, data_dir, manual_dir))

@@ -15,7 +15,7 @@ SPLIT_SEED = 0
 
 
 def digits_uint8() -> tuple[np.ndarray, np.ndarray]:
-  """All 1,797 digits as uint8 images (N, 8, 8, 1) in [0, 255] and int labels."""
+  """All 1,797 digits: uint8 images (N, 8, 8, 1) in [0, 255], int labels."""
   digits = sk_datasets.load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
   return images[..., None], digits.target.astype(np.int64)

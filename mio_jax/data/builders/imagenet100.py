@@ -13,7 +13,8 @@ import io
 import os
 
 import tensorflow_datasets as tfds
-from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder
+from tensorflow_datasets.datasets.imagenet2012 import (
+    imagenet2012_dataset_builder)
 from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 
 _CLASS_LIST = "imagenet100.txt"

@@ -32,7 +32,7 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
     return self.dataset_info_from_configs(
         description=__doc__,
         features=tfds.features.FeaturesDict({
-            # Some source JPEGs are grayscale; decoding with 3 channels fixes that.
+            # Some JPEGs are grayscale; decoding to 3 channels fixes that.
             "image": tfds.features.Image(shape=(64, 64, 3)),
             "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
             "wnid": tfds.features.Text(),
