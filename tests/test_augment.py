@@ -161,3 +161,16 @@ def test_gaussian_blur_keeps_constants_and_smooths_noise():
   blurred = [augment.gaussian_blur(noise, _key(index=i)).numpy()
              for i in range(4)]
   assert all(b.std() < noise.numpy().std() for b in blurred)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("grayscale_prob", 1.5, "augment.grayscale_prob=1.5"),
+    ("crop_scale", (0.5, 0.2), "augment.crop_scale"),
+    ("color_jitter_strength", 2.0, "augment.color_jitter_strength"),
+    ("translate_pixels", -1, "augment.translate_pixels"),
+])
+def test_bad_augment_settings_name_the_key(key, value, message):
+  config = config_base.base_config()
+  config.augment[key] = value
+  with pytest.raises(ValueError, match=message):
+    augment.AugmentParams.from_config(config)

@@ -44,6 +44,34 @@ class AugmentParams:
   translate_pixels: int = 0
   gaussian_noise_std: float = 0.0
 
+  def __post_init__(self):
+    """Rejects settings the ops cannot honour, naming the config key."""
+    problems = []
+    for name in ("color_jitter_prob", "grayscale_prob", "blur_prob",
+                 "solarize_prob"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        problems.append(f"augment.{name}={getattr(self, name)} must be in "
+                        "[0, 1]")
+    lo, hi = self.crop_scale
+    if not 0.0 < lo <= hi <= 1.0:
+      problems.append(f"augment.crop_scale={self.crop_scale} must satisfy "
+                      "0 < min <= max <= 1")
+    lo, hi = self.crop_ratio
+    if not 0.0 < lo <= hi:
+      problems.append(f"augment.crop_ratio={self.crop_ratio} must satisfy "
+                      "0 < min <= max")
+    if not 0.0 <= self.color_jitter_strength <= 1.25:
+      # 0.8s must stay <= 1 for the contrast/saturation lower bounds.
+      problems.append(f"augment.color_jitter_strength="
+                      f"{self.color_jitter_strength} must be in [0, 1.25]")
+    for name in ("rotation_degrees", "translate_pixels", "gaussian_noise_std"):
+      if getattr(self, name) < 0:
+        problems.append(f"augment.{name}={getattr(self, name)} must be >= 0")
+    if self.image_size <= 0:
+      problems.append(f"dataset.image_size={self.image_size} must be > 0")
+    if problems:
+      raise ValueError("Bad augmentation config: " + "; ".join(problems))
+
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "AugmentParams":
     a = config.augment
