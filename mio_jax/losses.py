@@ -50,7 +50,7 @@ def _similarities(a: Array, b: Array) -> Array:
 
 
 class _LossKind(NamedTuple):
-  """How one loss reduces its keys and turns the result into a per-anchor loss."""
+  """How a loss reduces over its keys and forms the per-anchor loss."""
   key_reduction: str  # "logsumexp" of the key logits, or "softplus_sum" of them
   exclude_partner: bool  # whether the positive partner is left out of the keys
   uses_negative_temperature: bool  # keys scaled by tau_n (else by tau_p)
@@ -81,7 +81,8 @@ def _check_batch(u1: Array, u2: Array) -> int:
   """Validates the view shapes (static) and returns N, the images per view."""
   if u1.ndim != 2 or u1.shape != u2.shape:
     raise ValueError(
-        f"u1 and u2 must both have shape (N, d); got {u1.shape} and {u2.shape}.")
+        "u1 and u2 must both have shape (N, d); got "
+        f"{u1.shape} and {u2.shape}.")
   if u1.shape[0] < 2:
     raise ValueError(
         f"a pair loss needs at least 2 images per batch (got N={u1.shape[0]}): "
@@ -174,7 +175,7 @@ def _key_statistic(anchors: Array, anchor_ids: Array, keys: Array,
 def _anchor_losses(anchors: Array, partners: Array, key_stat: Array, *,
                    name: str, num_images: int, temperature: float,
                    reg_weight: float) -> Array:
-  """(n,) per-anchor losses l_i; the batch loss is their sum over 2N anchors / 2N.
+  """(n,) per-anchor losses l_i; the batch loss is their mean over 2N anchors.
 
   Args:
     anchors: (n, d) unit vectors z_i.
@@ -272,7 +273,7 @@ def _check_positive(key: str, value) -> None:
 
 def _check_options(variant: str, temperature, negative_temperature,
                    reg_weight) -> None:
-  """Rejects a bad variant or bad hyperparameters (those known at trace time)."""
+  """Rejects a bad variant or hyperparameters that are known at trace time."""
   if variant not in ("mio", "bce"):
     raise ValueError(f"variant must be 'mio' or 'bce', got {variant!r}.")
   _check_positive("temperature", temperature)

@@ -16,7 +16,7 @@ from mio_jax import mesh as mesh_lib
 from mio_jax import selfcheck
 
 
-# ---- an independent reference: explicit loops over pairs, in numpy ---------
+# ---- an independent reference: explicit loops over pairs, in numpy -----------
 
 
 def _reference_loss(u1, u2, name, tau_p=0.5, tau_n=None, reg_weight=0.0):
@@ -124,7 +124,7 @@ def test_similarity_matmuls_request_full_precision():
     assert all("HIGHEST" in p for p in precisions), precisions
 
 
-# ---- closed-form gradients against jax.grad (float64) -----------------------
+# ---- closed-form gradients against jax.grad (float64) ------------------------
 
 # (tau_p, tau_n, lambda): the three temperatures, unequal ones, a regulariser.
 _GRAD_SETTINGS = [(0.05, 0.05, 0.0), (0.5, 0.5, 0.0), (1.0, 1.0, 0.0),
@@ -255,7 +255,7 @@ def test_degenerate_embeddings_are_finite(name, case):
     assert all(np.all(np.isfinite(g)) for g in closed)
 
 
-# ---- several devices -----------------------------------------------------------
+# ---- several devices ---------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +323,7 @@ def test_selfcheck_passes_on_cpu_devices(data_mesh):
   assert not failed, failed
 
 
-# ---- registry and errors -------------------------------------------------------
+# ---- registry and errors -----------------------------------------------------
 
 
 def test_registry_builds_each_loss():
@@ -343,7 +343,8 @@ def test_registry_builds_each_loss():
     ("mio", {"temperature": 0.0}, "temperature must be > 0"),
     ("bce", {"temperature": 0.5, "negative_temperature": -1.0},
      "negative_temperature must be > 0"),
-    ("mio", {"temperature": 0.5, "reg_weight": -1.0}, "reg_weight must be >= 0"),
+    ("mio", {"temperature": 0.5, "reg_weight": -1.0},
+     "reg_weight must be >= 0"),
     ("nt_xent", {"temperature": 0.5, "reg_weight": 0.1}, "reg_weight=0.1"),
     ("dcl", {"temperature": 0.5, "negative_temperature": 0.2},
      "negative_temperature=0.2"),
@@ -363,7 +364,7 @@ def test_bad_inputs_raise():
     losses.mio_loss(u1[:1], u2[:1])
 
 
-# ---- pair metrics ---------------------------------------------------------------
+# ---- pair metrics ------------------------------------------------------------
 
 
 def test_pair_metrics_on_perfectly_separated_embeddings():
