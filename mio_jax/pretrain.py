@@ -4,7 +4,7 @@
 `<workdir>/checkpoints` (the batch of step i is `batches_fn(i)`'s first, so
 data continue exactly where they stopped), runs the jitted train step up to
 `train.total_steps(config, steps_per_epoch)`, saves every
-`config.checkpoint_every_steps` and at the end, and on SIGTERM (a preempted
+`config.checkpoint_every_steps` (0: never periodically) and at the end, and on SIGTERM (a preempted
 TPU VM) saves at the current step and exits with status 0.
 """
 import signal
@@ -148,13 +148,14 @@ def _train_loop(config: ml_collections.ConfigDict, state: train.TrainState,
   # the host never stalls the device; steps that log or save (always the
   # last one) are checked at once, so a non-finite state is never saved.
   unchecked: Optional[tuple[int, dict[str, jax.Array]]] = None
+  every = lambda period, step: period > 0 and step % period == 0
   for step in range(int(state.step), num_steps):
     state, metrics = train_step(state, next(batches))
     if unchecked is not None:
       train.check_finite(*unchecked)
     unchecked = (step, metrics)
     done = step + 1  # logs and checkpoints are numbered by completed steps
-    if done % config.log_every_steps == 0 or done == num_steps:
+    if every(config.log_every_steps, done) or done == num_steps:
       train.check_finite(*unchecked)
       unchecked = None
       logger.log(done, {k: float(v) for k, v in jax.device_get(metrics).items()})
@@ -165,7 +166,7 @@ def _train_loop(config: ml_collections.ConfigDict, state: train.TrainState,
     # Checked after the hooks, which may be slow (online kNN), so that a
     # SIGTERM received meanwhile is acted on at once.
     preempted = preemption.reached(done)
-    if (done % config.checkpoint_every_steps == 0 or done == num_steps
+    if (every(config.checkpoint_every_steps, done) or done == num_steps
         or preempted):
       if unchecked is not None:
         train.check_finite(*unchecked)

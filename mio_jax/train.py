@@ -128,6 +128,8 @@ def _train_step_fn(config: ml_collections.FrozenConfigDict, mesh: Mesh,
     images = jnp.stack([view1, view2], axis=1).reshape(
         (2 * num_images,) + view1.shape[1:])
 
+    # The per-step key goes to any stochastic layer (the ResNet has none);
+    # derived from (state key, step) it is the same after a resume.
     def objective(params):
       (_, projections), new_vars = model.apply(
           {"params": params, "batch_stats": state.batch_stats}, images,
