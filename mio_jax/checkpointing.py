@@ -44,7 +44,7 @@ def read_metadata(workdir: str) -> Optional[dict[str, Any]]:
 
 
 def metadata_mismatch(workdir: str,
-                      config: ml_collections.ConfigDict) -> Optional[str]:
+                      config: ml_collections.ConfigDict) -> str:
   """How workdir's checkpoints differ from `config` ("" if they do not)."""
   stored, expected = read_metadata(workdir), run_metadata(config)
   if stored is None or stored == expected:
