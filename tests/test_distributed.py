@@ -298,3 +298,47 @@ def test_two_process_pretrain_preempted_and_resumed_matches_one_process(
     assert sorted(losses) == list(range(1, 9))
     np.testing.assert_allclose([losses[s] for s in range(1, 9)],
                                [expected[s] for s in range(1, 9)], rtol=1e-5)
+
+
+def _main(workdir, data_dir, *flags, num_devices=2) -> subprocess.Popen:
+  """`python -m mio_jax.main`: a few pretraining steps of a tiny digits run."""
+  overrides = dict(total_steps=4, batch_size=16, log_every_steps=1,
+                   checkpoint_every_steps=2, **{
+                       "model.name": "resnet_tiny",
+                       "model.projector_hidden_dim": 32,
+                       "model.projector_output_dim": 16,
+                       "dataset.image_size": 16,
+                       "dataset.data_dir": str(data_dir)})
+  return subprocess.Popen(
+      [sys.executable, "-m", "mio_jax.main", "--config=configs/digits.py",
+       "--mode=pretrain", f"--workdir={workdir}",
+       *[f"--config.{k}={v}" for k, v in overrides.items()], *flags],
+      cwd=_RUNNER.parents[1], env=_child_env(num_devices),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_main_on_two_processes_matches_one_process(tmp_path):
+  """The real command line and digits input pipeline, 2 x 2 vs 1 x 4 devices."""
+  from mio_jax import data  # pylint: disable=g-import-not-at-top
+  data.prepare_digits(str(tmp_path / "tfds"))  # once, not raced by 2 processes
+  (code,), (output,) = _finish(
+      [_main(tmp_path / "ref", tmp_path / "tfds", num_devices=4)], timeout=600)
+  assert code == 0, output
+  address = f"127.0.0.1:{_free_port()}"
+  codes, outputs = _finish(
+      [_main(tmp_path / "mp", tmp_path / "tfds",
+             f"--coordinator_address={address}", "--num_processes=2",
+             f"--process_id={i}") for i in range(2)], timeout=600)
+  assert codes == [0, 0], "\n".join(outputs)
+
+  def losses(workdir):
+    records = [json.loads(line) for line in
+               (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+
+  expected, got = losses(tmp_path / "ref"), losses(tmp_path / "mp")
+  # Only process 0 logs: one line per step, not two.
+  assert [s for s, _ in got] == [s for s, _ in expected] == [1, 2, 3, 4]
+  np.testing.assert_allclose([l for _, l in got], [l for _, l in expected],
+                             rtol=1e-5)
