@@ -52,6 +52,9 @@ parse_flags() {
     case "$1" in
       -h | --help)
         usage
+        echo
+        echo "Each setting may also come from the environment variable of the same"
+        echo "name in capitals (--tpu-name: TPU_NAME); a flag wins over the variable."
         exit 0
         ;;
       --dry-run)

@@ -8,8 +8,7 @@ usage() {
   cat <<'USAGE'
 Usage: launch/tpu_create.sh [flags]
 
-Creates a Cloud TPU VM with gcloud. Each setting is a flag or an
-environment variable (flag --tpu-name or TPU_NAME):
+Creates a Cloud TPU VM with gcloud.
 
   --tpu-name          TPU VM (node) name, e.g. mio-v4-32           (required)
   --project           Google Cloud project id                      (required)
