@@ -61,6 +61,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.temperature = 0.5  # tau_p (and tau_n unless negative_temperature is set)
   c.negative_temperature = config_dict.placeholder(float)  # tau_n; None: = temperature
   c.reg_weight = 0.0  # lambda of the alignment regulariser (mio, bce only)
+  # Images per block of the streamed (chunked) loss and pair metrics: memory
+  # O(N * block) instead of O(N^2), same values; must divide the batch per
+  # device. None: dense (fastest while the (2N, 2N) logits fit).
+  c.loss_block_size = config_dict.placeholder(int)
 
   # ---- optimisation -----------------------------------------------------
   c.optimizer = ml_collections.ConfigDict()

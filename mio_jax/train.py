@@ -8,7 +8,7 @@ the global batch, the gradient all-reduce). The old state is donated so its
 buffers are reused in place.
 """
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import flax
 import flax.linen as nn
@@ -89,6 +89,37 @@ def _init_fn(config: ml_collections.FrozenConfigDict, mesh: Mesh,
   return jax.jit(init, out_shardings=mesh_lib.replicated_sharding(mesh))
 
 
+def training_objective(model: nn.Module, params: Any, batch_stats: Any,
+                       batch: Batch, loss_fn: Callable[[jax.Array, jax.Array],
+                                                       jax.Array], *,
+                       rng: Optional[jax.Array] = None
+                      ) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
+  """The pretraining loss of `params` on `batch`, as the train step has it.
+
+  Returns (loss, (new_batch_stats, u1, u2)): the BatchNorm running averages
+  after this batch (train mode) and the (B, d) projections of each view.
+  The train step differentiates this; the Hessian analysis
+  (`mio_jax.analysis.hessian`) takes its second derivatives.
+
+  The views are interleaved (rows 2i, 2i+1 are the views of image i) so one
+  forward pass sees both and every device keeps its own images: stacking on
+  a new axis 1 and merging it into the sharded batch axis moves no data,
+  unlike concatenating the two sharded batches. BatchNorm thus normalises
+  over both views of the global batch, as in SimCLR.
+  """
+  view1, view2 = batch["view1"], batch["view2"]
+  num_images = view1.shape[0]
+  images = jnp.stack([view1, view2], axis=1).reshape(
+      (2 * num_images,) + view1.shape[1:])
+  rngs = {} if rng is None else {"dropout": rng}
+  (_, projections), new_vars = model.apply(
+      {"params": params, "batch_stats": batch_stats}, images, train=True,
+      mutable=["batch_stats"], rngs=rngs)
+  projections = projections.reshape(num_images, 2, -1)
+  u1, u2 = projections[:, 0], projections[:, 1]
+  return loss_fn(u1, u2), (new_vars["batch_stats"], u1, u2)
+
+
 def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
                     steps_per_epoch: int
                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
@@ -113,33 +144,17 @@ def _train_step_fn(config: ml_collections.FrozenConfigDict, mesh: Mesh,
   loss_fn = losses.make_loss(
       config.loss, temperature=config.temperature,
       negative_temperature=config.negative_temperature,
-      reg_weight=config.reg_weight)
+      reg_weight=config.reg_weight, block_size=config.loss_block_size)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng),
-                                  state.step)
-    view1, view2 = batch["view1"], batch["view2"]
-    num_images = view1.shape[0]
-    # Interleave the views (rows 2i, 2i+1 are the views of image i) so one
-    # forward pass sees both and every device keeps its own images: stacking
-    # on a new axis 1 and merging it into the sharded batch axis moves no
-    # data, unlike concatenating the two sharded batches. BatchNorm thus
-    # normalises over both views of the global batch, as in SimCLR.
-    images = jnp.stack([view1, view2], axis=1).reshape(
-        (2 * num_images,) + view1.shape[1:])
-
     # The per-step key goes to any stochastic layer (the ResNet has none);
     # derived from (state key, step) it is the same after a resume.
-    def objective(params):
-      (_, projections), new_vars = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, images,
-          train=True, mutable=["batch_stats"], rngs={"dropout": step_rng})
-      projections = projections.reshape(num_images, 2, -1)
-      u1, u2 = projections[:, 0], projections[:, 1]
-      return loss_fn(u1, u2), (new_vars["batch_stats"], u1, u2)
-
+    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng),
+                                  state.step)
     (loss, (batch_stats, u1, u2)), grads = jax.value_and_grad(
-        objective, has_aux=True)(state.params)
+        lambda params: training_objective(model, params, state.batch_stats,
+                                          batch, loss_fn, rng=step_rng),
+        has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1,
                               params=optax.apply_updates(state.params, updates),
@@ -150,7 +165,8 @@ def _train_step_fn(config: ml_collections.FrozenConfigDict, mesh: Mesh,
         "learning_rate": schedule(state.step),
         **losses.pair_metrics(
             u1, u2, temperature=config.temperature,
-            negative_temperature=config.negative_temperature),
+            negative_temperature=config.negative_temperature,
+            block_size=config.loss_block_size),
     }
     return new_state, metrics
 

@@ -149,3 +149,10 @@ def test_total_steps_override_and_check_finite_names_step():
   train.check_finite(3, {"loss": 1.0, "grad_norm": 2.0})
   with pytest.raises(train.NonFiniteLossError, match="at step 12"):
     train.check_finite(12, {"loss": 1.0, "grad_norm": np.inf})
+
+
+def test_chunked_loss_config_gives_the_dense_step():
+  mesh = mesh_lib.make_data_mesh()
+  _, dense = _run_steps(tiny_config(), mesh, 2)
+  _, chunked = _run_steps(tiny_config(loss_block_size=4), mesh, 2)
+  np.testing.assert_allclose(chunked, dense, rtol=1e-5)

@@ -25,7 +25,6 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app
@@ -39,6 +38,7 @@ from mio_jax import checkpointing
 from mio_jax import losses as losses_lib
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
+from mio_jax import train
 from mio_jax.analysis import spectrum
 
 # Top-level parameter groups of the encoder (`models.Encoder`) by name.
@@ -83,25 +83,13 @@ def training_loss_fn(model: models.Encoder, batch_stats: Any,
                      batch: Mapping[str, jax.Array],
                      pair_loss: Callable[..., jax.Array]
                     ) -> Callable[[Any], jax.Array]:
-  """params -> the pretraining loss on `batch`, as `train.make_train_step` has it.
+  """params -> the pretraining loss on `batch` (`train.training_objective`).
 
-  Both views go through one forward pass (rows 2i, 2i+1 are image i's views),
-  so BatchNorm normalises over both views of the batch, in train mode; the
-  running averages it would update are discarded.
+  BatchNorm runs in train mode over both views of the batch, exactly as in
+  the train step; the running averages it would update are discarded.
   """
-  view1, view2 = batch["view1"], batch["view2"]
-  num_images = view1.shape[0]
-  images = jnp.stack([view1, view2], axis=1).reshape(
-      (2 * num_images,) + view1.shape[1:])
-
-  def loss_fn(params: Any) -> jax.Array:
-    (_, projections), _ = model.apply(
-        {"params": params, "batch_stats": batch_stats}, images, train=True,
-        mutable=["batch_stats"])
-    projections = projections.reshape(num_images, 2, -1)
-    return pair_loss(projections[:, 0], projections[:, 1])
-
-  return loss_fn
+  return lambda params: train.training_objective(
+      model, params, batch_stats, batch, pair_loss)[0]
 
 
 def analyze_loss(loss_fn: Callable[[Any], jax.Array], params: Any, *,
