@@ -12,7 +12,6 @@ def get_config():
   c = config_base.base_config()
   c.dataset.name = "digits"
   c.dataset.image_size = 32
-  c.dataset.shuffle_buffer = 1500
 
   c.augment.crop_scale = (0.5, 1.0)
   c.augment.hflip = False

@@ -15,7 +15,6 @@ def get_config():
   c = config_base.base_config()
   c.dataset.name = "imagenet100"
   c.dataset.image_size = 224
-  c.dataset.shuffle_buffer = 50_000
 
   # SimCLR ImageNet augmentation: crop (0.08, 1), jitter s=1.0 (0.8/0.8/0.8/0.2),
   # p=0.8, grayscale 0.2; blur 0.5 and solarise 0.2 as the public MIO code

@@ -15,7 +15,6 @@ from mio_jax import config_base
 def get_config():
   c = config_base.load_config_file(pathlib.Path(__file__).with_name("imagenet100.py"))
   c.dataset.name = "imagenet1k"
-  c.dataset.shuffle_buffer = 100_000
   c.batch_size = 1024  # our choice: SimCLR scales to 4096; lr scales linearly
   c.num_epochs = 100  # paper
   c.online_eval_every_steps = 12_510  # our choice: every 10 epochs

@@ -26,7 +26,6 @@ def base_config() -> ml_collections.ConfigDict:
   # Where TFDS finds archives it cannot download (tiny_imagenet, imagenet*).
   c.dataset.manual_dir = config_dict.placeholder(str)
   c.dataset.image_size = 32  # side of the square crops fed to the network
-  c.dataset.shuffle_buffer = 10_000
   c.dataset.prefetch = 2  # batches prefetched to the devices
 
   # ---- two-view augmentation (host side, tf.data, stateless) --------------

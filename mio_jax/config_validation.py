@@ -14,6 +14,7 @@ from mio_jax import data
 from mio_jax import losses
 from mio_jax import models
 from mio_jax import optim
+from mio_jax.data import augment
 
 MODES = ("pretrain", "linear_eval", "knn_eval", "fewshot_eval", "all")
 STEMS = ("cifar", "imagenet")
@@ -66,10 +67,10 @@ def validate_config(config: ml_collections.ConfigDict, *,
 
   _one_of("dataset.name", config.dataset.name, data.DATASETS)
   _positive("dataset.image_size", config.dataset.image_size)
-  lo, hi = config.augment.crop_scale
-  if not 0 < lo <= hi <= 1:
-    raise ConfigError(f"config.augment.crop_scale={(lo, hi)!r} must satisfy "
-                      "0 < min <= max <= 1; e.g. --config.augment.crop_scale='(0.08, 1.0)'")
+  try:
+    augment.AugmentParams.from_config(config)
+  except ValueError as e:
+    raise ConfigError(f"{e}; fix the --config.augment.* value") from None
 
   _one_of("model.name", config.model.name, models.BACKBONES)
   _one_of("model.stem", config.model.stem, STEMS)

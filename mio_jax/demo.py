@@ -18,6 +18,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
 from mio_jax import config_base
+from mio_jax import console
 from mio_jax import data
 from mio_jax import experiment
 from mio_jax import mesh as mesh_lib
@@ -43,6 +44,7 @@ def _summary_table(summary, config) -> str:
 
 def main(argv):
   del argv
+  console.quiet_library_logs()
   workdir = pathlib.Path(_WORKDIR.value)
   config = config_base.load_config_file(_CONFIG_PATH)
   config.dataset.data_dir = str(workdir / "tensorflow_datasets")

@@ -17,6 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mio_jax import config_validation
+from mio_jax import console
 from mio_jax import distributed
 from mio_jax import experiment
 
@@ -56,6 +57,7 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     _usage_error(f"unexpected arguments {argv[1:]}; flags look like --key=value")
+  console.quiet_library_logs()
   config = _CONFIG.value
   if config is None:
     _usage_error("--config is required, e.g. --config=configs/digits.py")

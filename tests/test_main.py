@@ -128,3 +128,10 @@ def test_shipped_configs_are_valid():
   for path in sorted((REPO / "configs").glob("*.py")):
     config = config_base.load_config_file(path)
     config_validation.validate_config(config, device_count=8)
+
+
+def test_bad_augmentation_value_is_a_config_error():
+  config = digits_config()
+  config.augment.grayscale_prob = 1.5
+  with pytest.raises(config_validation.ConfigError, match="augment.grayscale_prob=1.5"):
+    config_validation.validate_config(config, device_count=1)
