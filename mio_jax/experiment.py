@@ -104,8 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   total = train.total_steps(config, steps_per_epoch)
   main_process = distributed.is_main_process()
   logger = metric_logging.MetricLogger(workdir, total_steps=total,
-                                       is_main_process=main_process,
-                                       batch_size=config.batch_size)
+                                       is_main_process=main_process)
   try:
     if config.mode in ("pretrain", "all"):
       state = pretrain_lib.pretrain(config, workdir, mesh=mesh,

@@ -1,6 +1,6 @@
 """Training and evaluation metrics to a JSON-lines file, TensorBoard and stdout.
 
-`MetricLogger(workdir, total_steps=..., batch_size=...)` writes, on the main
+`MetricLogger(workdir, total_steps=...)` writes, on the main
 process only (WORKDIR may be local or gs://, written through tf.io.gfile):
   * WORKDIR/metrics.jsonl: one JSON object per `log`/`log_eval` call, with
     "step" and the metrics as Python floats (non-finite values are written
@@ -9,17 +9,11 @@ process only (WORKDIR may be local or gs://, written through tf.io.gfile):
     keys (`tensorboard --logdir WORKDIR`).
   * one terminal line per call: step/total, loss, lr, images/s and ETA.
 
-Throughput and ETA are measured by the logger, not the caller. When built
-with `batch_size`, each training record (a `log` with a "loss") gets
-"images_per_sec" = images processed since the previous `log` call / seconds
-since it (unless the caller passes its own). The first `log` of a process
-has no previous call, so its images_per_sec is NaN: the logger cannot know
-where a resumed run started, and time before that call includes
-compilation. Other `log` calls (e.g. the pretraining hooks' online kNN
-result) get no images_per_sec but restart the interval, so the time spent
-evaluating before them is not counted as training time. The ETA uses the average rate since the first
+The ETA is measured by the logger from the average rate since the first
 `log` of this process (never since step 0, so it stays right after a
 resume; it includes the time of periodic evaluations, which recur).
+"images_per_sec" is the caller's: the training loop knows where the run
+started and when it paused for evaluations.
 
 A `log` with a "loss" prints the progress line (step/total, loss, lr,
 images/s, ETA); any other `log` or `log_eval` prints its values. Other
@@ -64,7 +58,6 @@ class MetricLogger:
 
   def __init__(self, workdir: str, *, total_steps: int,
                is_main_process: bool = True,
-               batch_size: Optional[int] = None,
                clock: Callable[[], float] = time.monotonic):
     """Opens the outputs (main process only).
 
@@ -72,15 +65,12 @@ class MetricLogger:
       workdir: directory for metrics.jsonl and the TensorBoard events.
       total_steps: steps of the whole run, for "step N/total" and the ETA.
       is_main_process: False on other processes: every method is a no-op.
-      batch_size: global batch size; enables "images_per_sec".
       clock: seconds, monotonic; injectable for tests.
     """
     self.total_steps = total_steps
-    self.batch_size = batch_size
     self.is_main_process = is_main_process
     self._clock = clock
     self._first = None  # (step, time) of this process's first `log`
-    self._previous = None  # (step, time) of the latest `log`
     if not is_main_process:
       return
     # TensorFlow only writes the events; import it where it is needed.
@@ -104,12 +94,8 @@ class MetricLogger:
       return
     now = self._clock()
     values = _flatten(metrics)
-    if (self.batch_size is not None and "loss" in values
-        and "images_per_sec" not in values):
-      values["images_per_sec"] = self._images_per_sec(step, now)
     if self._first is None:
       self._first = (step, now)
-    self._previous = (step, now)
     self._write(step, values)
     if "loss" in values:
       print(self._progress_line(step, now, values), flush=True)
@@ -138,14 +124,6 @@ class MetricLogger:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
-
-  def _images_per_sec(self, step: int, now: float) -> float:
-    if self._previous is None:
-      return math.nan
-    previous_step, previous_time = self._previous
-    if step <= previous_step or now <= previous_time:
-      return math.nan
-    return (step - previous_step) * self.batch_size / (now - previous_time)
 
   def _eta_seconds(self, step: int, now: float) -> float:
     first_step, first_time = self._first

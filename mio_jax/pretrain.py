@@ -9,6 +9,7 @@ TPU VM) saves at the current step and exits with status 0.
 """
 import signal
 import threading
+import time
 from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import jax
@@ -149,6 +150,9 @@ def _train_loop(config: ml_collections.ConfigDict, state: train.TrainState,
   # last one) are checked at once, so a non-finite state is never saved.
   unchecked: Optional[tuple[int, dict[str, jax.Array]]] = None
   every = lambda period, step: period > 0 and step % period == 0
+  # Throughput over the steps since the last log line; the first interval
+  # includes compilation, and time spent in hooks (evaluations) is excluded.
+  interval_start = (int(state.step), time.monotonic())
   for step in range(int(state.step), num_steps):
     state, metrics = train_step(state, next(batches))
     if unchecked is not None:
@@ -158,11 +162,17 @@ def _train_loop(config: ml_collections.ConfigDict, state: train.TrainState,
     if every(config.log_every_steps, done) or done == num_steps:
       train.check_finite(*unchecked)
       unchecked = None
-      logger.log(done, {k: float(v) for k, v in jax.device_get(metrics).items()})
+      values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      now = time.monotonic()
+      values["images_per_sec"] = ((done - interval_start[0]) * config.batch_size
+                                  / max(now - interval_start[1], 1e-9))
+      interval_start = (done, now)
+      logger.log(done, values)
     for hook in hooks:
       hook_metrics = hook(done, state)
       if hook_metrics:
         logger.log(done, hook_metrics)
+        interval_start = (done, time.monotonic())
     # Checked after the hooks, which may be slow (online kNN), so that a
     # SIGTERM received meanwhile is acted on at once.
     preempted = preemption.reached(done)

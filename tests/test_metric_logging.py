@@ -44,25 +44,23 @@ def _read_events(workdir):
 def test_logger_writes_jsonl_tensorboard_and_progress(tmp_path, capsys):
   clock = _FakeClock()
   workdir = str(tmp_path / "run")
-  logger = MetricLogger(workdir, total_steps=1000, batch_size=64, clock=clock)
+  logger = MetricLogger(workdir, total_steps=1000, clock=clock)
   clock.now += 30.0  # compilation: must not count as training time
   logger.log(100, {"loss": jnp.float32(1.5), "learning_rate": np.float64(0.1),
-                   "pair_accuracy": 0.75})
+                   "pair_accuracy": 0.75, "images_per_sec": 2.0})
   clock.now += 10.0
-  logger.log(200, {"loss": jnp.array(1.25), "learning_rate": 0.05})
+  logger.log(200, {"loss": jnp.array(1.25), "learning_rate": 0.05,
+                   "images_per_sec": 640.0})
   clock.now += 10.0
-  logger.log(300, {"loss": 1.0, "learning_rate": 0.025})
+  logger.log(300, {"loss": 1.0, "learning_rate": 0.025,
+                   "images_per_sec": 640.0})
   logger.log_eval(300, {"knn": {"top1": 0.5, "top5": 0.9}, "linear_top1": 0.6})
   logger.close()
 
   records = _read_jsonl(workdir)
   assert [r["step"] for r in records] == [100, 200, 300, 300]
   assert records[0]["loss"] == 1.5 and records[0]["pair_accuracy"] == 0.75
-  # The first line of a process has no interval to measure.
-  assert math.isnan(records[0]["images_per_sec"])
-  # 100 steps x 64 images in 10 s.
-  assert records[1]["images_per_sec"] == pytest.approx(640.0)
-  assert records[2]["images_per_sec"] == pytest.approx(640.0)
+  assert [r["images_per_sec"] for r in records[:3]] == [2.0, 640.0, 640.0]
   assert records[3] == {"step": 300, "eval/knn/top1": 0.5,
                         "eval/knn/top5": 0.9, "eval/linear_top1": 0.6}
 
@@ -76,32 +74,6 @@ def test_logger_writes_jsonl_tensorboard_and_progress(tmp_path, capsys):
   assert "step 300/1000" in lines[2] and "loss 1.0000" in lines[2]
   assert "640.0 img/s" in lines[2] and "ETA 0:01:10" in lines[2]
   assert "eval/knn/top1 0.5000" in lines[3]
-
-
-def test_hook_log_is_not_training_time(tmp_path, capsys):
-  """A hook's metrics (no loss): no rate, and the interval restarts."""
-  clock = _FakeClock()
-  workdir = str(tmp_path)
-  with MetricLogger(workdir, total_steps=100, batch_size=10,
-                    clock=clock) as logger:
-    logger.log(10, {"loss": 1.0})
-    clock.now += 5.0
-    logger.log(20, {"loss": 0.9})
-    clock.now += 100.0  # an online evaluation
-    logger.log(20, {"online_knn_top1": 0.7})
-    clock.now += 5.0
-    logger.log(30, {"loss": 0.8})
-    clock.now += 2.5
-    logger.log(35, {"online_knn_top1": 0.8})  # not a logging step
-    clock.now += 100.0
-    logger.log(40, {"loss": 0.7})
-  records = _read_jsonl(workdir)
-  assert records[2] == {"step": 20, "online_knn_top1": 0.7}
-  assert records[4] == {"step": 35, "online_knn_top1": 0.8}
-  assert [r.get("images_per_sec") for r in records[1::2]] == pytest.approx(
-      [20.0, 20.0, 0.5])
-  lines = capsys.readouterr().out.strip().splitlines()
-  assert lines[2] == "step 20/100  online_knn_top1 0.7000"
 
 
 def test_logger_appends_on_resume(tmp_path):
@@ -121,8 +93,7 @@ def test_logger_rejects_non_scalar_metric(tmp_path):
 
 def test_non_main_process_writes_nothing(tmp_path, capsys):
   workdir = str(tmp_path / "other")
-  logger = MetricLogger(workdir, total_steps=10, is_main_process=False,
-                        batch_size=8)
+  logger = MetricLogger(workdir, total_steps=10, is_main_process=False)
   logger.log(1, {"loss": 1.0, "learning_rate": 0.1})
   logger.log_eval(1, {"top1": 0.5})
   logger.close()

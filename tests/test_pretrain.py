@@ -60,6 +60,9 @@ def uninterrupted(tmp_path_factory):
   logger = _RecordingLogger()
   state = _pretrain(tmp_path_factory.mktemp("uninterrupted"), logger=logger)
   assert [step for step, _ in logger.logged] == [5, 6]  # every 5 + last
+  # Every log line, the first included, carries a measured throughput.
+  for _, metrics in logger.logged:
+    assert 0 < metrics["images_per_sec"] < float("inf")
   return _host(state)
 
 
