@@ -1,0 +1,402 @@
+r"""The losses compared in miniature: equal budget and seeds, on digits.
+
+    python -m mio_jax.analysis.compare --out=runs/compare \
+        [--losses=mio,bce,nt_xent,dcl] [--seeds=0,1,2] [--steps=30] \
+        [--eval_every=10] [--temperature=0.5] [--config=configs/digits.py] \
+        [--config.key=value ...]
+
+For every (loss, seed) it pretrains the config with that loss and seed
+(`experiment.train_and_evaluate`, mode "all": online kNN every `eval_every`
+steps, then kNN, few-label and linear probes of the frozen encoder) in
+`<out>/<loss>/seed<k>`, then takes the top Hessian eigenvalue of that run's
+own loss at its final checkpoint (`hessian.analyze_checkpoint`, on the
+training batch of the final step, which depends only on the seed, so every
+loss of a seed is measured on the same images). A randomly initialised
+encoder of each seed is evaluated the same way as a reference.
+
+Writes `<out>/table.md` (mean ± sample std over seeds), `<out>/results.json`
+(every run's numbers and curves) and `<out>/accuracy_vs_step.png` (online
+kNN accuracy, mean ± std band per loss). A finished run is reused and an
+interrupted one resumes from its checkpoint, so rerunning the command after
+a crash loses little; `<out>` is tied to its settings (see SETTINGS_NAME).
+"""
+import io
+import json
+import os
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+from etils import epath
+from matplotlib.figure import Figure
+from ml_collections import config_flags
+
+from mio_jax import console
+from mio_jax import data
+from mio_jax import experiment
+from mio_jax import losses as losses_lib
+from mio_jax import mesh as mesh_lib
+from mio_jax import plots
+from mio_jax import train
+from mio_jax.analysis import hessian
+
+# The settings every run of an output directory shares; a rerun with other
+# settings would silently mix runs, so it is refused.
+SETTINGS_NAME = "comparison_settings.json"
+RUN_RESULTS_NAME = "comparison_run.json"
+TABLE_NAME = "table.md"
+RESULTS_NAME = "results.json"
+PLOT_NAME = "accuracy_vs_step.png"
+RANDOM_INIT = "random_init"
+# Columns of the table: (key in a run's results, header).
+TABLE_COLUMNS = (
+    ("knn_top1", "kNN top-1"),
+    ("fewshot_top1", "few-label top-1"),
+    ("linear_top1", "linear top-1 (all labels)"),
+    ("lambda_max", "Hessian λ_max"),
+)
+ONLINE_KNN = "online_knn_top1"
+EVAL_PROTOCOLS = ("knn", "fewshot", "linear")
+# λ_max only: one eigenvalue, and the shortest SLQ the analysis accepts
+# (its density is not used here). The projector's Hessian, because the full
+# one took 68 s per run (832,528 parameters, batch 64, 2 shared CPU cores;
+# see docs/analysis.md).
+DEFAULT_HESSIAN_OPTIONS = {"top_k": 1, "params_subset": "projector",
+                           "lanczos_steps": 1, "num_probes": 1,
+                           "batch_size": 64}
+
+
+def run_config(base: ml_collections.ConfigDict, *, loss: str, seed: int,
+               steps: int, eval_every: int) -> ml_collections.ConfigDict:
+  """`base` pretrained with `loss` and `seed` for `steps`, then evaluated."""
+  config = base.copy_and_resolve_references()
+  config.loss = loss
+  config.seed = seed
+  config.total_steps = steps
+  config.mode = "all"
+  config.online_eval_every_steps = eval_every
+  # Checkpoints as often as the curve is measured: a crash loses little.
+  config.checkpoint_every_steps = eval_every
+  config.eval.embedding_plot_points = 0  # t-SNE is not compared here
+  return config
+
+
+def _read_json(path: epath.Path) -> Optional[dict[str, Any]]:
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_json(path: epath.Path, obj: Any) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def _check_settings(out: epath.Path, settings: Mapping[str, Any]) -> None:
+  """Records the settings of `out`, or refuses to reuse it with others."""
+  path = out / SETTINGS_NAME
+  recorded = _read_json(path)
+  if recorded is None:
+    _write_json(path, settings)
+  elif recorded != json.loads(json.dumps(settings)):
+    changed = sorted(k for k in set(recorded) | set(settings)
+                     if recorded.get(k) != json.loads(json.dumps(
+                         settings.get(k))))
+    raise ValueError(
+        f"{out} holds runs made with other settings (differing: "
+        f"{', '.join(changed)}; see {path}). Use another --out, or delete "
+        f"{out} to start over.")
+
+
+def _online_curve(workdir: epath.Path) -> dict[str, list[float]]:
+  steps, values = plots.read_metrics(
+      str(workdir / "metrics.jsonl")).get(ONLINE_KNN, ([], []))
+  return {"steps": [int(s) for s in steps], "values": [float(v) for v in values]}
+
+
+def train_run(config: ml_collections.ConfigDict, workdir: epath.Path, *,
+              hessian_options: Mapping[str, Any], mesh,
+              log: Callable[[str], None]) -> dict[str, Any]:
+  """Pretrains, evaluates and measures λ_max of one run; reuses a finished one.
+
+  Returns (and stores in workdir/RUN_RESULTS_NAME) the probe accuracies,
+  λ_max and loss of the run's own loss at the final checkpoint, the online
+  kNN curve and the seconds each part took.
+  """
+  path = workdir / RUN_RESULTS_NAME
+  done = _read_json(path)
+  if done is not None:
+    log(f"[compare] {workdir}: reusing the finished run.")
+    return done
+  start = time.perf_counter()
+  results = experiment.train_and_evaluate(config, str(workdir))
+  train_seconds = time.perf_counter() - start
+  start = time.perf_counter()
+  analysis = hessian.analyze_checkpoint(
+      config, str(workdir), losses=(config.loss,), seed=config.seed, mesh=mesh,
+      log=log, **hessian_options)
+  hessian.save_results(analysis, str(workdir / hessian.OUTPUT_SUBDIR))
+  own = analysis["losses"][config.loss]
+  run = {
+      **{k: results[k] for k in results if k.split("_")[0] in EVAL_PROTOCOLS},
+      "lambda_max": own["top_eigenvalues"][0],
+      "hessian_batch_loss": own["loss"],
+      "hessian_num_params": analysis["num_params"],
+      "online_knn": _online_curve(workdir),
+      "train_eval_seconds": train_seconds,
+      "hessian_seconds": time.perf_counter() - start,
+  }
+  _write_json(path, run)
+  return run
+
+
+def random_init_run(config: ml_collections.ConfigDict, workdir: epath.Path, *,
+                    mesh, log: Callable[[str], None]) -> dict[str, Any]:
+  """Probe accuracies of the seed's untrained encoder (step 0 of every loss)."""
+  path = workdir / RUN_RESULTS_NAME
+  done = _read_json(path)
+  if done is not None:
+    log(f"[compare] {workdir}: reusing the random-init evaluation.")
+    return done
+  info = data.dataset_info(config)
+  state = train.create_train_state(
+      config, mesh, steps_per_epoch=max(1, info.num_pretrain_examples
+                                        // config.batch_size))
+  run = experiment.evaluate_state(config, state, mesh, protocols=EVAL_PROTOCOLS)
+  _write_json(path, run)
+  return run
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof=1; 0 for a single seed)."""
+  values = np.asarray(values, np.float64)
+  std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+  return float(values.mean()), std
+
+
+def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]]
+             ) -> dict[str, dict[str, dict[str, float]]]:
+  """{row: {column key: {"mean", "std", "n"}}} over the seeds of each row."""
+  summary = {}
+  for row, seed_runs in runs.items():
+    summary[row] = {}
+    for key, _ in TABLE_COLUMNS:
+      values = [run[key] for run in seed_runs if key in run]
+      if values:
+        mean, std = _mean_std(values)
+        summary[row][key] = {"mean": mean, "std": std, "n": len(values)}
+  return summary
+
+
+def _format_cell(cell: Optional[Mapping[str, float]], key: str) -> str:
+  if cell is None:
+    return "–"
+  digits = "{:.3f}" if key.endswith("top1") else "{:.4g}"
+  return f"{digits.format(cell['mean'])} ± {digits.format(cell['std'])}"
+
+
+def format_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
+                 settings: Mapping[str, Any]) -> str:
+  """Markdown table, one row per loss (and the random-init reference)."""
+  lines = [
+      "| loss | " + " | ".join(h for _, h in TABLE_COLUMNS) + " |",
+      "| --- |" + " --- |" * len(TABLE_COLUMNS),
+  ]
+  for row, cells in summary.items():
+    lines.append(f"| {row} | " + " | ".join(
+        _format_cell(cells.get(key), key) for key, _ in TABLE_COLUMNS) + " |")
+  seeds = settings["seeds"]
+  lines.append("")
+  lines.append(
+      f"Mean ± sample std over {len(seeds)} seed(s) {seeds}; {settings['steps']}"
+      f" steps of batch {settings['batch_size']} per run, temperature "
+      f"{settings['temperature']}. λ_max: top Hessian eigenvalue of the run's "
+      f"own loss at its final checkpoint ({settings['hessian']['params_subset']}"
+      f" parameters, the first {settings['hessian']['batch_size']} images of the"
+      " final step's batch). The random-init row is the untrained encoder.")
+  return "\n".join(lines) + "\n"
+
+
+def plot_accuracy_vs_step(runs: Mapping[str, Sequence[Mapping[str, Any]]],
+                          random_init: Sequence[Mapping[str, Any]]) -> Figure:
+  """Online kNN top-1 against step, mean ± std band over seeds, per loss.
+
+  Step 0 is the random initialisation, the same for every loss of a seed.
+  """
+  figure = Figure(figsize=(6.5, 4), layout="constrained")
+  axis = figure.subplots()
+  init_values = [run["knn_top1"] for run in random_init]
+  for index, (loss, seed_runs) in enumerate(runs.items()):
+    curves = [run["online_knn"] for run in seed_runs]
+    steps = curves[0]["steps"]
+    if any(curve["steps"] != steps for curve in curves):
+      raise ValueError(f"{loss}: seeds logged kNN at different steps "
+                       f"{[c['steps'] for c in curves]}.")
+    values = np.array([[*init_values[i:i + 1], *curve["values"]]
+                       for i, curve in enumerate(curves)])
+    x = ([0] if init_values else []) + steps
+    mean = values.mean(axis=0)
+    std = values.std(axis=0, ddof=1) if len(values) > 1 else 0 * mean
+    axis.plot(x, mean, marker="o", markersize=3, color=f"C{index}", label=loss)
+    axis.fill_between(x, mean - std, mean + std, color=f"C{index}", alpha=0.2)
+  axis.set_xlabel("pretraining step (0: random init)")
+  axis.set_ylabel("kNN top-1 (test split)")
+  axis.set_title(f"online kNN accuracy, mean ± std over {len(init_values)} "
+                 "seed(s)", fontsize="medium")
+  axis.grid(alpha=0.3)
+  axis.legend()
+  return figure
+
+
+def write_report(out: str, results: Mapping[str, Any]) -> None:
+  """Writes results.json, table.md and accuracy_vs_step.png into `out`.
+
+  results: as `run_comparison` returns it ("settings", "summary", "runs":
+  {loss: {seed: run}}, "random_init": {seed: run}).
+  """
+  out_path = epath.Path(out)
+  _write_json(out_path / RESULTS_NAME, results)
+  (out_path / TABLE_NAME).write_text(
+      format_table(results["summary"], results["settings"]))
+  runs = {loss: list(by_seed.values())
+          for loss, by_seed in results["runs"].items()}
+  figure = plot_accuracy_vs_step(runs, list(results[RANDOM_INIT].values()))
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=110)
+  (out_path / PLOT_NAME).write_bytes(buffer.getvalue())
+
+
+def run_comparison(base: ml_collections.ConfigDict, out: str, *,
+                   losses: Sequence[str] = tuple(losses_lib.LOSSES),
+                   seeds: Sequence[int] = (0, 1, 2), steps: int = 30,
+                   eval_every: int = 10,
+                   hessian_options: Optional[Mapping[str, Any]] = None,
+                   mesh=None, log: Callable[[str], None] = print
+                  ) -> dict[str, Any]:
+  """Runs (or reuses) every (loss, seed) and writes table, JSON and plot.
+
+  base: the config every run starts from (its loss, seed and length are
+    replaced); base.temperature is used by every loss.
+  hessian_options: keyword arguments of `hessian.analyze_checkpoint`
+    (default: DEFAULT_HESSIAN_OPTIONS).
+  Returns the JSON written to `<out>/results.json`.
+  """
+  invalid = [name for name in losses if name not in losses_lib.LOSSES]
+  if invalid or not losses or not seeds:
+    raise ValueError(f"Need losses from {list(losses_lib.LOSSES)} (got "
+                     f"{list(losses)}) and at least one seed (got {list(seeds)}).")
+  if steps < 1 or eval_every < 1 or steps % eval_every:
+    raise ValueError(f"steps ({steps}) must be a positive multiple of "
+                     f"eval_every ({eval_every}), so every run's curve ends "
+                     "at its final step.")
+  hessian_options = dict(DEFAULT_HESSIAN_OPTIONS if hessian_options is None
+                         else hessian_options)
+  hessian_options.setdefault("batch_size", base.batch_size)
+  mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
+  out_path = epath.Path(out)
+  settings = {
+      "config": base.to_dict(), "losses": list(losses), "seeds": list(seeds),
+      "steps": steps, "eval_every": eval_every, "batch_size": base.batch_size,
+      "temperature": base.temperature, "hessian": hessian_options,
+      "num_devices": mesh.size,
+  }
+  # Only settings that change runs are pinned; adding losses or seeds later
+  # reuses the finished ones.
+  _check_settings(out_path, {k: v for k, v in settings.items()
+                             if k not in ("losses", "seeds")})
+  start = time.perf_counter()
+  if base.dataset.name == "digits":  # built offline in seconds
+    data.prepare_digits(base.dataset.data_dir)
+  else:
+    data.ensure_prepared(base)
+  random_init = [
+      random_init_run(run_config(base, loss=base.loss, seed=seed, steps=steps,
+                                 eval_every=eval_every),
+                      out_path / RANDOM_INIT / f"seed{seed}", mesh=mesh, log=log)
+      for seed in seeds]
+  runs = {loss: [] for loss in losses}
+  # Seed by seed, so that an interrupted comparison has whole seeds done.
+  for seed in seeds:
+    for loss in losses:
+      log(f"[compare] {loss}, seed {seed}")
+      config = run_config(base, loss=loss, seed=seed, steps=steps,
+                          eval_every=eval_every)
+      runs[loss].append(train_run(config, out_path / loss / f"seed{seed}",
+                                  hessian_options=hessian_options, mesh=mesh,
+                                  log=log))
+  summary = summarize({**runs, RANDOM_INIT: random_init})
+  results = {
+      "settings": settings, "summary": summary,
+      "runs": {loss: dict(zip(map(str, seeds), seed_runs))
+               for loss, seed_runs in runs.items()},
+      RANDOM_INIT: dict(zip(map(str, seeds), random_init)),
+      "wall_seconds_this_invocation": time.perf_counter() - start,
+      "run_seconds_total": sum(r["train_eval_seconds"] + r["hessian_seconds"]
+                               for seed_runs in runs.values()
+                               for r in seed_runs),
+  }
+  write_report(str(out_path), results)
+  log(f"[compare] wrote {out_path / TABLE_NAME}, {out_path / RESULTS_NAME} and "
+      f"{out_path / PLOT_NAME} ({results['wall_seconds_this_invocation']:.0f} s)")
+  return results
+
+
+def _define_flags() -> dict[str, flags.FlagHolder]:
+  # Defined only when run as a command: absl flags are global, and importing
+  # this module next to mio_jax.main (which also has --config) must work.
+  return {
+      "config": config_flags.DEFINE_config_file(
+          "config", str(epath.Path(__file__).parents[2] / "configs"
+                        / "digits.py"),
+          "The config every run starts from."),
+      "out": flags.DEFINE_string("out", "runs/compare", "Output directory."),
+      "losses": flags.DEFINE_list("losses", list(losses_lib.LOSSES),
+                                  "Losses to compare."),
+      "seeds": flags.DEFINE_list(
+          "seeds", ["0", "1", "2"],
+          "Seeds (init and data order), the same for every loss."),
+      "steps": flags.DEFINE_integer("steps", 30, "Pretraining steps per run."),
+      "eval_every": flags.DEFINE_integer("eval_every", 10,
+                                         "Online kNN every this many steps."),
+      "temperature": flags.DEFINE_float(
+          "temperature", None,
+          "Temperature of every loss (default: the config's)."),
+      "hessian_params": flags.DEFINE_enum(
+          "hessian_params", DEFAULT_HESSIAN_OPTIONS["params_subset"],
+          list(hessian.PARAM_SUBSETS), "Parameters λ_max is taken over."),
+      "hessian_batch_size": flags.DEFINE_integer(
+          "hessian_batch_size", DEFAULT_HESSIAN_OPTIONS["batch_size"],
+          "Images of the final step's batch the Hessian is taken on."),
+  }
+
+
+def main(argv: Sequence[str], flag_holders: Mapping[str, flags.FlagHolder]
+        ) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
+  console.quiet_library_logs()
+  values = {name: holder.value for name, holder in flag_holders.items()}
+  config, out = values["config"], values["out"]
+  if values["temperature"] is not None:
+    config.temperature = values["temperature"]
+  if config.dataset.data_dir is None:
+    config.dataset.data_dir = os.path.join(out, "tensorflow_datasets")
+  run_comparison(
+      config, out, losses=values["losses"],
+      seeds=[int(s) for s in values["seeds"]], steps=values["steps"],
+      eval_every=values["eval_every"],
+      hessian_options={**DEFAULT_HESSIAN_OPTIONS,
+                       "params_subset": values["hessian_params"],
+                       "batch_size": values["hessian_batch_size"]})
+  print((epath.Path(out) / TABLE_NAME).read_text())
+
+
+if __name__ == "__main__":
+  _FLAGS = _define_flags()
+  app.run(lambda argv: main(argv, _FLAGS))

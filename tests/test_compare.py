@@ -1,0 +1,151 @@
+"""The loss comparison: report files, summary, request checks; end to end
+on a tiny digits setting (slow: ~2 min on 2 busy cores)."""
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from mio_jax import config_base
+from mio_jax.analysis import compare
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LOSSES = ("mio", "nt_xent")
+HESSIAN_OPTIONS = {"top_k": 1, "params_subset": "projector", "lanczos_steps": 2,
+                   "num_probes": 1, "batch_size": 16}
+
+
+def tiny_digits_config(data_dir):
+  """resnet_tiny on 16 px digits, batch 64: the plumbing, not accuracy."""
+  config = config_base.load_config_file(REPO / "configs" / "digits.py")
+  config.dataset.data_dir = str(data_dir)
+  config.model.name = "resnet_tiny"
+  config.model.projector_hidden_dim = 32
+  config.model.projector_output_dim = 16
+  config.dataset.image_size = 16
+  config.batch_size = 64
+  config.eval.batch_size = 128
+  config.eval.linear_epochs = 2
+  config.eval.fewshot_trials = 2
+  return config
+
+
+def fake_results(losses, seeds):
+  """What run_comparison returns, with made-up numbers."""
+  rng = np.random.default_rng(0)
+  def run(trained):
+    values = {k: float(rng.uniform()) for k in ("knn_top1", "fewshot_top1",
+                                                 "linear_top1")}
+    if trained:
+      values.update(lambda_max=float(rng.uniform(1, 100)),
+                    online_knn={"steps": [5, 10],
+                                "values": rng.uniform(size=2).tolist()})
+    return values
+  runs = {loss: {str(s): run(True) for s in seeds} for loss in losses}
+  random_init = {str(s): run(False) for s in seeds}
+  settings = {"seeds": list(seeds), "steps": 10, "batch_size": 256,
+              "temperature": 0.5, "hessian": HESSIAN_OPTIONS}
+  summary = compare.summarize(
+      {**{k: list(v.values()) for k, v in runs.items()},
+       compare.RANDOM_INIT: list(random_init.values())})
+  return {"settings": settings, "summary": summary, "runs": runs,
+          compare.RANDOM_INIT: random_init}
+
+
+def table_rows(out):
+  lines = (out / compare.TABLE_NAME).read_text().splitlines()
+  return [line.split("|")[1].strip() for line in lines[2:]
+          if line.startswith("|")], lines
+
+
+def test_report_has_a_row_per_loss_and_the_plot(tmp_path):
+  results = fake_results(("mio", "bce", "dcl"), seeds=(0, 1, 2))
+  compare.write_report(str(tmp_path), results)
+  rows, lines = table_rows(tmp_path)
+  assert rows == ["mio", "bce", "dcl", compare.RANDOM_INIT]
+  mio_knn = results["summary"]["mio"]["knn_top1"]
+  assert f"| mio | {mio_knn['mean']:.3f} ± {mio_knn['std']:.3f} |" in lines[2]
+  assert lines[5].endswith("| – |")  # random init has no Hessian
+  assert (tmp_path / compare.PLOT_NAME).read_bytes()[:4] == b"\x89PNG"
+  assert json.loads((tmp_path / compare.RESULTS_NAME).read_text()) == results
+
+
+def test_plot_refuses_curves_logged_at_different_steps(tmp_path):
+  results = fake_results(("mio",), seeds=(0, 1))
+  results["runs"]["mio"]["1"]["online_knn"]["steps"] = [5, 11]
+  with pytest.raises(ValueError, match="different steps"):
+    compare.write_report(str(tmp_path), results)
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+  base = tiny_digits_config(tmp_path_factory.mktemp("tfds"))
+  out = tmp_path_factory.mktemp("compare")
+  results = compare.run_comparison(base, str(out), losses=LOSSES, seeds=(0,),
+                                   steps=2, eval_every=1,
+                                   hessian_options=HESSIAN_OPTIONS)
+  return base, out, results
+
+
+@pytest.mark.slow
+def test_writes_table_json_and_plot(comparison):
+  _, out, results = comparison
+  rows, table = table_rows(out)
+  assert rows == [*LOSSES, compare.RANDOM_INIT]
+  assert all(line.count("±") == len(compare.TABLE_COLUMNS) for line in table[2:4])
+  assert (out / compare.PLOT_NAME).read_bytes()[:4] == b"\x89PNG"
+  assert json.loads((out / compare.RESULTS_NAME).read_text()) == json.loads(
+      json.dumps(results))
+  for loss in LOSSES:
+    run = results["runs"][loss]["0"]
+    for key in ("knn_top1", "fewshot_top1", "linear_top1"):
+      assert 0.0 <= run[key] <= 1.0
+    assert np.isfinite(run["lambda_max"]) and run["lambda_max"] > 0
+    # One online kNN point per step, the last one equal to the final kNN.
+    assert run["online_knn"]["steps"] == [1, 2]
+    assert run["online_knn"]["values"][-1] == pytest.approx(run["knn_top1"])
+    hessian = json.loads((out / loss / "seed0" / "hessian" /
+                          "hessian.json").read_text())
+    assert list(hessian["losses"]) == [loss]
+    assert hessian["step"] == 2 and hessian["params_subset"] == "projector"
+
+
+@pytest.mark.slow
+def test_rerun_reuses_finished_runs_and_refuses_other_settings(comparison):
+  base, out, results = comparison
+  logs = []
+  again = compare.run_comparison(base, str(out), losses=LOSSES, seeds=(0,),
+                                 steps=2, eval_every=1,
+                                 hessian_options=HESSIAN_OPTIONS,
+                                 log=logs.append)
+  assert again["runs"] == results["runs"]
+  assert sum("reusing" in line for line in logs) == len(LOSSES) + 1
+  with pytest.raises(ValueError, match="steps"):
+    compare.run_comparison(base, str(out), losses=LOSSES, seeds=(0,), steps=3,
+                           eval_every=1, hessian_options=HESSIAN_OPTIONS)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"losses": ("mio", "infonce")}, "infonce"),
+    ({"seeds": ()}, "seed"),
+    ({"steps": 25, "eval_every": 10}, "multiple"),
+])
+def test_bad_requests_fail_before_any_work(tmp_path, kwargs, match):
+  base = tiny_digits_config(tmp_path / "tfds")
+  with pytest.raises(ValueError, match=match):
+    compare.run_comparison(base, str(tmp_path / "out"), **kwargs)
+  assert not (tmp_path / "out").exists()
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+  runs = {"mio": [{"knn_top1": 0.8, "lambda_max": 10.0},
+                  {"knn_top1": 0.9, "lambda_max": 30.0}],
+          "bce": [{"knn_top1": 0.5}]}
+  summary = compare.summarize(runs)
+  assert summary["mio"]["knn_top1"]["mean"] == pytest.approx(0.85)
+  assert summary["mio"]["knn_top1"]["std"] == pytest.approx(np.std([0.8, 0.9],
+                                                                    ddof=1))
+  assert summary["mio"]["lambda_max"] == {"mean": 20.0,
+                                          "std": pytest.approx(14.142, 1e-4),
+                                          "n": 2}
+  assert summary["bce"] == {"knn_top1": {"mean": 0.5, "std": 0.0, "n": 1}}
