@@ -1,0 +1,135 @@
+r"""Throughput of the pretraining train step (`mio_jax.train`) on this machine.
+
+    python benchmarks/train_step.py [--model=resnet18] [--image_size=32] \
+        [--batch_sizes=32,128] [--devices=1] [--repeats=5] [--quick]
+    python benchmarks/train_step.py --model=resnet50 --stem=imagenet \
+        --image_size=224 --batch_sizes=32
+
+Prints one JSON object first with the float32 matmul peak of this machine,
+then one per (device count, batch size): source images per second (each
+with two views, forward + backward + optimizer update), the median step
+time after compilation, the FLOPs XLA's cost analysis counts for the step,
+the achieved FLOP/s and its fraction of the matmul peak measured in the same
+run. The batch is a fixed synthetic one already on the devices, so the
+input pipeline is not part of it (see benchmarks/input_pipeline.py).
+"""
+import argparse
+import os
+import sys
+
+
+def _parse_args() -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="resnet18")
+  parser.add_argument("--stem", default=None,
+                      help="cifar | imagenet (default: cifar below 64 px)")
+  parser.add_argument("--image_size", type=int, default=32)
+  parser.add_argument("--width_multiplier", type=float, default=1.0)
+  parser.add_argument("--batch_sizes", default="32,128",
+                      help="global batch sizes (source images per step)")
+  parser.add_argument("--devices", default="1",
+                      help="device counts; > 1 splits the CPU into fake "
+                      "devices (XLA_FLAGS), which share the same cores")
+  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--optimizer", default="lars")
+  parser.add_argument("--loss_block_size", type=int, default=None)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--steps_per_repeat", type=int, default=2)
+  parser.add_argument("--quick", action="store_true",
+                      help="resnet_tiny at 8 px, batch 8: seconds")
+  args = parser.parse_args()
+  if args.quick:
+    args.model, args.image_size, args.batch_sizes = "resnet_tiny", 8, "8"
+    args.width_multiplier, args.repeats, args.steps_per_repeat = 0.5, 2, 1
+  return args
+
+
+ARGS = _parse_args()
+_DEVICE_COUNTS = [int(d) for d in ARGS.devices.split(",")]
+if max(_DEVICE_COUNTS) > 1:
+  # Must be set before jax initialises its CPU backend.
+  os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "")
+      + f" --xla_force_host_platform_device_count={max(_DEVICE_COUNTS)}")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+from bench_util import cost_flops, emit, matmul_peak, time_repeats
+from mio_jax import config_base
+from mio_jax import mesh as mesh_lib
+from mio_jax import synthetic
+from mio_jax import train
+
+STEPS_PER_EPOCH = 1000
+
+
+def benchmark_config(args: argparse.Namespace, batch_size: int):
+  config = config_base.base_config()
+  config.model.name = args.model
+  config.model.stem = args.stem or ("cifar" if args.image_size < 64
+                                    else "imagenet")
+  config.model.width_multiplier = args.width_multiplier
+  if args.quick:
+    config.model.projector_hidden_dim = 64
+    config.model.projector_output_dim = 16
+  config.dataset.image_size = args.image_size
+  config.batch_size = batch_size
+  config.dtype = args.dtype
+  config.optimizer.name = args.optimizer
+  config.loss_block_size = args.loss_block_size
+  config.total_steps = 10 * STEPS_PER_EPOCH
+  return config
+
+
+def measure(args, config, mesh, peak_gflop_s: float) -> dict:
+  state = train.create_train_state(config, mesh,
+                                   steps_per_epoch=STEPS_PER_EPOCH)
+  batch = synthetic.synthetic_batch(config, mesh, 0)
+  compiled = train.make_train_step(
+      config, mesh, steps_per_epoch=STEPS_PER_EPOCH).lower(state,
+                                                           batch).compile()
+  step_flops = cost_flops(compiled) * mesh.size
+  holder = [state]
+
+  def run_step():
+    holder[0], metrics = compiled(holder[0], batch)
+    return metrics
+
+  jax.block_until_ready(run_step())  # warm-up: first-call allocations
+  timing = time_repeats(run_step, repeats=args.repeats,
+                        calls_per_repeat=args.steps_per_repeat)
+  images_per_s = config.batch_size / timing["wall_s"]
+  achieved = step_flops / timing["wall_s"] / 1e9
+  return {
+      "benchmark": "train_step", "model": config.model.name,
+      "stem": config.model.stem, "image_size": config.dataset.image_size,
+      "width_multiplier": config.model.width_multiplier,
+      "batch_size": config.batch_size, "devices": mesh.size,
+      "dtype": config.dtype, "optimizer": config.optimizer.name,
+      "loss_block_size": config.loss_block_size,
+      "images_per_s": round(images_per_s, 2),
+      "views_per_s": round(2 * images_per_s, 2),
+      "step_s": round(timing["wall_s"], 4),
+      "step_cpu_s": round(timing["cpu_s"], 4),
+      "images_per_cpu_s": round(config.batch_size / timing["cpu_s"], 2),
+      "gflop_per_image": round(step_flops / config.batch_size / 1e9, 3),
+      "achieved_gflop_per_s": round(achieved, 1),
+      "matmul_peak_gflop_per_s": round(peak_gflop_s, 1),
+      "fraction_of_matmul_peak": round(achieved / peak_gflop_s, 3),
+      "repeats": args.repeats, "steps_per_repeat": args.steps_per_repeat,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+def main(args: argparse.Namespace) -> None:
+  peak = matmul_peak(size=512 if args.quick else 2048)
+  emit({"benchmark": "matmul_peak", "dtype": "float32", **peak})
+  for device_count in _DEVICE_COUNTS:
+    mesh = mesh_lib.make_data_mesh(jax.devices()[:device_count])
+    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+      config = benchmark_config(args, batch_size)
+      emit(measure(args, config, mesh, peak["gflop_per_s"]))
+
+
+if __name__ == "__main__":
+  sys.exit(main(ARGS))
