@@ -1,6 +1,7 @@
-"""Top-k accuracy shared by the linear probe and the kNN classifier."""
+"""Top-k accuracy and input checks shared by the linear probe and kNN."""
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # The paper reports top-1 and top-5; with fewer than 5 classes "top5" is
 # top-num_classes (trivially 1.0), which keeps the result keys stable.
@@ -40,3 +41,17 @@ def check_features_and_labels(name: str, features, labels,
     raise ValueError(
         f"{name}_y holds labels in [{labels.min()}, {labels.max()}] but "
         f"num_classes={num_classes}; labels must lie in [0, num_classes).")
+
+
+def as_train_test(train_x, train_y, test_x, test_y, num_classes: int):
+  """float32 features and int32 labels, checked; raises ValueError naming the bad input."""
+  train_x = np.asarray(train_x, np.float32)
+  test_x = np.asarray(test_x, np.float32)
+  train_y = np.asarray(train_y).astype(np.int32)
+  test_y = np.asarray(test_y).astype(np.int32)
+  check_features_and_labels("train", train_x, train_y, num_classes)
+  check_features_and_labels("test", test_x, test_y, num_classes)
+  if test_x.shape[1] != train_x.shape[1]:
+    raise ValueError(f"test_x has {test_x.shape[1]} features per example but "
+                     f"train_x has {train_x.shape[1]}.")
+  return train_x, train_y, test_x, test_y

@@ -83,15 +83,8 @@ def knn_classify(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     {"top1", "top5"}: fractions in [0, 1]; "top5" is top-min(5, num_classes)
     of the class votes.
   """
-  train_x = np.asarray(train_x, np.float32)
-  test_x = np.asarray(test_x, np.float32)
-  train_y = np.asarray(train_y).astype(np.int32)
-  test_y = np.asarray(test_y).astype(np.int32)
-  accuracy.check_features_and_labels("train", train_x, train_y, num_classes)
-  accuracy.check_features_and_labels("test", test_x, test_y, num_classes)
-  if test_x.shape[1] != train_x.shape[1]:
-    raise ValueError(f"test_x has {test_x.shape[1]} features per example but "
-                     f"train_x has {train_x.shape[1]}.")
+  train_x, train_y, test_x, test_y = accuracy.as_train_test(
+      train_x, train_y, test_x, test_y, num_classes)
   if not 1 <= k <= len(train_x):
     raise ValueError(f"k={k} must be in [1, {len(train_x)}] (the number of "
                      "training examples); lower eval.knn_k.")

@@ -118,15 +118,8 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray,
     {"top1", "top5"}: test accuracies as fractions in [0, 1]; "top5" is
     top-min(5, num_classes).
   """
-  train_x = np.asarray(train_x, np.float32)
-  test_x = np.asarray(test_x, np.float32)
-  train_y = np.asarray(train_y).astype(np.int32)
-  test_y = np.asarray(test_y).astype(np.int32)
-  accuracy.check_features_and_labels("train", train_x, train_y, num_classes)
-  accuracy.check_features_and_labels("test", test_x, test_y, num_classes)
-  if test_x.shape[1] != train_x.shape[1]:
-    raise ValueError(f"test_x has {test_x.shape[1]} features per example but "
-                     f"train_x has {train_x.shape[1]}.")
+  train_x, train_y, test_x, test_y = accuracy.as_train_test(
+      train_x, train_y, test_x, test_y, num_classes)
   if epochs < 1:
     raise ValueError(f"epochs must be >= 1; got {epochs}.")
   if not 1 <= batch_size <= len(train_x):
