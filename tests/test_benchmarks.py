@@ -5,10 +5,26 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
+
+import mio_jax
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 COMMON_FIELDS = {"benchmark", "load_avg_1m", "cpu_count", "backend"}
+
+
+def test_cpu_convolutions_are_not_handed_to_ynnpack():
+  # mio_jax sets CPU_CONVOLUTION_FLAG at import (docs/performance.md): a
+  # ResNet-sized convolution would otherwise become a "__ynn_fusion".
+  assert mio_jax.CPU_CONVOLUTION_FLAG in os.environ["XLA_FLAGS"]
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  hlo = conv.lower(jax.ShapeDtypeStruct((64, 32, 32, 64), jnp.float32),
+                   jax.ShapeDtypeStruct((3, 3, 64, 64), jnp.float32)
+                  ).compile().as_text()
+  assert "convolution(" in hlo and "__ynn_fusion" not in hlo
 
 
 def _run(script: str, *args: str) -> list[dict]:
