@@ -11,8 +11,9 @@ from mio_jax.analysis import compare
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOSSES = ("mio", "nt_xent")
-HESSIAN_OPTIONS = {"top_k": 1, "params_subset": "projector", "lanczos_steps": 2,
-                   "num_probes": 1, "batch_size": 16}
+HESSIAN_OPTIONS = {"top_k": 1, "lanczos_steps": 2, "num_probes": 1,
+                   "batch_size": 16}
+LAMBDA = compare.lambda_max_key("projector")
 
 
 def tiny_digits_config(data_dir):
@@ -37,14 +38,15 @@ def fake_results(losses, seeds):
     values = {k: float(rng.uniform()) for k in ("knn_top1", "fewshot_top1",
                                                  "linear_top1")}
     if trained:
-      values.update(lambda_max=float(rng.uniform(1, 100)),
+      values.update({LAMBDA: float(rng.uniform(1, 100))},
                     online_knn={"steps": [5, 10],
                                 "values": rng.uniform(size=2).tolist()})
     return values
   runs = {loss: {str(s): run(True) for s in seeds} for loss in losses}
   random_init = {str(s): run(False) for s in seeds}
   settings = {"seeds": list(seeds), "steps": 10, "batch_size": 256,
-              "temperature": 0.5, "hessian": HESSIAN_OPTIONS}
+              "temperature": 0.5, "hessian": HESSIAN_OPTIONS,
+              "hessian_subsets": ["projector"]}
   summary = compare.summarize(
       {**{k: list(v.values()) for k, v in runs.items()},
        compare.RANDOM_INIT: list(random_init.values())})
@@ -83,7 +85,8 @@ def comparison(tmp_path_factory):
   out = tmp_path_factory.mktemp("compare")
   results = compare.run_comparison(base, str(out), losses=LOSSES, seeds=(0,),
                                    steps=2, eval_every=1,
-                                   hessian_options=HESSIAN_OPTIONS)
+                                   hessian_options=HESSIAN_OPTIONS,
+                                   hessian_subsets=("projector",))
   return base, out, results
 
 
@@ -92,7 +95,8 @@ def test_writes_table_json_and_plot(comparison):
   _, out, results = comparison
   rows, table = table_rows(out)
   assert rows == [*LOSSES, compare.RANDOM_INIT]
-  assert all(line.count("±") == len(compare.TABLE_COLUMNS) for line in table[2:4])
+  assert all(line.count("±") == len(compare.PROBE_COLUMNS) + 1
+             for line in table[2:4])
   assert (out / compare.PLOT_NAME).read_bytes()[:4] == b"\x89PNG"
   assert json.loads((out / compare.RESULTS_NAME).read_text()) == json.loads(
       json.dumps(results))
@@ -100,26 +104,31 @@ def test_writes_table_json_and_plot(comparison):
     run = results["runs"][loss]["0"]
     for key in ("knn_top1", "fewshot_top1", "linear_top1"):
       assert 0.0 <= run[key] <= 1.0
-    assert np.isfinite(run["lambda_max"]) and run["lambda_max"] > 0
+    assert np.isfinite(run[LAMBDA]) and run[LAMBDA] > 0
     # One online kNN point per step, the last one equal to the final kNN.
     assert run["online_knn"]["steps"] == [1, 2]
     assert run["online_knn"]["values"][-1] == pytest.approx(run["knn_top1"])
-    hessian = json.loads((out / loss / "seed0" / "hessian" /
+    hessian = json.loads((out / loss / "seed0" / "hessian_projector" /
                           "hessian.json").read_text())
     assert list(hessian["losses"]) == [loss]
     assert hessian["step"] == 2 and hessian["params_subset"] == "projector"
 
 
 @pytest.mark.slow
-def test_rerun_reuses_finished_runs_and_refuses_other_settings(comparison):
+def test_rerun_reuses_runs_adds_subsets_and_refuses_other_settings(comparison):
   base, out, results = comparison
   logs = []
   again = compare.run_comparison(base, str(out), losses=LOSSES, seeds=(0,),
                                  steps=2, eval_every=1,
                                  hessian_options=HESSIAN_OPTIONS,
+                                 hessian_subsets=("projector", "backbone"),
                                  log=logs.append)
-  assert again["runs"] == results["runs"]
   assert sum("reusing" in line for line in logs) == len(LOSSES) + 1
+  for loss in LOSSES:
+    before, after = results["runs"][loss]["0"], again["runs"][loss]["0"]
+    assert after == {**after, **before}  # nothing recomputed
+    assert after[compare.lambda_max_key("backbone")] > 0
+  assert "λ_max (backbone)" in (out / compare.TABLE_NAME).read_text()
   with pytest.raises(ValueError, match="steps"):
     compare.run_comparison(base, str(out), losses=LOSSES, seeds=(0,), steps=3,
                            eval_every=1, hessian_options=HESSIAN_OPTIONS)
@@ -128,6 +137,7 @@ def test_rerun_reuses_finished_runs_and_refuses_other_settings(comparison):
 @pytest.mark.parametrize("kwargs, match", [
     ({"losses": ("mio", "infonce")}, "infonce"),
     ({"seeds": ()}, "seed"),
+    ({"hessian_subsets": ("head",)}, "head"),
     ({"steps": 25, "eval_every": 10}, "multiple"),
 ])
 def test_bad_requests_fail_before_any_work(tmp_path, kwargs, match):
@@ -138,14 +148,14 @@ def test_bad_requests_fail_before_any_work(tmp_path, kwargs, match):
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():
-  runs = {"mio": [{"knn_top1": 0.8, "lambda_max": 10.0},
-                  {"knn_top1": 0.9, "lambda_max": 30.0}],
+  runs = {"mio": [{"knn_top1": 0.8, LAMBDA: 10.0},
+                  {"knn_top1": 0.9, LAMBDA: 30.0}],
           "bce": [{"knn_top1": 0.5}]}
   summary = compare.summarize(runs)
   assert summary["mio"]["knn_top1"]["mean"] == pytest.approx(0.85)
   assert summary["mio"]["knn_top1"]["std"] == pytest.approx(np.std([0.8, 0.9],
                                                                     ddof=1))
-  assert summary["mio"]["lambda_max"] == {"mean": 20.0,
+  assert summary["mio"][LAMBDA] == {"mean": 20.0,
                                           "std": pytest.approx(14.142, 1e-4),
                                           "n": 2}
   assert summary["bce"] == {"knn_top1": {"mean": 0.5, "std": 0.0, "n": 1}}

@@ -56,22 +56,31 @@ TABLE_NAME = "table.md"
 RESULTS_NAME = "results.json"
 PLOT_NAME = "accuracy_vs_step.png"
 RANDOM_INIT = "random_init"
-# Columns of the table: (key in a run's results, header).
-TABLE_COLUMNS = (
+# Columns of the table: (key in a run's results, header); then one λ_max
+# column per Hessian parameter subset (`table_columns`).
+PROBE_COLUMNS = (
     ("knn_top1", "kNN top-1"),
     ("fewshot_top1", "few-label top-1"),
     ("linear_top1", "linear top-1 (all labels)"),
-    ("lambda_max", "Hessian λ_max"),
 )
 ONLINE_KNN = "online_knn_top1"
 EVAL_PROTOCOLS = ("knn", "fewshot", "linear")
 # λ_max only: one eigenvalue, and the shortest SLQ the analysis accepts
-# (its density is not used here). The projector's Hessian, because the full
-# one took 68 s per run (832,528 parameters, batch 64, 2 shared CPU cores;
-# see docs/analysis.md).
-DEFAULT_HESSIAN_OPTIONS = {"top_k": 1, "params_subset": "projector",
-                           "lanczos_steps": 1, "num_probes": 1,
+# (its density is not used here).
+DEFAULT_HESSIAN_OPTIONS = {"top_k": 1, "lanczos_steps": 1, "num_probes": 1,
                            "batch_size": 64}
+# Parameter subsets λ_max is taken over (keys of hessian.PARAM_SUBSETS); the
+# projector's is the cheap one (see docs/analysis.md for measured times).
+DEFAULT_HESSIAN_SUBSETS = ("projector",)
+
+
+def lambda_max_key(subset: str) -> str:
+  return f"lambda_max_{subset}"
+
+
+def table_columns(hessian_subsets: Sequence[str]) -> tuple[tuple[str, str], ...]:
+  return PROBE_COLUMNS + tuple(
+      (lambda_max_key(subset), f"λ_max ({subset})") for subset in hessian_subsets)
 
 
 def run_config(base: ml_collections.ConfigDict, *, loss: str, seed: int,
@@ -101,13 +110,13 @@ def _write_json(path: epath.Path, obj: Any) -> None:
 def _check_settings(out: epath.Path, settings: Mapping[str, Any]) -> None:
   """Records the settings of `out`, or refuses to reuse it with others."""
   path = out / SETTINGS_NAME
+  settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
   recorded = _read_json(path)
   if recorded is None:
     _write_json(path, settings)
-  elif recorded != json.loads(json.dumps(settings)):
-    changed = sorted(k for k in set(recorded) | set(settings)
-                     if recorded.get(k) != json.loads(json.dumps(
-                         settings.get(k))))
+  elif recorded != settings:
+    changed = sorted(k for k in recorded.keys() | settings.keys()
+                     if recorded.get(k) != settings.get(k))
     raise ValueError(
         f"{out} holds runs made with other settings (differing: "
         f"{', '.join(changed)}; see {path}). Use another --out, or delete "
@@ -121,38 +130,44 @@ def _online_curve(workdir: epath.Path) -> dict[str, list[float]]:
 
 
 def train_run(config: ml_collections.ConfigDict, workdir: epath.Path, *,
-              hessian_options: Mapping[str, Any], mesh,
+              hessian_options: Mapping[str, Any],
+              hessian_subsets: Sequence[str], mesh,
               log: Callable[[str], None]) -> dict[str, Any]:
-  """Pretrains, evaluates and measures λ_max of one run; reuses a finished one.
+  """Pretrains and evaluates one run, and takes λ_max of its own loss.
 
-  Returns (and stores in workdir/RUN_RESULTS_NAME) the probe accuracies,
-  λ_max and loss of the run's own loss at the final checkpoint, the online
-  kNN curve and the seconds each part took.
+  λ_max is measured over each of `hessian_subsets` at the final checkpoint.
+  Whatever workdir/RUN_RESULTS_NAME already holds (a finished run, subsets
+  measured before) is reused; the rest is computed and added to it.
+  Returns the probe accuracies, the online kNN curve, per subset
+  `lambda_max_<subset>` and `hessian_<subset>` (loss value on the Hessian's
+  batch, parameter count, seconds), and the seconds each part took.
   """
   path = workdir / RUN_RESULTS_NAME
-  done = _read_json(path)
-  if done is not None:
+  run = _read_json(path)
+  if run is None:
+    start = time.perf_counter()
+    results = experiment.train_and_evaluate(config, str(workdir))
+    run = {k: v for k, v in results.items()
+           if k.split("_")[0] in EVAL_PROTOCOLS}
+    run.update(online_knn=_online_curve(workdir),
+               train_eval_seconds=time.perf_counter() - start)
+    _write_json(path, run)
+  else:
     log(f"[compare] {workdir}: reusing the finished run.")
-    return done
-  start = time.perf_counter()
-  results = experiment.train_and_evaluate(config, str(workdir))
-  train_seconds = time.perf_counter() - start
-  start = time.perf_counter()
-  analysis = hessian.analyze_checkpoint(
-      config, str(workdir), losses=(config.loss,), seed=config.seed, mesh=mesh,
-      log=log, **hessian_options)
-  hessian.save_results(analysis, str(workdir / hessian.OUTPUT_SUBDIR))
-  own = analysis["losses"][config.loss]
-  run = {
-      **{k: results[k] for k in results if k.split("_")[0] in EVAL_PROTOCOLS},
-      "lambda_max": own["top_eigenvalues"][0],
-      "hessian_batch_loss": own["loss"],
-      "hessian_num_params": analysis["num_params"],
-      "online_knn": _online_curve(workdir),
-      "train_eval_seconds": train_seconds,
-      "hessian_seconds": time.perf_counter() - start,
-  }
-  _write_json(path, run)
+  for subset in hessian_subsets:
+    if lambda_max_key(subset) in run:
+      continue
+    start = time.perf_counter()
+    analysis = hessian.analyze_checkpoint(
+        config, str(workdir), losses=(config.loss,), params_subset=subset,
+        seed=config.seed, mesh=mesh, log=log, **hessian_options)
+    hessian.save_results(analysis, str(workdir / f"hessian_{subset}"))
+    own = analysis["losses"][config.loss]
+    run[lambda_max_key(subset)] = own["top_eigenvalues"][0]
+    run[f"hessian_{subset}"] = {"loss": own["loss"],
+                                "num_params": analysis["num_params"],
+                                "seconds": time.perf_counter() - start}
+    _write_json(path, run)
   return run
 
 
@@ -180,13 +195,14 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
   return float(values.mean()), std
 
 
-def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]]
+def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]],
+              hessian_subsets: Sequence[str] = DEFAULT_HESSIAN_SUBSETS
              ) -> dict[str, dict[str, dict[str, float]]]:
   """{row: {column key: {"mean", "std", "n"}}} over the seeds of each row."""
   summary = {}
   for row, seed_runs in runs.items():
     summary[row] = {}
-    for key, _ in TABLE_COLUMNS:
+    for key, _ in table_columns(hessian_subsets):
       values = [run[key] for run in seed_runs if key in run]
       if values:
         mean, std = _mean_std(values)
@@ -204,22 +220,23 @@ def _format_cell(cell: Optional[Mapping[str, float]], key: str) -> str:
 def format_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
                  settings: Mapping[str, Any]) -> str:
   """Markdown table, one row per loss (and the random-init reference)."""
+  columns = table_columns(settings["hessian_subsets"])
   lines = [
-      "| loss | " + " | ".join(h for _, h in TABLE_COLUMNS) + " |",
-      "| --- |" + " --- |" * len(TABLE_COLUMNS),
+      "| loss | " + " | ".join(h for _, h in columns) + " |",
+      "| --- |" + " --- |" * len(columns),
   ]
   for row, cells in summary.items():
     lines.append(f"| {row} | " + " | ".join(
-        _format_cell(cells.get(key), key) for key, _ in TABLE_COLUMNS) + " |")
+        _format_cell(cells.get(key), key) for key, _ in columns) + " |")
   seeds = settings["seeds"]
   lines.append("")
   lines.append(
       f"Mean ± sample std over {len(seeds)} seed(s) {seeds}; {settings['steps']}"
       f" steps of batch {settings['batch_size']} per run, temperature "
       f"{settings['temperature']}. λ_max: top Hessian eigenvalue of the run's "
-      f"own loss at its final checkpoint ({settings['hessian']['params_subset']}"
-      f" parameters, the first {settings['hessian']['batch_size']} images of the"
-      " final step's batch). The random-init row is the untrained encoder.")
+      "own loss at its final checkpoint over the given parameters, on the "
+      f"first {settings['hessian']['batch_size']} images of the final step's "
+      "batch). The random-init row is the untrained encoder.")
   return "\n".join(lines) + "\n"
 
 
@@ -277,6 +294,7 @@ def run_comparison(base: ml_collections.ConfigDict, out: str, *,
                    seeds: Sequence[int] = (0, 1, 2), steps: int = 30,
                    eval_every: int = 10,
                    hessian_options: Optional[Mapping[str, Any]] = None,
+                   hessian_subsets: Sequence[str] = DEFAULT_HESSIAN_SUBSETS,
                    mesh=None, log: Callable[[str], None] = print
                   ) -> dict[str, Any]:
   """Runs (or reuses) every (loss, seed) and writes table, JSON and plot.
@@ -284,13 +302,17 @@ def run_comparison(base: ml_collections.ConfigDict, out: str, *,
   base: the config every run starts from (its loss, seed and length are
     replaced); base.temperature is used by every loss.
   hessian_options: keyword arguments of `hessian.analyze_checkpoint`
-    (default: DEFAULT_HESSIAN_OPTIONS).
+    but params_subset (default: DEFAULT_HESSIAN_OPTIONS).
+  hessian_subsets: parameter subsets λ_max is taken over, one column each.
   Returns the JSON written to `<out>/results.json`.
   """
   invalid = [name for name in losses if name not in losses_lib.LOSSES]
+  invalid += [s for s in hessian_subsets if s not in hessian.PARAM_SUBSETS]
   if invalid or not losses or not seeds:
-    raise ValueError(f"Need losses from {list(losses_lib.LOSSES)} (got "
-                     f"{list(losses)}) and at least one seed (got {list(seeds)}).")
+    raise ValueError(
+        f"Need losses from {list(losses_lib.LOSSES)} (got {list(losses)}), "
+        f"Hessian subsets from {list(hessian.PARAM_SUBSETS)} (got "
+        f"{list(hessian_subsets)}) and at least one seed (got {list(seeds)}).")
   if steps < 1 or eval_every < 1 or steps % eval_every:
     raise ValueError(f"steps ({steps}) must be a positive multiple of "
                      f"eval_every ({eval_every}), so every run's curve ends "
@@ -299,17 +321,19 @@ def run_comparison(base: ml_collections.ConfigDict, out: str, *,
                          else hessian_options)
   hessian_options.setdefault("batch_size", base.batch_size)
   mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
-  out_path = epath.Path(out)
+  # Orbax writes checkpoints under absolute paths only.
+  out_path = epath.Path(out if "://" in out else os.path.abspath(out))
   settings = {
       "config": base.to_dict(), "losses": list(losses), "seeds": list(seeds),
       "steps": steps, "eval_every": eval_every, "batch_size": base.batch_size,
       "temperature": base.temperature, "hessian": hessian_options,
+      "hessian_subsets": list(hessian_subsets),
       "num_devices": mesh.size,
   }
-  # Only settings that change runs are pinned; adding losses or seeds later
-  # reuses the finished ones.
+  # Only settings that change runs are pinned; adding losses, seeds or
+  # Hessian subsets later reuses the finished runs.
   _check_settings(out_path, {k: v for k, v in settings.items()
-                             if k not in ("losses", "seeds")})
+                             if k not in ("losses", "seeds", "hessian_subsets")})
   start = time.perf_counter()
   if base.dataset.name == "digits":  # built offline in seconds
     data.prepare_digits(base.dataset.data_dir)
@@ -328,18 +352,20 @@ def run_comparison(base: ml_collections.ConfigDict, out: str, *,
       config = run_config(base, loss=loss, seed=seed, steps=steps,
                           eval_every=eval_every)
       runs[loss].append(train_run(config, out_path / loss / f"seed{seed}",
-                                  hessian_options=hessian_options, mesh=mesh,
+                                  hessian_options=hessian_options,
+                                  hessian_subsets=hessian_subsets, mesh=mesh,
                                   log=log))
-  summary = summarize({**runs, RANDOM_INIT: random_init})
+  summary = summarize({**runs, RANDOM_INIT: random_init}, hessian_subsets)
   results = {
       "settings": settings, "summary": summary,
       "runs": {loss: dict(zip(map(str, seeds), seed_runs))
                for loss, seed_runs in runs.items()},
       RANDOM_INIT: dict(zip(map(str, seeds), random_init)),
       "wall_seconds_this_invocation": time.perf_counter() - start,
-      "run_seconds_total": sum(r["train_eval_seconds"] + r["hessian_seconds"]
-                               for seed_runs in runs.values()
-                               for r in seed_runs),
+      "run_seconds_total": sum(
+          r["train_eval_seconds"]
+          + sum(r[f"hessian_{subset}"]["seconds"] for subset in hessian_subsets)
+          for seed_runs in runs.values() for r in seed_runs),
   }
   write_report(str(out_path), results)
   log(f"[compare] wrote {out_path / TABLE_NAME}, {out_path / RESULTS_NAME} and "
@@ -367,9 +393,10 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
       "temperature": flags.DEFINE_float(
           "temperature", None,
           "Temperature of every loss (default: the config's)."),
-      "hessian_params": flags.DEFINE_enum(
-          "hessian_params", DEFAULT_HESSIAN_OPTIONS["params_subset"],
-          list(hessian.PARAM_SUBSETS), "Parameters λ_max is taken over."),
+      "hessian_params": flags.DEFINE_list(
+          "hessian_params", list(DEFAULT_HESSIAN_SUBSETS),
+          "Parameter subsets λ_max is taken over (all, projector, backbone),"
+          " one table column each."),
       "hessian_batch_size": flags.DEFINE_integer(
           "hessian_batch_size", DEFAULT_HESSIAN_OPTIONS["batch_size"],
           "Images of the final step's batch the Hessian is taken on."),
@@ -392,8 +419,8 @@ def main(argv: Sequence[str], flag_holders: Mapping[str, flags.FlagHolder]
       seeds=[int(s) for s in values["seeds"]], steps=values["steps"],
       eval_every=values["eval_every"],
       hessian_options={**DEFAULT_HESSIAN_OPTIONS,
-                       "params_subset": values["hessian_params"],
-                       "batch_size": values["hessian_batch_size"]})
+                       "batch_size": values["hessian_batch_size"]},
+      hessian_subsets=values["hessian_params"])
   print((epath.Path(out) / TABLE_NAME).read_text())
 
 
