@@ -35,6 +35,9 @@ def _parse_args() -> argparse.Namespace:
   parser.add_argument("--loss_block_size", type=int, default=None)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--steps_per_repeat", type=int, default=2)
+  parser.add_argument("--breakdown", action="store_true",
+                      help="also time the forward pass and forward + backward "
+                      "(no optimizer update, no metrics) of the same step")
   parser.add_argument("--quick", action="store_true",
                       help="resnet_tiny at 8 px, batch 8: seconds")
   args = parser.parse_args()
@@ -56,7 +59,9 @@ if max(_DEVICE_COUNTS) > 1:
 import jax
 from bench_util import cost_flops, emit, matmul_peak, time_repeats
 from mio_jax import config_base
+from mio_jax import losses
 from mio_jax import mesh as mesh_lib
+from mio_jax import models
 from mio_jax import synthetic
 from mio_jax import train
 
@@ -121,6 +126,37 @@ def measure(args, config, mesh, peak_gflop_s: float) -> dict:
   }
 
 
+def measure_parts(args, config, mesh) -> dict:
+  """Seconds of the forward pass and of forward + backward of the step's loss.
+
+  Same model, batch and loss as the train step (`train.training_objective`),
+  without the optimizer update and the metrics: the differences to the full
+  step time say what those cost.
+  """
+  state = train.create_train_state(config, mesh,
+                                   steps_per_epoch=STEPS_PER_EPOCH)
+  batch = synthetic.synthetic_batch(config, mesh, 0)
+  model = models.build_model(config.model, dtype=config.dtype)
+  loss_fn = losses.make_loss(config.loss, temperature=config.temperature,
+                             block_size=config.loss_block_size)
+
+  def loss(params):
+    return train.training_objective(model, params, state.batch_stats, batch,
+                                    loss_fn)[0]
+
+  parts = {"forward": jax.jit(loss), "forward_backward": jax.jit(
+      jax.value_and_grad(loss))}
+  record = {"benchmark": "train_step_breakdown", "model": config.model.name,
+            "image_size": config.dataset.image_size,
+            "batch_size": config.batch_size, "devices": mesh.size}
+  for name, fn in parts.items():
+    jax.block_until_ready(fn(state.params))
+    timing = time_repeats(lambda fn=fn: fn(state.params), repeats=args.repeats)
+    record[f"{name}_s"] = round(timing["wall_s"], 4)
+    record[f"{name}_cpu_s"] = round(timing["cpu_s"], 4)
+  return record
+
+
 def main(args: argparse.Namespace) -> None:
   peak = matmul_peak(size=512 if args.quick else 2048)
   emit({"benchmark": "matmul_peak", "dtype": "float32", **peak})
@@ -129,6 +165,8 @@ def main(args: argparse.Namespace) -> None:
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
       config = benchmark_config(args, batch_size)
       emit(measure(args, config, mesh, peak["gflop_per_s"]))
+      if args.breakdown:
+        emit(measure_parts(args, config, mesh))
 
 
 if __name__ == "__main__":
