@@ -27,7 +27,10 @@ class CheckpointMismatchError(RuntimeError):
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
-  return epath.Path(workdir) / CHECKPOINT_SUBDIR
+  # Orbax refuses relative paths ("Checkpoint path should be absolute"), so
+  # a local --workdir=runs/x is made absolute; gs:// paths already are.
+  path = epath.Path(workdir) / CHECKPOINT_SUBDIR
+  return path if "://" in str(workdir) else path.absolute()
 
 
 def run_metadata(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -98,3 +98,10 @@ def test_structure_mismatch_at_restore_is_a_clear_error(tmp_path):
                      match="does not match"):
     checkpointer.restore(_state(other))
   checkpointer.close()
+
+
+def test_relative_workdir_becomes_absolute_for_orbax(tmp_path, monkeypatch):
+  # Orbax refuses relative checkpoint paths; `--workdir=runs/x` must work.
+  monkeypatch.chdir(tmp_path)
+  assert checkpointing.checkpoint_dir("runs/x") == tmp_path / "runs/x/checkpoints"
+  assert str(checkpointing.checkpoint_dir("gs://bucket/x")) == "gs://bucket/x/checkpoints"
