@@ -2,7 +2,8 @@ r"""The losses compared in miniature: equal budget and seeds, on digits.
 
     python -m mio_jax.analysis.compare --out=runs/compare \
         [--losses=mio,bce,nt_xent,dcl] [--seeds=0,1,2] [--steps=30] \
-        [--eval_every=10] [--temperature=0.5] [--config=configs/digits.py] \
+        [--eval_every=10] [--temperature=0.5] [--hessian_params=projector,all] \
+        [--hessian_batch_size=64] [--config=configs/digits.py] \
         [--config.key=value ...]
 
 For every (loss, seed) it pretrains the config with that loss and seed
@@ -236,7 +237,7 @@ def format_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
       f"{settings['temperature']}. λ_max: top Hessian eigenvalue of the run's "
       "own loss at its final checkpoint over the given parameters, on the "
       f"first {settings['hessian']['batch_size']} images of the final step's "
-      "batch). The random-init row is the untrained encoder.")
+      "batch. The random-init row is the untrained encoder.")
   return "\n".join(lines) + "\n"
 
 
@@ -255,6 +256,7 @@ def plot_accuracy_vs_step(runs: Mapping[str, Sequence[Mapping[str, Any]]],
     if any(curve["steps"] != steps for curve in curves):
       raise ValueError(f"{loss}: seeds logged kNN at different steps "
                        f"{[c['steps'] for c in curves]}.")
+    # Each seed's curve starts from that seed's random-init accuracy.
     values = np.array([[*init_values[i:i + 1], *curve["values"]]
                        for i, curve in enumerate(curves)])
     x = ([0] if init_values else []) + steps
