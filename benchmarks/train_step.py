@@ -57,7 +57,7 @@ if max(_DEVICE_COUNTS) > 1:
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
-from bench_util import cost_flops, emit, matmul_peak, time_repeats
+from bench_util import cost_flops, emit, matmul_peak, memory_bytes, time_repeats
 from mio_jax import config_base
 from mio_jax import losses
 from mio_jax import mesh as mesh_lib
@@ -94,6 +94,7 @@ def measure(args, config, mesh, peak_gflop_s: float) -> dict:
       config, mesh, steps_per_epoch=STEPS_PER_EPOCH).lower(state,
                                                            batch).compile()
   step_flops = cost_flops(compiled) * mesh.size
+  planned_bytes = memory_bytes(compiled)["peak"]  # per device
   holder = [state]
 
   def run_step():
@@ -121,6 +122,7 @@ def measure(args, config, mesh, peak_gflop_s: float) -> dict:
       "achieved_gflop_per_s": round(achieved, 1),
       "matmul_peak_gflop_per_s": round(peak_gflop_s, 1),
       "fraction_of_matmul_peak": round(achieved / peak_gflop_s, 3),
+      "planned_peak_gib_per_device": round(planned_bytes / 2**30, 3),
       "repeats": args.repeats, "steps_per_repeat": args.steps_per_repeat,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
