@@ -37,11 +37,11 @@ def _parse_args() -> argparse.Namespace:
                       help="do not run programs planning more than this")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--quick", action="store_true",
-                      help="N = 64, 128 with blocks of 32: seconds")
+                      help="N = 128, 512 with blocks of 64: seconds")
   args = parser.parse_args()
   if args.quick:
-    args.sizes, args.block_size, args.repeats = "64,128", 32, 2
-    args.memory_budget_mib = 0.8
+    args.sizes, args.block_size, args.repeats = "128,512", 64, 2
+    args.memory_budget_mib = 4.0
   return args
 
 

@@ -119,6 +119,7 @@ def measure(args, config, mesh, peak_gflop_s: float) -> dict:
       "step_cpu_s": round(timing["cpu_s"], 4),
       "images_per_cpu_s": round(config.batch_size / timing["cpu_s"], 2),
       "gflop_per_image": round(step_flops / config.batch_size / 1e9, 3),
+      "flops_per_step": step_flops,
       "achieved_gflop_per_s": round(achieved, 1),
       "matmul_peak_gflop_per_s": round(peak_gflop_s, 1),
       "fraction_of_matmul_peak": round(achieved / peak_gflop_s, 3),

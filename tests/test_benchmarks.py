@@ -12,13 +12,13 @@ import pytest
 import mio_jax
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
-COMMON_FIELDS = {"benchmark", "load_avg_1m", "cpu_count", "backend"}
+COMMON_FIELDS = frozenset({"benchmark", "load_avg_1m", "cpu_count", "backend"})
 
 
 def test_cpu_convolutions_are_not_handed_to_ynnpack():
-  # mio_jax sets CPU_CONVOLUTION_FLAG at import (docs/performance.md): a
+  # mio_jax sets CPU_FUSION_FLAG at import (docs/performance.md): a
   # ResNet-sized convolution would otherwise become a "__ynn_fusion".
-  assert mio_jax.CPU_CONVOLUTION_FLAG in os.environ["XLA_FLAGS"]
+  assert mio_jax.CPU_FUSION_FLAG in os.environ["XLA_FLAGS"]
   conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
       x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
   hlo = conv.lower(jax.ShapeDtypeStruct((64, 32, 32, 64), jnp.float32),
@@ -27,8 +27,19 @@ def test_cpu_convolutions_are_not_handed_to_ynnpack():
   assert "convolution(" in hlo and "__ynn_fusion" not in hlo
 
 
-def _run(script: str, *args: str) -> list[dict]:
-  """Runs benchmarks/<script> and parses every stdout line as JSON."""
+def test_elementwise_chain_is_not_fused_into_a_transpose():
+  # What the "+eltwise" part of CPU_FUSION_FLAG is for: the chain goes to a
+  # YNNPACK fusion and the transpose only copies (8x faster here).
+  def chain_then_transpose(a, b):
+    return jnp.transpose(jax.nn.relu(a * 2.0 + b), (3, 1, 2, 0))
+  spec = jax.ShapeDtypeStruct((64, 32, 32, 64), jnp.float32)
+  hlo = jax.jit(chain_then_transpose).lower(spec, spec).compile().as_text()
+  assert "__ynn_fusion" in hlo, hlo
+
+
+def _run(script: str, *args: str,
+         fields: frozenset = COMMON_FIELDS) -> list[dict]:
+  """Runs benchmarks/<script>; every stdout line must be JSON with `fields`."""
   result = subprocess.run(
       [sys.executable, str(BENCHMARKS / script), *args], capture_output=True,
       text=True, timeout=300, env=dict(os.environ), check=False)
@@ -37,7 +48,7 @@ def _run(script: str, *args: str) -> list[dict]:
   assert lines, result.stderr[-3000:]
   records = [json.loads(line) for line in lines]  # fails on any non-JSON line
   for record in records:
-    assert COMMON_FIELDS <= record.keys(), record
+    assert fields <= record.keys(), record
   return records
 
 
@@ -51,32 +62,35 @@ def test_train_step_benchmark_quick():
     assert record["images_per_s"] > 0 and record["step_s"] > 0
     assert record["gflop_per_image"] > 0
     assert 0 < record["fraction_of_matmul_peak"] < 2
-  # The FLOP count is per image: the same program on 1 or 2 devices.
-  assert steps[0]["gflop_per_image"] == pytest.approx(
-      steps[1]["gflop_per_image"], rel=0.05)
+  # The step's FLOPs hardly depend on the device count: the per-device
+  # program's count times the devices (the replicated optimizer update is
+  # counted once per device, a few percent for this tiny model).
+  assert steps[0]["flops_per_step"] == pytest.approx(
+      steps[1]["flops_per_step"], rel=0.15)
 
 
 def test_loss_benchmark_quick():
   records = _run("loss.py", "--quick")
   *measurements, summary = records
   forms = {(r["n"], r["form"]) for r in measurements}
-  assert forms == {(64, "dense"), (64, "chunked"), (128, "dense"),
-                   (128, "chunked")}
+  assert forms == {(128, "dense"), (128, "chunked"), (512, "dense"),
+                   (512, "chunked")}
   for record in measurements:
     assert record["benchmark"] == "loss_forward_backward"
     assert record["time_ms"] > 0 and record["peak_mib"] > 0
   dense = {r["n"]: r["peak_mib"] for r in measurements if r["form"] == "dense"}
   chunked = {r["n"]: r["peak_mib"] for r in measurements
              if r["form"] == "chunked"}
-  assert chunked[128] < dense[128]  # the point of chunking
+  assert chunked[512] < dense[512] / 2  # the point of chunking
   assert summary["benchmark"] == "loss_memory_budget"
-  assert summary["first_n_dense_over_budget"] == 128
+  assert summary["first_n_dense_over_budget"] == 512
   assert summary["chunked_within_budget_at_that_n"]
 
 
 @pytest.mark.slow
 def test_input_pipeline_benchmark_small():
   records = _run("input_pipeline.py", "--steps=2", "--warmup=1",
-                 "--sizes=32")
+                 "--sizes=32", fields=frozenset({"benchmark", "stage",
+                                                 "images_per_s"}))
   assert {r["stage"] for r in records} == {"host", "device"}
   assert all(r["images_per_s"] > 0 for r in records)
