@@ -44,20 +44,26 @@ def fake_results(losses, seeds):
     return values
   runs = {loss: {str(s): run(True) for s in seeds} for loss in losses}
   random_init = {str(s): run(False) for s in seeds}
-  settings = {"seeds": list(seeds), "steps": 10, "batch_size": 256,
-              "temperature": 0.5, "hessian": HESSIAN_OPTIONS,
-              "hessian_subsets": ["projector"]}
+  settings = {"losses": list(losses), "seeds": list(seeds), "steps": 10,
+              "batch_size": 256, "temperature": 0.5,
+              "hessian": HESSIAN_OPTIONS, "hessian_subsets": ["projector"]}
+  by_loss = {k: list(v.values()) for k, v in runs.items()}
   summary = compare.summarize(
-      {**{k: list(v.values()) for k, v in runs.items()},
-       compare.RANDOM_INIT: list(random_init.values())})
+      {**by_loss, compare.RANDOM_INIT: list(random_init.values())})
+  gains = compare.gains_over_random_init(by_loss, list(random_init.values()))
   return {"settings": settings, "summary": summary, "runs": runs,
-          compare.RANDOM_INIT: random_init}
+          compare.RANDOM_INIT: random_init, compare.GAINS: gains}
 
 
 def table_rows(out):
+  """Row names of the main table, and all lines of table.md."""
   lines = (out / compare.TABLE_NAME).read_text().splitlines()
-  return [line.split("|")[1].strip() for line in lines[2:]
-          if line.startswith("|")], lines
+  rows = []
+  for line in lines[2:]:
+    if not line.startswith("|"):
+      break
+    rows.append(line.split("|")[1].strip())
+  return rows, lines
 
 
 def test_report_has_a_row_per_loss_and_the_plot(tmp_path):
@@ -68,6 +74,10 @@ def test_report_has_a_row_per_loss_and_the_plot(tmp_path):
   mio_knn = results["summary"]["mio"]["knn_top1"]
   assert f"| mio | {mio_knn['mean']:.3f} ± {mio_knn['std']:.3f} |" in lines[2]
   assert lines[5].endswith("| – |")  # random init has no Hessian
+  mio_gain = results[compare.GAINS]["mio"]["fewshot_top1"]
+  assert any(line.startswith("| mio | ") and
+             f"{mio_gain['mean']:+.3f} ± {mio_gain['std']:.3f}" in line
+             for line in lines[7:])
   assert (tmp_path / compare.PLOT_NAME).read_bytes()[:4] == b"\x89PNG"
   assert json.loads((tmp_path / compare.RESULTS_NAME).read_text()) == results
 
@@ -145,6 +155,18 @@ def test_bad_requests_fail_before_any_work(tmp_path, kwargs, match):
   with pytest.raises(ValueError, match=match):
     compare.run_comparison(base, str(tmp_path / "out"), **kwargs)
   assert not (tmp_path / "out").exists()
+
+
+def test_gains_are_paired_by_seed():
+  runs = {"mio": [{"knn_top1": 0.8, "fewshot_top1": 0.5, "linear_top1": 0.9},
+                  {"knn_top1": 0.9, "fewshot_top1": 0.5, "linear_top1": 0.9}]}
+  init = [{"knn_top1": 0.7, "fewshot_top1": 0.6, "linear_top1": 0.9},
+          {"knn_top1": 0.9, "fewshot_top1": 0.6, "linear_top1": 0.9}]
+  gains = compare.gains_over_random_init(runs, init)["mio"]
+  assert gains["knn_top1"]["mean"] == pytest.approx(0.05)
+  assert gains["knn_top1"]["std"] == pytest.approx(np.std([0.1, 0.0], ddof=1))
+  assert gains["fewshot_top1"]["mean"] == pytest.approx(-0.1)
+  assert gains["fewshot_top1"]["std"] == pytest.approx(0.0)
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():

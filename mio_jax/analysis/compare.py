@@ -57,6 +57,7 @@ TABLE_NAME = "table.md"
 RESULTS_NAME = "results.json"
 PLOT_NAME = "accuracy_vs_step.png"
 RANDOM_INIT = "random_init"
+GAINS = "gain_over_random_init"
 # Columns of the table: (key in a run's results, header); then one λ_max
 # column per Hessian parameter subset (`table_columns`).
 PROBE_COLUMNS = (
@@ -211,24 +212,47 @@ def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]],
   return summary
 
 
-def _format_cell(cell: Optional[Mapping[str, float]], key: str) -> str:
+def gains_over_random_init(runs: Mapping[str, Sequence[Mapping[str, Any]]],
+                           random_init: Sequence[Mapping[str, Any]]
+                          ) -> dict[str, dict[str, dict[str, float]]]:
+  """Probe accuracy minus that of the same seed's untrained encoder.
+
+  Paired by seed: the random-init accuracy varies between seeds about as
+  much as the losses differ, and the pairing removes that part.
+  """
+  return {
+      loss: {key: dict(zip(("mean", "std"), _mean_std(
+          [run[key] - init[key] for run, init in zip(seed_runs, random_init)])),
+                      n=len(seed_runs))
+             for key, _ in PROBE_COLUMNS}
+      for loss, seed_runs in runs.items()}
+
+
+def _format_cell(cell: Optional[Mapping[str, float]], key: str,
+                 signed: bool = False) -> str:
   if cell is None:
     return "–"
-  digits = "{:.3f}" if key.endswith("top1") else "{:.4g}"
-  return f"{digits.format(cell['mean'])} ± {digits.format(cell['std'])}"
+  spec = ".3f" if key.endswith("top1") else ".4g"
+  return (f"{cell['mean']:{'+' if signed else ''}{spec}} ± "
+          f"{cell['std']:{spec}}")
 
 
 def format_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
-                 settings: Mapping[str, Any]) -> str:
-  """Markdown table, one row per loss (and the random-init reference)."""
+                 settings: Mapping[str, Any],
+                 gains: Optional[Mapping[str, Any]] = None) -> str:
+  """Markdown table, one row per loss (and the random-init reference).
+
+  gains: `gains_over_random_init`, shown as a second table.
+  """
   columns = table_columns(settings["hessian_subsets"])
   lines = [
       "| loss | " + " | ".join(h for _, h in columns) + " |",
       "| --- |" + " --- |" * len(columns),
   ]
-  for row, cells in summary.items():
+  # In the order the losses were requested (JSON may have sorted them).
+  for row in [*settings["losses"], RANDOM_INIT]:
     lines.append(f"| {row} | " + " | ".join(
-        _format_cell(cells.get(key), key) for key, _ in columns) + " |")
+        _format_cell(summary[row].get(key), key) for key, _ in columns) + " |")
   seeds = settings["seeds"]
   lines.append("")
   lines.append(
@@ -238,6 +262,14 @@ def format_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
       "own loss at its final checkpoint over the given parameters, on the "
       f"first {settings['hessian']['batch_size']} images of the final step's "
       "batch. The random-init row is the untrained encoder.")
+  if gains:
+    lines += ["", "Change from the same seed's random init (paired by seed):",
+              "", "| loss | " + " | ".join(h for _, h in PROBE_COLUMNS) + " |",
+              "| --- |" + " --- |" * len(PROBE_COLUMNS)]
+    for loss in settings["losses"]:
+      lines.append(f"| {loss} | " + " | ".join(
+          _format_cell(gains[loss][key], key, signed=True)
+          for key, _ in PROBE_COLUMNS) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -277,14 +309,15 @@ def write_report(out: str, results: Mapping[str, Any]) -> None:
   """Writes results.json, table.md and accuracy_vs_step.png into `out`.
 
   results: as `run_comparison` returns it ("settings", "summary", "runs":
-  {loss: {seed: run}}, "random_init": {seed: run}).
+  {loss: {seed: run}}, "random_init": {seed: run}, optionally GAINS).
   """
   out_path = epath.Path(out)
   _write_json(out_path / RESULTS_NAME, results)
   (out_path / TABLE_NAME).write_text(
-      format_table(results["summary"], results["settings"]))
-  runs = {loss: list(by_seed.values())
-          for loss, by_seed in results["runs"].items()}
+      format_table(results["summary"], results["settings"],
+                   results.get(GAINS)))
+  runs = {loss: list(results["runs"][loss].values())
+          for loss in results["settings"]["losses"]}
   figure = plot_accuracy_vs_step(runs, list(results[RANDOM_INIT].values()))
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=110)
@@ -360,6 +393,7 @@ def run_comparison(base: ml_collections.ConfigDict, out: str, *,
   summary = summarize({**runs, RANDOM_INIT: random_init}, hessian_subsets)
   results = {
       "settings": settings, "summary": summary,
+      GAINS: gains_over_random_init(runs, random_init),
       "runs": {loss: dict(zip(map(str, seeds), seed_runs))
                for loss, seed_runs in runs.items()},
       RANDOM_INIT: dict(zip(map(str, seeds), random_init)),
