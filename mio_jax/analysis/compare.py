@@ -337,7 +337,7 @@ def run_comparison(base: ml_collections.ConfigDict, out: str, *,
   base: the config every run starts from (its loss, seed and length are
     replaced); base.temperature is used by every loss.
   hessian_options: keyword arguments of `hessian.analyze_checkpoint`
-    but params_subset (default: DEFAULT_HESSIAN_OPTIONS).
+    except params_subset (default: DEFAULT_HESSIAN_OPTIONS).
   hessian_subsets: parameter subsets λ_max is taken over, one column each.
   Returns the JSON written to `<out>/results.json`.
   """
@@ -356,8 +356,7 @@ def run_comparison(base: ml_collections.ConfigDict, out: str, *,
                          else hessian_options)
   hessian_options.setdefault("batch_size", base.batch_size)
   mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
-  # Orbax writes checkpoints under absolute paths only.
-  out_path = epath.Path(out if "://" in out else os.path.abspath(out))
+  out_path = epath.Path(out)
   settings = {
       "config": base.to_dict(), "losses": list(losses), "seeds": list(seeds),
       "steps": steps, "eval_every": eval_every, "batch_size": base.batch_size,
