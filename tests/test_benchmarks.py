@@ -87,7 +87,6 @@ def test_loss_benchmark_quick():
   assert summary["chunked_within_budget_at_that_n"]
 
 
-@pytest.mark.slow
 def test_input_pipeline_benchmark_small():
   records = _run("input_pipeline.py", "--steps=2", "--warmup=1",
                  "--sizes=32", fields=frozenset({"benchmark", "stage",
