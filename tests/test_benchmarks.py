@@ -87,6 +87,15 @@ def test_loss_benchmark_quick():
   assert summary["chunked_within_budget_at_that_n"]
 
 
+def test_conv_benchmark_quick():
+  records = _run("conv.py", "--quick")
+  assert [r["part"] for r in records] == ["forward", "input_gradient",
+                                          "weight_gradient"]
+  for record in records:
+    assert record["benchmark"] == "conv3x3" and record["gflop_per_s"] > 0
+    assert record["ynnpack_fusion"] is False  # mio_jax's XLA:CPU setting
+
+
 def test_input_pipeline_benchmark_small():
   records = _run("input_pipeline.py", "--steps=2", "--warmup=1",
                  "--sizes=32", fields=frozenset({"benchmark", "stage",
