@@ -86,6 +86,13 @@ def validate_config(config: ml_collections.ConfigDict, *,
 
   _positive("batch_size", config.batch_size)
   _divisible("batch_size", config.batch_size, device_count)
+  if config.loss_block_size is not None:
+    _positive("loss_block_size", config.loss_block_size)
+    if config.batch_size % config.loss_block_size:
+      raise ConfigError(
+          f"config.loss_block_size={config.loss_block_size} does not divide "
+          f"config.batch_size={config.batch_size}; use a divisor of the batch "
+          "(e.g. a power of two) or None for the dense loss")
   _positive("eval.batch_size", config.eval.batch_size)
   _divisible("eval.batch_size", config.eval.batch_size, device_count)
   if config.total_steps <= 0:

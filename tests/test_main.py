@@ -109,6 +109,8 @@ def digits_config():
     ("model.name", "vgg", "config.model.name='vgg'"),
     ("dataset.name", "mnist", "config.dataset.name='mnist'"),
     ("optimizer.name", "rmsprop", "config.optimizer.name='rmsprop'"),
+    ("loss_block_size", 0, "config.loss_block_size=0"),
+    ("loss_block_size", 100, "config.loss_block_size=100 does not divide"),
 ])
 def test_validate_config_names_key_value_and_fix(key, value, fragment):
   config = digits_config()
