@@ -49,13 +49,12 @@ def main(argv):
   config = config_base.load_config_file(_CONFIG_PATH)
   config.dataset.data_dir = str(workdir / "tensorflow_datasets")
   start = time.time()
-  data.prepare_digits(config.dataset.data_dir)
-
+  # train_and_evaluate builds the digits dataset (offline) on first use.
   mio_results = experiment.train_and_evaluate(config, str(workdir / "mio"))
 
   mesh = mesh_lib.make_data_mesh()
-  steps_per_epoch = data.dataset_info(config).num_pretrain_examples // config.batch_size
-  random_state = train.create_train_state(config, mesh, steps_per_epoch=steps_per_epoch)
+  random_state = train.create_train_state(
+      config, mesh, steps_per_epoch=data.pretrain_steps_per_epoch(config))
   random_results = experiment.evaluate_state(config, random_state, mesh)
 
   keys = [k for k, _ in _PROTOCOLS] + ["fewshot_top1_std"]

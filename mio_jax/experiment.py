@@ -99,8 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   """Runs `config.mode` in `workdir`; returns the evaluation results."""
   mesh = mesh_lib.make_data_mesh()
   data.ensure_prepared(config)
-  info = data.dataset_info(config)
-  steps_per_epoch = max(1, info.num_pretrain_examples // config.batch_size)
+  steps_per_epoch = data.pretrain_steps_per_epoch(config)
   total = train.total_steps(config, steps_per_epoch)
   main_process = distributed.is_main_process()
   logger = metric_logging.MetricLogger(workdir, total_steps=total,

@@ -89,8 +89,7 @@ def _default_data(config: ml_collections.ConfigDict, mesh: Mesh,
   # Imported lazily: tests and benchmarks run without TensorFlow data.
   from mio_jax import data  # pylint: disable=g-import-not-at-top
   if steps_per_epoch is None:
-    info = data.dataset_info(config)
-    steps_per_epoch = max(1, info.num_pretrain_examples // config.batch_size)
+    steps_per_epoch = data.pretrain_steps_per_epoch(config)
   if batches_fn is None:
     batches_fn = lambda start_step: data.pretrain_batches(
         config, mesh, start_step=start_step)
@@ -105,9 +104,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *,
              hooks: Sequence[Hook] = ()) -> train.TrainState:
   """Pretrains (or resumes pretraining) and returns the final TrainState.
 
-  steps_per_epoch: default max(1, examples // batch_size) from
-  `data.dataset_info`; it sets total_steps and the lr schedule, so a resumed
-  run must use the same value. The caller owns `logger` (and closes it).
+  steps_per_epoch: default `data.pretrain_steps_per_epoch(config)`; it sets
+  total_steps and the lr schedule, so a resumed run must use the same value.
+  The caller owns `logger` (and closes it).
   Raises NonFiniteLossError (naming the step) on a NaN/inf loss or gradient
   norm, keeping the last good checkpoint; raises SystemExit(0) after saving
   when preempted (SIGTERM); raises CheckpointMismatchError when workdir holds

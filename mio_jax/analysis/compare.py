@@ -181,10 +181,8 @@ def random_init_run(config: ml_collections.ConfigDict, workdir: epath.Path, *,
   if done is not None:
     log(f"[compare] {workdir}: reusing the random-init evaluation.")
     return done
-  info = data.dataset_info(config)
   state = train.create_train_state(
-      config, mesh, steps_per_epoch=max(1, info.num_pretrain_examples
-                                        // config.batch_size))
+      config, mesh, steps_per_epoch=data.pretrain_steps_per_epoch(config))
   run = experiment.evaluate_state(config, state, mesh, protocols=EVAL_PROTOCOLS)
   _write_json(path, run)
   return run

@@ -132,8 +132,7 @@ def _fixed_batch(config: ml_collections.ConfigDict, mesh: Mesh, step: int,
 def _steps_per_epoch(config: ml_collections.ConfigDict) -> int:
   """As pretraining computes it from the dataset size."""
   from mio_jax import data  # pylint: disable=g-import-not-at-top
-  return max(1, data.dataset_info(config).num_pretrain_examples
-             // config.batch_size)
+  return data.pretrain_steps_per_epoch(config)
 
 
 def analyze_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,

@@ -5,6 +5,7 @@ kept quiet before anything else imports it.
 
   dataset_info(config) -> DatasetInfo
   pretrain_batches(config, mesh, *, start_step=0) -> Iterator[dict]
+  pretrain_steps_per_epoch(config) -> int
   eval_batches(config, mesh, split) -> Iterator[dict]
   ensure_prepared(config)  # raises DatasetNotPreparedError with the fix
   prepare_digits(data_dir=None), prepare_dataset(name, data_dir, manual_dir)
@@ -22,6 +23,7 @@ tf.config.set_visible_devices([], "GPU")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from mio_jax.data.pipeline import eval_batches
 from mio_jax.data.pipeline import pretrain_batches
+from mio_jax.data.pipeline import pretrain_steps_per_epoch
 from mio_jax.data.registry import DATASETS
 from mio_jax.data.registry import DatasetInfo
 from mio_jax.data.registry import DatasetNotPreparedError
@@ -33,5 +35,5 @@ from mio_jax.data.registry import prepare_digits
 __all__ = [
     "DATASETS", "DatasetInfo", "DatasetNotPreparedError", "dataset_info",
     "ensure_prepared", "eval_batches", "prepare_dataset", "prepare_digits",
-    "pretrain_batches",
+    "pretrain_batches", "pretrain_steps_per_epoch",
 ]

@@ -149,6 +149,12 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   return num_examples // global_batch_size
 
 
+def pretrain_steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+  """Steps per epoch of `config`'s pretraining split at its global batch."""
+  return steps_per_epoch(registry.dataset_info(config).num_pretrain_examples,
+                         config.batch_size)
+
+
 def pretrain_step_indices(step: int, *, seed: int, num_examples: int,
                           global_batch_size: int) -> tuple[np.ndarray, int]:
   """(example indices of the global batch of `step`, its epoch)."""
