@@ -4,6 +4,7 @@ Every problem is a `ConfigError` whose message is one line naming the key,
 the bad value and the fix, so `main` can print it and exit with status 2.
 """
 import os
+import uuid
 from typing import Iterable, Optional
 
 import ml_collections
@@ -112,7 +113,9 @@ def validate_workdir(workdir: str, config: Optional[ml_collections.ConfigDict] =
     raise ConfigError("--workdir is required; e.g. --workdir=runs/my_run")
   try:
     tf.io.gfile.makedirs(workdir)
-    probe = os.path.join(workdir, ".write_probe")
+    # Unique per process: every host of a multi-host run probes the same
+    # shared workdir at the same time.
+    probe = os.path.join(workdir, f".write_probe_{uuid.uuid4().hex}")
     with tf.io.gfile.GFile(probe, "w") as f:
       f.write("ok")
     tf.io.gfile.remove(probe)
