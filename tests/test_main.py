@@ -137,3 +137,17 @@ def test_bad_augmentation_value_is_a_config_error():
   config.augment.grayscale_prob = 1.5
   with pytest.raises(config_validation.ConfigError, match="augment.grayscale_prob=1.5"):
     config_validation.validate_config(config, device_count=1)
+
+
+def test_workdir_with_another_models_checkpoint_is_a_config_error(tmp_path):
+  from mio_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  trained = digits_config()
+  trained.model.name = "resnet50"
+  directory = checkpointing.checkpoint_dir(str(tmp_path))
+  directory.mkdir(parents=True)
+  (directory / checkpointing.METADATA_FILE).write_text(
+      json.dumps(checkpointing.run_metadata(trained)))
+  config_validation.validate_workdir(str(tmp_path), trained)  # same model: fine
+  with pytest.raises(config_validation.ConfigError,
+                     match="checkpoint of another model.*resnet50"):
+    config_validation.validate_workdir(str(tmp_path), digits_config())
