@@ -58,6 +58,20 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any,
                  kernel_init=_conv_init, dtype=dtype, name=name)
 
 
+def _add_shortcut(x: jnp.ndarray, y: jnp.ndarray, stride: int,
+                  norm: Callable[..., nn.Module], dtype: Any) -> jnp.ndarray:
+  """relu(shortcut(x) + y); a 1x1 conv + BN projects x when shapes differ.
+
+  Called inside a block's compact `__call__`, so the projection's modules
+  belong to that block (as `downsample_conv`, `downsample_bn`).
+  """
+  features = y.shape[-1]
+  if x.shape[-1] != features or stride != 1:
+    x = _conv(features, 1, stride, dtype, "downsample_conv")(x)
+    x = norm(name="downsample_bn")(x)
+  return nn.relu(x + y)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs with a residual connection (ResNet-18/34)."""
   features: int
@@ -71,10 +85,7 @@ class BasicBlock(nn.Module):
     y = nn.relu(norm(name="bn1")(y))
     y = _conv(self.features, 3, 1, self.dtype, "conv2")(y)
     y = norm(name="bn2")(y)
-    if x.shape[-1] != self.features or self.stride != 1:
-      x = _conv(self.features, 1, self.stride, self.dtype, "downsample_conv")(x)
-      x = norm(name="downsample_bn")(x)
-    return nn.relu(x + y)
+    return _add_shortcut(x, y, self.stride, norm, self.dtype)
 
 
 class BottleneckBlock(nn.Module):
@@ -93,10 +104,7 @@ class BottleneckBlock(nn.Module):
     y = nn.relu(norm(name="bn2")(y))
     y = _conv(out_features, 1, 1, self.dtype, "conv3")(y)
     y = norm(name="bn3")(y)
-    if x.shape[-1] != out_features or self.stride != 1:
-      x = _conv(out_features, 1, self.stride, self.dtype, "downsample_conv")(x)
-      x = norm(name="downsample_bn")(x)
-    return nn.relu(x + y)
+    return _add_shortcut(x, y, self.stride, norm, self.dtype)
 
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
