@@ -1,0 +1,45 @@
+"""The exceptions a user can cause, as one family.
+
+The library raises them with a message that names the bad value and the
+fix; the command line (`mio_jax.cli`) prints that message as one line and
+exits with status 2. Any other exception is a bug of ours and keeps its
+traceback.
+"""
+
+
+class UserError(Exception):
+  """A problem the user caused and can fix (bad input, missing files)."""
+
+
+class InvalidValueError(UserError, ValueError):
+  """A setting with an impossible value.
+
+  `key` is the setting's name relative to its owner (e.g. "stem" for the
+  model); `mio_jax.config_validation` prefixes the config path
+  ("config.model.stem") when it reports it.
+  """
+
+  def __init__(self, key: str, value, problem: str, fix: str = ""):
+    self.key, self.value, self.problem, self.fix = key, value, problem, fix
+    super().__init__(self.describe(key))
+
+  def describe(self, full_key: str) -> str:
+    message = f"{full_key}={self.value!r} {self.problem}"
+    return f"{message}; {self.fix}" if self.fix else message
+
+
+def check_one_of(key: str, value, valid) -> None:
+  """Raises InvalidValueError unless `value` is in `valid` (listed in it)."""
+  valid = tuple(valid)
+  if value not in valid:
+    raise InvalidValueError(
+        key, value, f"is not one of {', '.join(map(repr, valid))}",
+        f"use e.g. {key}={valid[0]!r}")
+
+
+def check_positive(key: str, value, *, allow_zero: bool = False) -> None:
+  """Raises InvalidValueError unless value > 0 (>= 0 with allow_zero)."""
+  bound = ">= 0" if allow_zero else "> 0"
+  if value is None or (value < 0 if allow_zero else value <= 0):
+    raise InvalidValueError(key, value, f"must be {bound}",
+                            f"set {key} to a value {bound}")
