@@ -1,4 +1,4 @@
-r"""One process of a multi-process test run, started by tests/test_distributed.py.
+r"""One process of a multi-process test run (tests/distributed/test_distributed.py).
 
     JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=2 \
       python tests/multiprocess_runner.py --mode=train --out=/tmp/p0.json \
@@ -27,7 +27,9 @@ from absl import app
 from absl import flags
 
 from mio_jax import distributed
+from mio_jax.cli import distributed_flags
 
+distributed_flags.define_flags()
 _MODE = flags.DEFINE_enum("mode", "train",
                           ["train", "pretrain", "collectives", "preemptible"],
                           "What to run.")
@@ -122,7 +124,7 @@ def _write(result: dict) -> None:
 
 def main(argv):
   del argv
-  distributed.initialize()
+  distributed.initialize(distributed_flags.settings_from_flags())
   if _MODE.value == "train":
     _write(_train())
   elif _MODE.value == "pretrain":

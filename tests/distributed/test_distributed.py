@@ -19,39 +19,46 @@ import numpy as np
 import pytest
 
 from mio_jax import distributed
+from mio_jax import errors
 
-_RUNNER = pathlib.Path(__file__).parent / "multiprocess_runner.py"
+_RUNNER = pathlib.Path(__file__).parents[1] / "multiprocess_runner.py"
 
 
 # ---- settings and validation (no processes started) -----------------------
 
+def _settings(**fields) -> distributed.DistributedSettings:
+  return distributed.DistributedSettings(**fields)
+
+
 def test_arguments_override_environment():
   env = {"MIO_COORDINATOR_ADDRESS": "10.0.0.1:1234", "MIO_NUM_PROCESSES": "4",
          "MIO_PROCESS_ID": "3", "MIO_DISTRIBUTED_HEARTBEAT_TIMEOUT": "7"}
-  s = distributed.resolve_settings(env, process_id=1)
+  s = distributed.settings_from_environment(env, process_id=1)
   assert s == distributed.DistributedSettings(
       coordinator_address="10.0.0.1:1234", num_processes=4, process_id=1,
       heartbeat_timeout=7)
 
 
 def test_jax_coordinator_address_is_honoured():
-  s = distributed.resolve_settings({"JAX_COORDINATOR_ADDRESS": "h:1"})
+  s = distributed.settings_from_environment({"JAX_COORDINATOR_ADDRESS": "h:1"})
   assert s.coordinator_address == "h:1"
 
 
 def test_bad_environment_value_names_the_variable():
-  with pytest.raises(ValueError, match="MIO_NUM_PROCESSES='two'"):
-    distributed.resolve_settings({"MIO_NUM_PROCESSES": "two"})
+  with pytest.raises(errors.UserError, match="MIO_NUM_PROCESSES='two'"):
+    distributed.settings_from_environment({"MIO_NUM_PROCESSES": "two"})
 
 
 def test_unknown_setting_is_rejected():
-  with pytest.raises(ValueError, match="num_process.*valid"):
-    distributed.resolve_settings({}, num_process=2)
+  with pytest.raises(TypeError, match="num_process.*valid"):
+    distributed.settings_from_environment({}, num_process=2)
 
 
 def test_single_process_initializes_nothing():
-  assert distributed.initialize(environ={}) is False
-  assert distributed.initialize(environ={"MIO_NUM_PROCESSES": "1"}) is False
+  assert distributed.initialize(_settings(), environ={}) is False
+  assert distributed.initialize(
+      distributed.settings_from_environment({"MIO_NUM_PROCESSES": "1"}),
+      environ={}) is False
   assert distributed.is_main_process()
 
 
@@ -63,8 +70,8 @@ def test_single_process_initializes_nothing():
     (dict(coordinator_address="h:1"), "--num_processes"),
 ])
 def test_incomplete_settings_fail_before_contacting_anyone(settings, message):
-  with pytest.raises(ValueError, match=message):
-    distributed.initialize(environ={}, **settings)
+  with pytest.raises(errors.UserError, match=message):
+    distributed.initialize(_settings(**settings), environ={})
 
 
 def test_slurm_job_is_a_managed_cluster():
@@ -88,19 +95,108 @@ def test_cloud_tpu_vm_initializes_with_auto_detection(monkeypatch,
   from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
   # raising=True (the default) also catches JAX renaming the attribute.
   monkeypatch.setattr(cloud_tpu_init, "running_in_cloud_tpu_vm", True)
-  assert distributed.initialize(environ={}, heartbeat_timeout=9) is True
+  assert distributed.initialize(_settings(heartbeat_timeout=9),
+                                environ={}) is True
   assert recorded_initialize == [((), dict(
-      initialization_timeout=300, heartbeat_timeout_seconds=9,
-      shutdown_timeout_seconds=60))]
+      local_device_ids=None, initialization_timeout=300,
+      heartbeat_timeout_seconds=9, shutdown_timeout_seconds=60))]
 
 
 def test_explicit_settings_reach_jax(recorded_initialize):
   env = {"MIO_COORDINATOR_ADDRESS": "10.0.0.1:1234", "MIO_NUM_PROCESSES": "4",
          "MIO_PROCESS_ID": "0", "MIO_DISTRIBUTED_INIT_TIMEOUT": "30"}
-  assert distributed.initialize(environ=env) is True
+  assert distributed.initialize(distributed.settings_from_environment(env),
+                                environ=env) is True
   assert recorded_initialize == [(("10.0.0.1:1234", 4, 0), dict(
-      initialization_timeout=30, heartbeat_timeout_seconds=60,
-      shutdown_timeout_seconds=60))]
+      local_device_ids=None, initialization_timeout=30,
+      heartbeat_timeout_seconds=60, shutdown_timeout_seconds=60))]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(num_processes=2, process_id=1, coordinator_address="10.0.0.1"),
+     "coordinator_address='10.0.0.1' is not host:port"),
+    (dict(num_processes=0), "num_processes=0 must be > 0"),
+    (dict(heartbeat_timeout=0), "heartbeat_timeout=0 must be > 0"),
+])
+def test_impossible_settings_are_user_errors_naming_the_value(settings,
+                                                              message):
+  with pytest.raises(errors.InvalidValueError, match=message):
+    distributed.initialize(_settings(**settings), environ={})
+
+
+def test_explicit_process_takes_the_gpu_jax_local_device_ids_names(
+    recorded_initialize):
+  """What `launch/gpu_run.sh --processes=N` relies on: process i, GPU i."""
+  distributed.initialize(
+      _settings(coordinator_address="localhost:1", num_processes=8,
+                process_id=0),
+      environ={"JAX_LOCAL_DEVICE_IDS": "3", "CUDA_VISIBLE_DEVICES": "0,1,2,3"})
+  assert recorded_initialize[0][1]["local_device_ids"] == [3]
+
+
+# Environment of task 3 of 8 on a node of a 2-node Slurm step.
+_SLURM_TASK = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16",
+               "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_PROCID": "11",
+               "SLURM_LOCALID": "3", "SLURM_NODEID": "1",
+               "SLURM_STEP_TASKS_PER_NODE": "8(x2)"}
+
+
+@pytest.mark.parametrize("environ, expected", [
+    # Not Slurm: every visible GPU (JAX's default), unless JAX is told.
+    ({}, None),
+    ({"CUDA_VISIBLE_DEVICES": "0,1,2,3"}, None),
+    ({"JAX_LOCAL_DEVICE_IDS": "1,2"}, [1, 2]),
+    # --ntasks-per-node=8 --gpus-per-task=1: Slurm shows each task its GPU
+    # only, as index 0, whatever its number on the node (JAX would ask for 3).
+    ({**_SLURM_TASK, "CUDA_VISIBLE_DEVICES": "3"}, [0]),
+    ({**_SLURM_TASK, "CUDA_VISIBLE_DEVICES": "0"}, [0]),
+    ({**_SLURM_TASK, "CUDA_VISIBLE_DEVICES": "GPU-5d1a0c7e"}, [0]),
+    # --ntasks-per-node=8 --gpus-per-node=8: all tasks see all GPUs.
+    ({**_SLURM_TASK, "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, [3]),
+    # 4 tasks sharing 8 GPUs: two each.
+    ({**_SLURM_TASK, "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
+      "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, [6, 7]),
+    # --ntasks-per-node=1: one process drives all 4 GPUs (JAX: the first).
+    ({**_SLURM_TASK, "SLURM_LOCALID": "0", "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+      "CUDA_VISIBLE_DEVICES": "0,1,2,3"}, [0, 1, 2, 3]),
+    # Uneven nodes: this is node 1, with 2 tasks.
+    ({**_SLURM_TASK, "SLURM_LOCALID": "1", "SLURM_STEP_TASKS_PER_NODE": "4,2",
+      "CUDA_VISIBLE_DEVICES": "0,1"}, [1]),
+    # Slurm gave no GPUs, or did not say how: JAX's default.
+    ({**_SLURM_TASK, "CUDA_VISIBLE_DEVICES": ""}, None),
+    (_SLURM_TASK, None),
+    ({**_SLURM_TASK, "SLURM_STEP_TASKS_PER_NODE": "",
+      "CUDA_VISIBLE_DEVICES": "0,1"}, None),
+])
+def test_local_device_ids_follow_the_environment(environ, expected):
+  assert distributed.local_device_ids(environ) == expected
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"JAX_LOCAL_DEVICE_IDS": "0,x"}, "JAX_LOCAL_DEVICE_IDS='x'"),
+    ({**_SLURM_TASK, "CUDA_VISIBLE_DEVICES": "0,1,2"},
+     "CUDA_VISIBLE_DEVICES='0,1,2' cannot be shared evenly by the 8 Slurm "
+     "tasks of this node; .*--gpus-per-task=1"),
+])
+def test_local_device_ids_reject_what_jax_cannot_use(environ, message):
+  with pytest.raises(errors.InvalidValueError, match=message):
+    distributed.local_device_ids(environ)
+
+
+def test_slurm_task_with_its_own_gpu_initializes_on_index_0(
+    recorded_initialize):
+  environ = {**_SLURM_TASK, "CUDA_VISIBLE_DEVICES": "3"}
+  assert distributed.initialize(_settings(), environ=environ) is True
+  assert recorded_initialize == [((), dict(
+      local_device_ids=[0], initialization_timeout=300,
+      heartbeat_timeout_seconds=60, shutdown_timeout_seconds=60))]
+
+
+def test_slurm_tasks_not_started_by_srun_are_a_user_error(recorded_initialize):
+  with pytest.raises(errors.InvalidValueError, match="not started by srun"):
+    distributed.initialize(_settings(),
+                           environ={"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"})
+  assert not recorded_initialize
 
 
 def test_ensure_workdir_creates_nested_dirs_and_is_idempotent(tmp_path):
@@ -157,6 +253,7 @@ def test_unreachable_coordinator_fails_fast_with_clear_error(tmp_path):
   elapsed = time.monotonic() - start
   assert code != 0
   assert f"No JAX coordinator at 127.0.0.1:{port} after 3 s" in output
+  assert "CoordinatorUnreachableError" in output
   assert elapsed < 30, f"took {elapsed:.0f} s to fail"
 
 
