@@ -20,12 +20,18 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- data -------------------------------------------------------------
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "digits"  # digits | cifar10 | cifar100 | stl10 | tiny_imagenet | imagenet100 | imagenet1k
+  c.dataset.name = "digits"  # digits | cifar10 | cifar100 | stl10 | tiny_imagenet | imagenet100 | imagenet1k | image_folder
   # TFDS data_dir (may be gs://); None: $TFDS_DATA_DIR or ~/tensorflow_datasets.
   c.dataset.data_dir = config_dict.placeholder(str)
   # Where TFDS finds archives it cannot download (tiny_imagenet, imagenet*).
   c.dataset.manual_dir = config_dict.placeholder(str)
   c.dataset.image_size = 32  # side of the square crops fed to the network
+  # image_folder only: DIR holding train/<class>/<image> (and optionally
+  # test/<class>/<image>); prepared into data_dir on first use.
+  c.dataset.path = config_dict.placeholder(str)
+  # image_folder without DIR/test: share of each class held out as the test
+  # split (stratified, the same on every run).
+  c.dataset.test_fraction = 0.1
   c.dataset.prefetch = 2  # batches prefetched to the devices
 
   # ---- two-view augmentation (host side, tf.data, stateless) --------------
@@ -85,6 +91,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.log_every_steps = 50
   c.online_eval_every_steps = 0  # kNN on the eval split during pretraining; 0 disables
+  # Weights & Biases, beside metrics.jsonl and the TensorBoard events (which
+  # stay): off unless wandb_project is set (needs `pip install wandb`).
+  c.logging = ml_collections.ConfigDict()
+  c.logging.wandb_project = config_dict.placeholder(str)
+  c.logging.wandb_entity = config_dict.placeholder(str)  # None: your default
+  c.logging.wandb_mode = "offline"  # offline (no network; `wandb sync` later) | online
 
   # ---- evaluation of the frozen encoder ---------------------------------
   c.eval = ml_collections.ConfigDict()

@@ -1,9 +1,14 @@
 """The datasets mio_jax knows, how big they are, and whether they are prepared.
 
-`DATASETS` maps `config.dataset.name` to a `DatasetSpec`. Split sizes come
-from the prepared dataset's own `dataset_info.json` when there is one and
-from the table here otherwise (e.g. under `tfds.testing.mock_data`, whose
-`info.splits` is empty).
+`DATASETS` maps the name of each built-in dataset to its `DatasetSpec`.
+Split sizes come from the prepared dataset's own `dataset_info.json` when
+there is one and from the table here otherwise (e.g. under
+`tfds.testing.mock_data`, whose `info.splits` is empty).
+
+`IMAGE_FOLDER` ("image_folder") is the user's own folder of class folders at
+`config.dataset.path`: its spec (sizes, classes, mean/std) is read from its
+prepared copy, so `dataset_spec(config)` gives it, not the table. It is
+prepared offline on first use (see `builders.image_folder`).
 
 `ensure_prepared(config)` only looks at files (the builder's
 `data_path/dataset_info.json`), never at the network: an unguarded
@@ -17,9 +22,13 @@ from typing import Mapping, Optional
 import ml_collections
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
-# Imported for its side effect: registers digits, tiny_imagenet, imagenet100.
+from mio_jax import errors
+# Imported for its side effect: registers digits, tiny_imagenet, imagenet100,
+# image_folder.
 from mio_jax.data import builders  # pylint: disable=unused-import
+from mio_jax.data.builders import image_folder
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,6 +59,11 @@ class DatasetSpec:
   resize_on_load: bool = False  # digits: resize the tiny source once to S
   manual_files: tuple[str, ...] = ()  # archives the user supplies
   auto_prepare: bool = False  # built offline on first use
+
+  def __hash__(self) -> int:
+    # Hashable for caches keyed on the spec; the mapping fields are dicts and
+    # the TFDS name (with its config) tells specs apart.
+    return hash(self.tfds_name)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -98,6 +112,10 @@ DATASETS: dict[str, DatasetSpec] = {
         manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")),
 }
 
+IMAGE_FOLDER = "image_folder"
+# Every valid config.dataset.name.
+DATASET_NAMES: tuple[str, ...] = tuple(sorted((*DATASETS, IMAGE_FOLDER)))
+
 # The file format each storage needs (random access needs ArrayRecord).
 STORAGE_FILE_FORMAT = {"memory": "tfrecord", "random_access": "array_record"}
 
@@ -116,11 +134,91 @@ class DatasetInfo:
 
 
 def get_spec(name: str) -> DatasetSpec:
-  """The spec of `name`; a ValueError lists the valid names."""
+  """The spec of built-in dataset `name`.
+
+  Raises:
+    ValueError: `name` unknown (the message lists the valid names) or
+      IMAGE_FOLDER, whose spec depends on the folder: use `dataset_spec`.
+  """
+  if name == IMAGE_FOLDER:
+    raise ValueError(f"The spec of {IMAGE_FOLDER!r} depends on "
+                     "config.dataset.path: use dataset_spec(config).")
   if name not in DATASETS:
     raise ValueError(f"Unknown dataset {name!r} (config.dataset.name). "
-                     f"Valid names: {', '.join(sorted(DATASETS))}.")
+                     f"Valid names: {', '.join(DATASET_NAMES)}.")
   return DATASETS[name]
+
+
+def _image_folder_config(config: ml_collections.ConfigDict
+                         ) -> image_folder.ImageFolderConfig:
+  """The builder config of config.dataset.path as the folder is now."""
+  path = config.dataset.path
+  if not path:
+    raise errors.InvalidValueError(
+        "dataset.path", path, f"is not set but dataset.name={IMAGE_FOLDER!r} "
+        "needs it", "pass --config.dataset.path=DIR, DIR holding "
+        "train/<class name>/<image>")
+  fraction = config.dataset.test_fraction
+  if fraction is None or not 0 < fraction < 1:
+    raise errors.InvalidValueError(
+        "dataset.test_fraction", fraction, "must be between 0 and 1",
+        "e.g. --config.dataset.test_fraction=0.1")
+  return image_folder.builder_config(
+      path, image_size=int(config.dataset.image_size),
+      test_fraction=float(fraction))
+
+
+def _prepared_image_folder(config: ml_collections.ConfigDict
+                           ) -> tfds.core.DatasetBuilder:
+  """The prepared copy of config.dataset.path; prepares it when missing.
+
+  Raises:
+    ImageFolderError, InvalidValueError: see `_image_folder_config` and
+      `image_folder.list_folder`; an unreadable image while preparing.
+  """
+  builder_config = _image_folder_config(config)
+  # Explicit, so that the copy is looked for where it is written.
+  data_dir = epath.Path(config.dataset.data_dir or
+                        tfds.core.constants.DATA_DIR).expanduser()
+  tfds_name = f"{IMAGE_FOLDER}/{builder_config.name}"
+  prepared = (data_dir / IMAGE_FOLDER / builder_config.name /
+              str(image_folder.ImageFolder.VERSION))
+  if not (prepared / "dataset_info.json").exists():
+    logging.info("Preparing %s as %s in %s.", builder_config.root, tfds_name,
+                 data_dir)
+    image_folder.ImageFolder(config=builder_config,
+                             data_dir=os.fspath(data_dir)
+                             ).download_and_prepare()
+  # Read from the files: no folder listing or custom-config warning again.
+  return tfds.builder(tfds_name, data_dir=os.fspath(data_dir))
+
+
+def _image_folder_spec(builder: tfds.core.DatasetBuilder) -> DatasetSpec:
+  info = builder.info
+  return DatasetSpec(
+      tfds_name=f"{IMAGE_FOLDER}/{builder.builder_config.name}",
+      pretrain_split="train",
+      eval_splits={"train": "train", "test": "test"},
+      split_sizes={k: v.num_examples for k, v in info.splits.items()},
+      num_classes=info.features["label"].num_classes,
+      mean=tuple(info.metadata["mean"]), std=tuple(info.metadata["std"]),
+      auto_prepare=True)
+
+
+def dataset_spec(config: ml_collections.ConfigDict) -> DatasetSpec:
+  """The spec of config.dataset.name, for every name in DATASET_NAMES.
+
+  An image folder is listed (a walk of the folder) and prepared on first
+  use; its spec comes from that prepared copy.
+
+  Raises:
+    ValueError: unknown name.
+    UserError: an image folder that cannot be used (the message names the
+      path and the fix).
+  """
+  if config.dataset.name == IMAGE_FOLDER:
+    return _image_folder_spec(_prepared_image_folder(config))
+  return get_spec(config.dataset.name)
 
 
 def _builder(spec: DatasetSpec,
@@ -149,8 +247,11 @@ def split_size(spec: DatasetSpec, split: str,
 
 
 def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
-  """Sizes, classes and normalisation of `config.dataset.name`."""
-  spec = get_spec(config.dataset.name)
+  """Sizes, classes and normalisation of `config.dataset.name`.
+
+  Prepares an image folder on first use (see `dataset_spec`).
+  """
+  spec = dataset_spec(config)
   data_dir = config.dataset.data_dir
   return DatasetInfo(
       name=config.dataset.name,
@@ -197,9 +298,12 @@ def _not_prepared_message(name: str, spec: DatasetSpec, builder,
 def ensure_prepared(config: ml_collections.ConfigDict) -> None:
   """Raises DatasetNotPreparedError (fast, no network) unless data is ready.
 
-  Digits needs no network and is built automatically on first use.
+  Digits and image folders need no network and are built on first use.
   """
   name = config.dataset.name
+  if name == IMAGE_FOLDER:
+    _prepared_image_folder(config)
+    return
   spec = get_spec(name)
   data_dir = config.dataset.data_dir
   builder = _builder(spec, data_dir)
