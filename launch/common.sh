@@ -45,6 +45,15 @@ run() {
   fi
 }
 
+# A problem found by a query: an error, or only a warning with --dry-run (so
+# a dry run still shows every command, e.g. before the TPU VM exists).
+complain() {
+  if [[ "${DRY_RUN}" == 0 ]]; then
+    die "$@"
+  fi
+  echo "warning (dry run goes on): $*" >&2
+}
+
 # --help, --dry-run, --some-setting=VALUE for each name in SETTINGS; anything
 # after `--` lands in EXTRA_ARGS (e.g. --config.key=value overrides).
 parse_flags() {
@@ -133,6 +142,89 @@ pinned_jax_version() {
 gcloud_location_args() {
   require PROJECT ZONE
   GCLOUD_LOCATION=(--project="${PROJECT}" --zone="${ZONE}")
+}
+
+# How a TPU VM is obtained: directly (on-demand, spot: preemptible at any
+# time, reserved: from the project's reservation) or through a queued
+# resource request that waits for capacity (queued-*).
+PROVISIONING_MODES=(on-demand spot queued queued-spot reserved queued-reserved)
+
+# Sets TPU_KIND: "queued" for a queued resource request, else "node".
+provisioning_kind() {
+  require_one_of PROVISIONING "${PROVISIONING}" "${PROVISIONING_MODES[@]}"
+  TPU_KIND=node
+  if [[ "${PROVISIONING}" == queued* ]]; then
+    TPU_KIND=queued
+    QUEUED_RESOURCE_ID="${QUEUED_RESOURCE_ID:-${TPU_NAME}-qr}"
+  fi
+}
+
+# States after which a TPU VM or queued resource never comes back: it has to
+# be deleted and created again (the workdir in gs:// is kept, so the run
+# resumes). A Spot VM that is preempted goes to PREEMPTED (TERMINATED after
+# maintenance); a queued resource whose VM was preempted to SUSPENDING then
+# SUSPENDED, and one that could not be served to FAILED.
+DEAD_STATES=(PREEMPTED TERMINATED SUSPENDING SUSPENDED FAILED)
+
+# tpu_state node|queued: sets TPU_STATE to what `gcloud ... describe` reports
+# (READY, PREEMPTED, ... for a node; ACTIVE, SUSPENDED, ... for a queued
+# resource), or NOT_FOUND. A read-only query: it runs even with --dry-run,
+# shown on stderr with a "?" instead of "+".
+tpu_state() {
+  local describe output
+  gcloud_location_args
+  if [[ "$1" == queued ]]; then
+    describe=(gcloud compute tpus queued-resources describe
+      "${QUEUED_RESOURCE_ID}" "${GCLOUD_LOCATION[@]}" --format='value(state.state)')
+  else
+    describe=(gcloud compute tpus tpu-vm describe "${TPU_NAME}"
+      "${GCLOUD_LOCATION[@]}" --format='value(state)')
+  fi
+  echo "? $(shell_quote "${describe[@]}")" >&2
+  if output="$("${describe[@]}" 2>&1)"; then
+    TPU_STATE="$(tail -n 1 <<<"${output}")"
+  elif [[ "${output}" == *NOT_FOUND* ]]; then
+    TPU_STATE=NOT_FOUND
+  else
+    TPU_STATE=UNKNOWN
+    complain "could not read the state of ${TPU_NAME}: ${output}"
+  fi
+}
+
+is_dead_state() {
+  [[ " ${DEAD_STATES[*]} " == *" $1 "* ]]
+}
+
+# Before working on the workers: the TPU VM must exist and be READY.
+require_ready_tpu() {
+  tpu_state node
+  case "${TPU_STATE}" in
+    READY | UNKNOWN) ;;
+    NOT_FOUND)
+      complain "there is no TPU VM ${TPU_NAME} in ${ZONE}: create it with launch/tpu_create.sh."
+      ;;
+    *)
+      if is_dead_state "${TPU_STATE}"; then
+        complain "TPU VM ${TPU_NAME} is ${TPU_STATE} and will not come back: recreate it with launch/tpu_create.sh --recreate=yes (same flags as before), then run launch/tpu_setup.sh and this command again (the run resumes from its workdir)."
+      else
+        complain "TPU VM ${TPU_NAME} is ${TPU_STATE}, not READY: wait and retry (gcloud compute tpus tpu-vm describe shows the state)."
+      fi
+      ;;
+  esac
+}
+
+# delete_tpu node|queued [GCLOUD_FLAG...]: deletes the TPU VM, or the queued
+# resource together with its VM.
+delete_tpu() {
+  local kind="$1"
+  shift
+  gcloud_location_args
+  if [[ "${kind}" == queued ]]; then
+    run gcloud compute tpus queued-resources delete "${QUEUED_RESOURCE_ID}" \
+      "${GCLOUD_LOCATION[@]}" --force "$@"
+  else
+    run gcloud compute tpus tpu-vm delete "${TPU_NAME}" "${GCLOUD_LOCATION[@]}" "$@"
+  fi
 }
 
 # tpu_ssh WORKER COMMAND: runs COMMAND (one string) on WORKER (0, 1, ... or all).

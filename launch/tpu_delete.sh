@@ -15,8 +15,9 @@ want a final checkpoint.
   --tpu-name            TPU VM name                            (required)
   --project             Google Cloud project id                (required)
   --zone                zone of the TPU VM                     (required)
-  --provisioning        as given to tpu_create.sh; queued and queued-spot
-                        delete the queued resource and its VM (default on-demand)
+  --provisioning        as given to tpu_create.sh; queued, queued-spot and
+                        queued-reserved delete the queued resource and its VM
+                                                            (default on-demand)
   --queued-resource-id  default: TPU_NAME-qr
   --dry-run             print the command, run nothing
   --help                this text
@@ -27,15 +28,5 @@ SETTINGS=(TPU_NAME PROJECT ZONE PROVISIONING QUEUED_RESOURCE_ID)
 PROVISIONING="${PROVISIONING:-on-demand}"
 parse_flags "$@"
 require TPU_NAME
-require_one_of PROVISIONING "${PROVISIONING}" on-demand spot queued queued-spot
-gcloud_location_args
-
-case "${PROVISIONING}" in
-  on-demand | spot)
-    run gcloud compute tpus tpu-vm delete "${TPU_NAME}" "${GCLOUD_LOCATION[@]}"
-    ;;
-  queued | queued-spot)
-    run gcloud compute tpus queued-resources delete \
-      "${QUEUED_RESOURCE_ID:-${TPU_NAME}-qr}" "${GCLOUD_LOCATION[@]}" --force
-    ;;
-esac
+provisioning_kind
+delete_tpu "${TPU_KIND}"

@@ -12,7 +12,8 @@ Starts `python -m mio_jax.main` on all workers at once (JAX finds the other
 workers by itself), detached from the ssh session, logging to
 ~/mio_jax_run.log on each worker; then streams worker 0's log (Ctrl-C stops
 the streaming, not the run). Rerunning the same command after a preemption
-resumes from the latest checkpoint in the workdir.
+resumes from the latest checkpoint in the workdir. Stops first if the TPU VM
+is not READY (e.g. PREEMPTED: recreate it with tpu_create.sh --recreate=yes).
 
   --tpu-name       TPU VM name                                    (required)
   --project        Google Cloud project id                        (required)
@@ -40,6 +41,7 @@ require TPU_NAME CONFIG
 require_gcs WORKDIR
 require_gcs TFDS_DATA_DIR
 require_one_of FOLLOW "${FOLLOW}" yes no
+require_ready_tpu
 
 main_command="$(shell_quote env TFDS_DATA_DIR="${TFDS_DATA_DIR}" \
   .venv/bin/python -m mio_jax.main --config="${CONFIG}" --workdir="${WORKDIR}" \

@@ -10,7 +10,10 @@ Usage: launch/tpu_setup.sh [flags]
 
 On every worker of the TPU VM: creates a Python virtual environment in
 ~/REMOTE_DIR/.venv, installs the pinned requirements, jax[tpu] at the jax
-version pinned in requirements.txt, and mio_jax itself. Safe to rerun.
+version pinned in requirements.txt, and mio_jax itself. Safe to rerun: with
+--source=git a rerun fetches and checks out the newest commit of --git-ref.
+Stops first if the TPU VM is not READY (e.g. PREEMPTED: see tpu_create.sh
+--recreate).
 
   --tpu-name     TPU VM name                                   (required)
   --project      Google Cloud project id                       (required)
@@ -18,9 +21,11 @@ version pinned in requirements.txt, and mio_jax itself. Safe to rerun.
   --source       tarball | git                          (default tarball)
                  tarball: `git archive` of this checkout's HEAD, copied to
                  every worker with `gcloud compute tpus tpu-vm scp`;
-                 git: every worker clones --repo-url at --git-ref.
+                 git: every worker clones --repo-url (once), fetches, and
+                 checks out --git-ref as of now (detached).
   --repo-url     git URL to clone (source=git)
-  --git-ref      branch, tag or commit to check out (default main)
+  --git-ref      branch, tag or commit to check out (default main); a
+                 branch means its newest commit on the remote
   --python       Python >= 3.11 on the workers (default python3.11; installed
                  with apt if missing)
   --jax-version  default: the jax pin of requirements.txt
@@ -43,6 +48,7 @@ parse_flags "$@"
 require TPU_NAME JAX_VERSION
 require_one_of SOURCE "${SOURCE}" tarball git
 gcloud_location_args
+require_ready_tpu
 
 dir="$(shell_quote "${REMOTE_DIR}")"
 case "${SOURCE}" in
@@ -59,9 +65,16 @@ case "${SOURCE}" in
     ;;
   git)
     require REPO_URL
+    ref="$(shell_quote "${GIT_REF}")"
+    # A branch is checked out as origin/<branch> (detached): the remote's
+    # newest commit, never a local branch left behind by an earlier run. A
+    # tag or commit as itself; --force lets a moved tag follow the remote.
     fetch_code="{ [ -d ${dir}/.git ] || git clone $(shell_quote "${REPO_URL}") ${dir}; }"
-    fetch_code+=" && git -C ${dir} fetch --all --tags"
-    fetch_code+=" && git -C ${dir} checkout $(shell_quote "${GIT_REF}")"
+    fetch_code+=" && git -C ${dir} fetch --force --tags origin"
+    fetch_code+=" && if git -C ${dir} rev-parse -q --verify origin/${ref} >/dev/null;"
+    fetch_code+=" then git -C ${dir} checkout origin/${ref};"
+    fetch_code+=" else git -C ${dir} checkout ${ref}; fi"
+    fetch_code+=" && git -C ${dir} log -1 --format='%h %cd %s'"
     ;;
 esac
 
