@@ -11,6 +11,13 @@ Images are uint8 in, float32 in [0, 1] after `random_resized_crop` (or
 random resized crop, horizontal flip, colour jitter (p), grayscale (p),
 Gaussian blur (p), solarise (p), then the small-image extras
 (rotation/translation, Gaussian noise) used for digits.
+
+A view is built in two stages so that the host can stop after the first:
+`crop_window` + `resize_view` + flip (geometry, `geometric_view`) and the
+colour ops (`host_colour`). With `AugmentParams.on_device` the host emits
+the geometric views as uint8 and `mio_jax.data.device_augment` applies the
+colour ops on the accelerator. The crop window needs only the image's
+shape, so JPEG records are decoded only inside it (`decode_windows`).
 """
 import dataclasses
 import math
@@ -21,7 +28,10 @@ import tensorflow as tf
 
 # Kernel side of the Gaussian blur as a fraction of the image side (SimCLR).
 _BLUR_KERNEL_FRACTION = 0.1
-_BLUR_SIGMA_RANGE = (0.1, 2.0)
+BLUR_SIGMA_RANGE = (0.1, 2.0)
+SOLARIZE_THRESHOLD = 0.5
+# tf.image.rgb_to_grayscale's luma weights (ITU-R BT.601).
+GRAYSCALE_WEIGHTS = (0.2989, 0.5870, 0.1140)
 # Sub-keys drawn per view: crop, flip, jitter (apply, op), grayscale, blur
 # (apply, op), solarise, affine, noise.
 _NUM_VIEW_SUBKEYS = 10
@@ -43,6 +53,7 @@ class AugmentParams:
   rotation_degrees: float = 0.0
   translate_pixels: int = 0
   gaussian_noise_std: float = 0.0
+  on_device: bool = False  # colour ops in device_augment, not on the host
 
   def __post_init__(self):
     """Rejects settings the ops cannot honour, naming the config key."""
@@ -67,6 +78,11 @@ class AugmentParams:
     for name in ("rotation_degrees", "translate_pixels", "gaussian_noise_std"):
       if getattr(self, name) < 0:
         problems.append(f"augment.{name}={getattr(self, name)} must be >= 0")
+    if self.on_device and (self.rotation_degrees or self.translate_pixels):
+      problems.append(
+          "augment.on_device=True runs only the colour ops on the device, "
+          f"not rotation_degrees={self.rotation_degrees} / translate_pixels="
+          f"{self.translate_pixels}: set both to 0 or augment.on_device=False")
     if self.image_size <= 0:
       problems.append(f"dataset.image_size={self.image_size} must be > 0")
     if problems:
@@ -89,6 +105,7 @@ class AugmentParams:
         rotation_degrees=float(a.rotation_degrees),
         translate_pixels=int(a.translate_pixels),
         gaussian_noise_std=float(a.gaussian_noise_std),
+        on_device=bool(a.on_device),
     )
 
 
@@ -128,23 +145,97 @@ def _resize_float(image: tf.Tensor, height, width) -> tf.Tensor:
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
+def crop_window(image_shape: tf.Tensor, seed: tf.Tensor, *,
+                scale: tuple[float, float],
+                ratio: tuple[float, float]) -> tuple[tf.Tensor, tf.Tensor]:
+  """(begin, size), int32 [3] each: a window of random area and aspect.
+
+  The area fraction is drawn from `scale`, the aspect ratio from `ratio`;
+  when no window fits after 10 tries the whole image is used (TF's
+  fallback; torchvision falls back to a centre crop). Only the shape
+  [H, W, C] is needed, so an encoded JPEG need not be decoded to draw it.
+  """
+  whole_image = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      image_shape, bounding_boxes=whole_image, seed=seed,
+      min_object_covered=0.0, aspect_ratio_range=ratio, area_range=scale,
+      max_attempts=10, use_image_if_no_bounding_boxes=True)
+  return begin, size
+
+
+def resize_view(crop: tf.Tensor, size: int) -> tf.Tensor:
+  """uint8 crop [h, w, C] -> float32 [size, size, C] in [0, 1].
+
+  Area averaging when the crop shrinks in both sides (anti-aliased, as
+  OpenCV's INTER_AREA that FFCV uses), bilinear otherwise. Measured in
+  tf.data at 224 px: 2.5x cheaper than the antialiased bilinear resize
+  (scale_and_translate) for the same anti-aliasing where it matters.
+  When only one side shrinks it shrinks by at most the aspect-ratio
+  bound (4/3 by default), where bilinear aliases little.
+  """
+  shrinks = tf.reduce_all(tf.shape(crop)[:2] >= size)
+  crop = tf.cast(crop, tf.float32)
+
+  def resize(method):
+    return lambda: tf.image.resize(crop, [size, size], method=method)
+
+  image = tf.cond(shrinks, resize("area"), resize("bilinear"))
+  image = tf.ensure_shape(image, [size, size, crop.shape[-1]])
+  return tf.clip_by_value(image / 255.0, 0.0, 1.0)
+
+
 def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, size: int,
                         scale: tuple[float, float],
                         ratio: tuple[float, float]) -> tf.Tensor:
-  """Crop of random area fraction `scale` and aspect `ratio`, resized to size.
-
-  uint8 or float HWC in, float32 [size, size, C] in [0, 1] out. When no
-  window fits after 10 tries the whole image is used (TF's fallback;
-  torchvision falls back to a centre crop).
-  """
-  whole_image = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
-  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), bounding_boxes=whole_image, seed=seed,
-      min_object_covered=0.0, aspect_ratio_range=ratio, area_range=scale,
-      max_attempts=10, use_image_if_no_bounding_boxes=True)
+  """A `crop_window` of a uint8 HWC image, resized to float32 [size, size, C]."""
+  begin, crop_size = crop_window(tf.shape(image), seed, scale=scale,
+                                 ratio=ratio)
   crop = tf.slice(image, begin, crop_size)
   crop.set_shape([None, None, image.shape[-1]])
-  return _resize_float(crop, size, size)
+  return resize_view(crop, size)
+
+
+def encoded_image_shape(encoded: tf.Tensor) -> tf.Tensor:
+  """[H, W, 3] of an encoded image; JPEGs are not decoded for it."""
+  return tf.cond(
+      tf.io.is_jpeg(encoded),
+      lambda: tf.concat([tf.image.extract_jpeg_shape(encoded)[:2], [3]], 0),
+      lambda: tf.shape(_decode_rgb(encoded)))
+
+
+def _decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
+  return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+
+def decode_windows(encoded: tf.Tensor,
+                   windows: list[tuple[tf.Tensor, tf.Tensor]]) -> list:
+  """The uint8 crops of `windows` ((begin, size) pairs) of an encoded image.
+
+  A JPEG is decoded once, only inside the smallest box holding every
+  window (`decode_and_crop_jpeg`); measured at 224 px with two views
+  that was 10% cheaper than a whole decode and 40% cheaper than one
+  partial decode per view (each re-reads the entropy-coded rows). Other
+  formats (PNG, GIF) are decoded whole.
+  """
+  top_left = tf.reduce_min(tf.stack([b[:2] for b, _ in windows]), axis=0)
+  bottom_right = tf.reduce_max(
+      tf.stack([b[:2] + s[:2] for b, s in windows]), axis=0)
+  box = tf.concat([top_left, bottom_right - top_left], 0)
+
+  def decode_box():
+    return tf.image.decode_and_crop_jpeg(encoded, box, channels=3)
+
+  def decode_whole_then_box():
+    return tf.slice(_decode_rgb(encoded), tf.concat([top_left, [0]], 0),
+                    tf.concat([box[2:], [3]], 0))
+
+  region = tf.cond(tf.io.is_jpeg(encoded), decode_box, decode_whole_then_box)
+  crops = []
+  for begin, size in windows:
+    crop = tf.slice(region, tf.concat([begin[:2] - top_left, [0]], 0),
+                    tf.concat([size[:2], [3]], 0))
+    crops.append(tf.ensure_shape(crop, [None, None, 3]))
+  return crops
 
 
 def eval_resize_crop(image: tf.Tensor, *, size: int,
@@ -259,6 +350,11 @@ def _reflect_blur_matrix(kernel: tf.Tensor, size: int) -> tf.Tensor:
   return tf.reshape(flat, [size, size])
 
 
+def blur_radius(height: int, width: int) -> int:
+  """Half-width of the blur kernel: about 10% of the longer side (SimCLR)."""
+  return max(1, int(max(height, width) * _BLUR_KERNEL_FRACTION) // 2)
+
+
 def gaussian_blur(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   """Separable Gaussian blur, sigma ~ U(0.1, 2), kernel ~10% of the side.
 
@@ -269,8 +365,8 @@ def gaussian_blur(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   height, width = image.shape[0], image.shape[1]
   if height is None or width is None:
     raise ValueError("gaussian_blur needs a static image size.")
-  radius = max(1, int(max(height, width) * _BLUR_KERNEL_FRACTION) // 2)
-  sigma = tf.random.stateless_uniform([], seed, *_BLUR_SIGMA_RANGE)
+  radius = blur_radius(height, width)
+  sigma = tf.random.stateless_uniform([], seed, *BLUR_SIGMA_RANGE)
   x = tf.range(-radius, radius + 1, dtype=tf.float32)
   kernel = tf.exp(-(x ** 2) / (2.0 * sigma ** 2))
   kernel /= tf.reduce_sum(kernel)
@@ -278,7 +374,8 @@ def gaussian_blur(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.einsum("ij,hjc->hic", _reflect_blur_matrix(kernel, width), image)
 
 
-def solarize(image: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
+def solarize(image: tf.Tensor,
+             threshold: float = SOLARIZE_THRESHOLD) -> tf.Tensor:
   """Invert pixels at or above `threshold` (images in [0, 1])."""
   return tf.where(image < threshold, image, 1.0 - image)
 
@@ -295,19 +392,35 @@ def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
   return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
-# ---- one view --------------------------------------------------------------
+# ---- one view ---------------------------------------------------------------
 
 
-def augment_view(image: tf.Tensor, seed: tf.Tensor,
-                 params: AugmentParams) -> tf.Tensor:
-  """One augmented view: uint8 HWC, 3 channels -> float32 [S, S, 3] in [0, 1]."""
-  keys = tf.unstack(
+def view_subkeys(seed: tf.Tensor) -> list[tf.Tensor]:
+  """The per-op keys of one view (crop, flip, jitter, grayscale, ...)."""
+  return tf.unstack(
       tf.random.experimental.stateless_split(seed, _NUM_VIEW_SUBKEYS))
-  image = random_resized_crop(image, keys[0], size=params.image_size,
-                              scale=params.crop_scale, ratio=params.crop_ratio)
-  image = tf.ensure_shape(image, [params.image_size, params.image_size, 3])
+
+
+def view_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
+                     params: AugmentParams) -> tuple[tf.Tensor, tf.Tensor]:
+  """The crop window of the view keyed by `seed` (see `crop_window`)."""
+  return crop_window(image_shape, view_subkeys(seed)[0],
+                     scale=params.crop_scale, ratio=params.crop_ratio)
+
+
+def geometric_view(crop: tf.Tensor, seed: tf.Tensor,
+                   params: AugmentParams) -> tf.Tensor:
+  """uint8 crop, 3 channels -> resized, maybe flipped, float32 in [0, 1]."""
+  image = resize_view(crop, params.image_size)
   if params.hflip:
-    image = random_flip(image, keys[1])
+    image = random_flip(image, view_subkeys(seed)[1])
+  return image
+
+
+def host_colour(image: tf.Tensor, seed: tf.Tensor,
+                params: AugmentParams) -> tf.Tensor:
+  """The colour ops and small-image extras of one view, on the host."""
+  keys = view_subkeys(seed)
   if params.color_jitter_strength > 0:
     image = random_apply(
         lambda x: color_jitter(x, keys[3],
@@ -324,3 +437,29 @@ def augment_view(image: tf.Tensor, seed: tf.Tensor,
   if params.gaussian_noise_std > 0:
     image = gaussian_noise(image, keys[9], std=params.gaussian_noise_std)
   return image
+
+
+def finish_view(crop: tf.Tensor, seed: tf.Tensor,
+                params: AugmentParams) -> tf.Tensor:
+  """A cropped view -> what the host emits for it.
+
+  float32 [S, S, 3] in [0, 1] with every op applied, or with
+  `params.on_device` uint8 [S, S, 3] after the geometric ops only (a
+  quarter of the bytes to move; `device_augment` does the colour ops).
+  """
+  image = geometric_view(crop, seed, params)
+  if params.on_device:
+    return tf.cast(tf.round(image * 255.0), tf.uint8)
+  return host_colour(image, seed, params)
+
+
+def augment_view(image: tf.Tensor, seed: tf.Tensor,
+                 params: AugmentParams) -> tf.Tensor:
+  """One host-augmented view: uint8 HWC, 3 channels -> float32 [S, S, 3].
+
+  Every op on the host (colour included, whatever `params.on_device`).
+  """
+  begin, size = view_crop_window(tf.shape(image), seed, params)
+  crop = tf.slice(image, begin, size)
+  crop.set_shape([None, None, 3])
+  return host_colour(geometric_view(crop, seed, params), seed, params)

@@ -9,7 +9,10 @@ by tf.data shuffling, so it depends only on (seed, step):
     dropped);
   * each process reads only its contiguous slice of those B rows, the rows
     its devices hold under `mesh.batch_sharding(mesh)`;
-  * every augmentation draw is keyed by (seed, epoch, example index, view).
+  * every host augmentation draw is keyed by (seed, epoch, example index,
+    view); with `config.augment.on_device` the colour ops run in the train
+    step, keyed by (seed, step, example index, view)
+    (`mio_jax.data.device_augment`).
 
 The global batch of a step is therefore identical on restart (the iterator
 starts at `start_step` without touching earlier steps), on 1 or 8 devices
@@ -23,11 +26,15 @@ shuffled exactly every epoch and any step can be reproduced alone, at the
 price of ArrayRecord files (TFDS 4.9.10 still writes TFRecord by default,
 which has no random access; `python -m mio_jax.data.prepare` writes
 ArrayRecord) and of per-record reads instead of large sequential ones.
+
+A batch is read by a function of its number (`pretrain_step_records`,
+`eval_batch_records`) that tf.data calls for several batches at once, so
+no single Python thread sits on the record path. A JPEG is decoded only
+inside the crop windows of its two views (`augment.decode_windows`).
 """
 import collections
 import dataclasses
 import functools
-import itertools
 from typing import Any, Callable, Iterator, Optional
 
 import jax
@@ -135,10 +142,17 @@ def _source(config: ml_collections.ConfigDict, split: str):
 # ---- which examples each step reads ---------------------------------------
 
 
+@functools.lru_cache(maxsize=2)
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-  """The order of the pretraining split in `epoch` (PCG64, platform-stable)."""
+  """The order of the pretraining split in `epoch` (PCG64, platform-stable).
+
+  Cached (read-only): each step's reader asks for it, and drawing it for
+  1.28M examples takes tens of milliseconds.
+  """
   rng = np.random.default_rng([seed, epoch, _PERMUTATION_STREAM])
-  return rng.permutation(num_examples)
+  order = rng.permutation(num_examples)
+  order.setflags(write=False)
+  return order
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -218,14 +232,26 @@ def _decoded_rgb(image: tf.Tensor, encoded: bool) -> tf.Tensor:
   return image
 
 
-def _local_batches(make_records: Callable[[], Iterator[tuple]], source,
-                   local_batch: int, example_fn) -> tf.data.Dataset:
-  """tf.data over per-step record tuples: unbatch, map example_fn, rebatch."""
-  record_spec = (source.image_spec, tf.TensorSpec((None,), tf.int64),
-                 tf.TensorSpec((None,), tf.int64),
-                 tf.TensorSpec((None,), tf.int64))
-  ds = tf.data.Dataset.from_generator(make_records,
-                                      output_signature=record_spec)
+def _local_batches(read: Callable[[int], tuple], record_spec: tuple,
+                   batches: tf.data.Dataset, local_batch: int,
+                   example_fn) -> tf.data.Dataset:
+  """tf.data over `read(b)` for each batch number b of `batches`.
+
+  `read` returns the records of one batch (numpy arrays, `record_spec`).
+  It runs in tf.data's parallel map, several batches at once: the record
+  reads (ArrayRecord, in C++) overlap instead of queueing behind one
+  Python generator. Then unbatch, `example_fn` in parallel, rebatch; the
+  order stays that of `batches` (deterministic).
+  """
+  dtypes = [spec.dtype for spec in record_spec]
+
+  def read_batch(batch):
+    records = tf.numpy_function(read, [batch], dtypes, stateful=False)
+    return tuple(tf.ensure_shape(r, spec.shape)
+                 for r, spec in zip(records, record_spec))
+
+  ds = batches.map(read_batch, num_parallel_calls=tf.data.AUTOTUNE,
+                   deterministic=True)
   ds = ds.unbatch()
   ds = ds.map(example_fn, num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True)
@@ -234,6 +260,12 @@ def _local_batches(make_records: Callable[[], Iterator[tuple]], source,
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _record_spec(source, *columns: tf.DType) -> tuple:
+  """Specs of (images, *int columns) of one batch read from `source`."""
+  return (source.image_spec,) + tuple(tf.TensorSpec((None,), c)
+                                      for c in columns)
 
 
 def global_batches(local_batches: Iterator[dict[str, np.ndarray]],
@@ -261,34 +293,48 @@ def global_batches(local_batches: Iterator[dict[str, np.ndarray]],
 # ---- pretraining -----------------------------------------------------------
 
 
-def pretrain_records(source, *, seed: int, global_batch_size: int,
-                     rows: slice, start_step: int = 0) -> Iterator[tuple]:
-  """Per step, this process's (images, labels, example indices, epochs)."""
-  num_examples = len(source)
-  steps = steps_per_epoch(num_examples, global_batch_size)
-  order, order_epoch = None, None
-  for step in itertools.count(start_step):
-    epoch, position = divmod(step, steps)
-    if epoch != order_epoch:
-      order, order_epoch = epoch_permutation(seed, epoch, num_examples), epoch
-    start = position * global_batch_size
-    indices = order[start:start + global_batch_size][rows]
-    images, labels = source.get(indices)
-    yield images, labels, indices, np.full_like(indices, epoch)
+def pretrain_step_records(source, step: int, *, seed: int,
+                          global_batch_size: int, rows: slice) -> tuple:
+  """This process's (images, labels, example indices, epochs) of `step`."""
+  indices, epoch = pretrain_step_indices(
+      int(step), seed=seed, num_examples=len(source),
+      global_batch_size=global_batch_size)
+  indices = indices[rows]
+  images, labels = source.get(indices)
+  return images, labels, indices.astype(np.int64), np.full_like(
+      indices, epoch, dtype=np.int64)
 
 
 def two_view_fn(params: augment.AugmentParams, *, seed: int, mean, std,
                 encoded: bool):
-  """The per-example map: record -> {"view1", "view2", "label"}."""
+  """The per-example map: record -> {"view1", "view2", "label", "index"}.
+
+  Views are float32 normalised, or with `params.on_device` uint8 before
+  the colour ops (`device_augment.augment_batch` finishes them). "index"
+  (int32) is the example's index in the split, which keys the device ops.
+  A JPEG is decoded once, inside the two crop windows only.
+  """
 
   def fn(image, label, index, epoch):
-    image = _decoded_rgb(image, encoded)
     key = augment.example_key(seed, epoch, index)
+    seeds = [augment.view_key(key, view) for view in (1, 2)]
+    if encoded:
+      shape = augment.encoded_image_shape(image)
+    else:
+      image = _decoded_rgb(image, encoded=False)
+      shape = tf.shape(image)
+    windows = [augment.view_crop_window(shape, s, params) for s in seeds]
+    if encoded:
+      crops = augment.decode_windows(image, windows)
+    else:
+      crops = [tf.slice(image, begin, size) for begin, size in windows]
     views = {}
-    for view in (1, 2):
-      x = augment.augment_view(image, augment.view_key(key, view), params)
-      views[f"view{view}"] = augment.normalize(x, mean, std)
-    return {**views, "label": tf.cast(label, tf.int32)}
+    for view, (crop, view_seed) in enumerate(zip(crops, seeds), start=1):
+      x = augment.finish_view(crop, view_seed, params)
+      views[f"view{view}"] = x if params.on_device else augment.normalize(
+          x, mean, std)
+    return {**views, "label": tf.cast(label, tf.int32),
+            "index": tf.cast(index, tf.int32)}
 
   return fn
 
@@ -297,15 +343,16 @@ def pretrain_dataset(source, config: ml_collections.ConfigDict, *,
                      rows: slice, start_step: int = 0) -> tf.data.Dataset:
   """This process's share of the pretraining batches, as numpy-ready tf.data."""
   spec = registry.get_spec(config.dataset.name)
-  make_records = functools.partial(
-      pretrain_records, source, seed=int(config.seed),
-      global_batch_size=int(config.batch_size), rows=rows,
-      start_step=start_step)
+  read = functools.partial(
+      pretrain_step_records, source, seed=int(config.seed),
+      global_batch_size=int(config.batch_size), rows=rows)
   example_fn = two_view_fn(augment.AugmentParams.from_config(config),
                            seed=int(config.seed), mean=spec.mean, std=spec.std,
                            encoded=source.encoded)
-  return _local_batches(make_records, source, rows.stop - rows.start,
-                        example_fn)
+  steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+  return _local_batches(read, _record_spec(source, tf.int64, tf.int64,
+                                           tf.int64),
+                        steps, rows.stop - rows.start, example_fn)
 
 
 def pretrain_batches(config: ml_collections.ConfigDict,
@@ -314,7 +361,11 @@ def pretrain_batches(config: ml_collections.ConfigDict,
   """Endless pretraining batches from step `start_step` on.
 
   Each: {"view1", "view2": f32 (batch_size, S, S, 3) normalised,
-  "label": int32 (batch_size,)}, sharded over the mesh's `data` axis.
+  "label": int32 (batch_size,), "index": int32 (batch_size,) the examples'
+  indices in the split}, sharded over the mesh's `data` axis. With
+  `config.augment.on_device` the views are uint8 (S, S, 3), cropped and
+  flipped only: pass the batch through `device_augment.augment_batch`
+  (with this step's number) inside the train step.
   """
   registry.ensure_prepared(config)
   spec = registry.get_spec(config.dataset.name)
@@ -328,21 +379,22 @@ def pretrain_batches(config: ml_collections.ConfigDict,
 # ---- evaluation --------------------------------------------------------------
 
 
-def eval_records(source, *, global_batch_size: int,
-                 rows: slice) -> Iterator[tuple]:
-  """Per batch, this process's (images, labels, masks, indices); finite."""
-  for batch in range(num_eval_batches(len(source), global_batch_size)):
-    indices, mask = eval_batch_indices(batch, num_examples=len(source),
-                                       global_batch_size=global_batch_size)
-    indices, mask = indices[rows], mask[rows]
-    images, labels = source.get(indices)
-    yield images, np.where(mask, labels, -1), mask.astype(np.int64), indices
+def eval_batch_records(source, batch: int, *, global_batch_size: int,
+                       rows: slice) -> tuple:
+  """This process's (images, labels, masks, indices) of eval batch `batch`."""
+  indices, mask = eval_batch_indices(int(batch), num_examples=len(source),
+                                     global_batch_size=global_batch_size)
+  indices, mask = indices[rows], mask[rows]
+  images, labels = source.get(indices)
+  return (images, np.where(mask, labels, -1).astype(np.int64),
+          mask.astype(np.int64), indices.astype(np.int64))
 
 
 def eval_dataset(source, config: ml_collections.ConfigDict, *,
                  rows: slice) -> tf.data.Dataset:
   spec = registry.get_spec(config.dataset.name)
   size = int(config.dataset.image_size)
+  global_batch_size = int(config.eval.batch_size)
 
   def example_fn(image, label, mask, index):
     del index  # Only carried for debugging symmetry with pretraining.
@@ -352,11 +404,13 @@ def eval_dataset(source, config: ml_collections.ConfigDict, *,
     return {"image": augment.normalize(image, spec.mean, spec.std),
             "label": tf.cast(label, tf.int32), "mask": tf.cast(mask, tf.bool)}
 
-  make_records = functools.partial(
-      eval_records, source, global_batch_size=int(config.eval.batch_size),
-      rows=rows)
-  return _local_batches(make_records, source, rows.stop - rows.start,
-                        example_fn)
+  read = functools.partial(eval_batch_records, source,
+                           global_batch_size=global_batch_size, rows=rows)
+  batches = tf.data.Dataset.range(
+      num_eval_batches(len(source), global_batch_size))
+  return _local_batches(read, _record_spec(source, tf.int64, tf.int64,
+                                           tf.int64),
+                        batches, rows.stop - rows.start, example_fn)
 
 
 def eval_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,

@@ -14,7 +14,7 @@ import mio_jax.data as data
 from mio_jax import mesh as mesh_lib
 from mio_jax.data import pipeline
 
-_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+_CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 
 def digits_config(data_dir):

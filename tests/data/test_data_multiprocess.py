@@ -16,9 +16,9 @@ import pytest
 import mio_jax.data as data
 from mio_jax import mesh as mesh_lib
 from mio_jax.data import pipeline
-from test_data_pipeline import digits_config
+from test_pipeline import digits_config
 
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
 _STEP = 3
 
 # One process: its rows of pretraining step _STEP and of the first eval batch.
@@ -31,8 +31,8 @@ jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
                            num_processes=2, process_id=int(process_id))
 import mio_jax.data as data
 from mio_jax import mesh as mesh_lib
-sys.path.insert(0, "tests")
-from test_data_pipeline import digits_config
+sys.path.insert(0, "tests/data")
+from test_pipeline import digits_config
 config = digits_config(data_dir)
 mesh = mesh_lib.make_data_mesh()
 assert mesh.size == 4 and jax.process_count() == 2
