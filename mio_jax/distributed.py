@@ -265,7 +265,7 @@ def _managed_cluster(environ: Mapping[str, str]) -> Optional[str]:
   return None
 
 
-def _check_explicit(s: DistributedSettings) -> None:
+def _check_settings(s: DistributedSettings) -> None:
   """Raises InvalidValueError for incomplete or inconsistent settings."""
   for field in ("initialization_timeout", "heartbeat_timeout",
                 "shutdown_timeout"):
@@ -326,7 +326,7 @@ def initialize(settings: DistributedSettings,
     return True
   environ = os.environ if environ is None else environ
   s = settings
-  _check_explicit(s)
+  _check_settings(s)
   timeouts = dict(initialization_timeout=s.initialization_timeout,
                   heartbeat_timeout_seconds=s.heartbeat_timeout,
                   shutdown_timeout_seconds=s.shutdown_timeout)
