@@ -187,7 +187,8 @@ tpu_state() {
     TPU_STATE=NOT_FOUND
   else
     TPU_STATE=UNKNOWN
-    complain "could not read the state of ${TPU_NAME}: ${output}"
+    complain "could not read the state of ${TPU_NAME} ($(grep -m 1 ERROR <<<"${output}" \
+      || head -n 1 <<<"${output}")); check gcloud auth list and the project, zone and name."
   fi
 }
 

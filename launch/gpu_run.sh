@@ -28,7 +28,7 @@ pinned for; it stops if --python is another version.
                    ~/tensorflow_datasets)
   --processes      1, or the number of GPUs for one process each (default 1)
   --coordinator-port  localhost port of process 0's coordinator (default 12321)
-  --log-dir        logs of processes 1.. (default logs, in this checkout)
+  --log-dir        logs of processes 1.. (default runs/logs in this checkout)
   --setup          yes | no: create/update the venv first       (default no)
   --venv           virtual environment directory            (default .venv-gpu)
   --python         Python 3.11 used to create the venv      (default python3)
@@ -105,7 +105,7 @@ JAX_VERSION="${JAX_VERSION:-$(pinned_jax_version)}"
 TFDS_DATA_DIR="${TFDS_DATA_DIR:-}"
 PROCESSES="${PROCESSES:-1}"
 COORDINATOR_PORT="${COORDINATOR_PORT:-12321}"
-LOG_DIR="${LOG_DIR:-${REPO_ROOT}/logs}"
+LOG_DIR="${LOG_DIR:-${REPO_ROOT}/runs/logs}"
 parse_flags "$@"
 require CONFIG WORKDIR JAX_VERSION
 require_one_of SETUP "${SETUP}" yes no

@@ -3,7 +3,8 @@
 Every script runs with a stub `gcloud`, `git`, `python3` and `pip` first on
 PATH that record any call with an effect, so a dry run that executed
 something fails. Read-only queries are answered instead and logged apart:
-`gcloud ... describe` prints $FAKE_TPU_STATE (NOT_FOUND when unset), and
+`gcloud ... describe` prints $FAKE_TPU_STATE (NOT_FOUND when unset; fails
+with $FAKE_GCLOUD_ERROR if set), and
 `python3 -c ...version_info...` prints $FAKE_PYTHON_VERSION (default 3.11).
 """
 import os
@@ -32,6 +33,7 @@ def _stub(name: str, calls: pathlib.Path, queries: pathlib.Path) -> str:
   answers = {
       "gcloud": f"""*" describe "*)
     {log} "{queries}"
+    if [ -n "$FAKE_GCLOUD_ERROR" ]; then echo "$FAKE_GCLOUD_ERROR" >&2; exit 1; fi
     if [ -z "$FAKE_TPU_STATE" ]; then
       echo "ERROR: (gcloud) NOT_FOUND: Resource was not found" >&2; exit 1
     fi
@@ -310,6 +312,17 @@ def test_create_stops_at_a_dead_tpu_and_says_how_to_recreate_it(
   assert (f"{what} is {state} and will not come back: delete and recreate it"
           in result.stderr)
   assert "--recreate=yes" in result.stderr
+  assert not calls.exists()
+
+
+def test_create_stops_when_gcloud_cannot_read_the_state(sandbox):
+  env, calls = sandbox
+  error = "ERROR: (gcloud) You do not currently have an active account."
+  result = _run("tpu_create.sh", env=env,
+                settings={**_NEW, "FAKE_GCLOUD_ERROR": f"WARNING: x\n{error}"})
+  assert result.returncode == 2
+  assert (f"error: could not read the state of fake-tpu ({error}); check "
+          "gcloud auth list") in result.stderr
   assert not calls.exists()
 
 
