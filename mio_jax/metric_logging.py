@@ -18,18 +18,127 @@ started and when it paused for evaluations.
 A `log` with a "loss" prints the progress line (step/total, loss, lr,
 images/s, ETA); any other `log` or `log_eval` prints its values. Other
 processes (is_main_process=False) do nothing at all.
+
+Weights & Biases is optional (`wandb=WandbSettings(...)`, built from
+`config.logging` by `wandb_settings(config)`): every `log`/`log_eval` also
+goes to a wandb run, with the run's config recorded and "step" as the x-axis
+of every chart (so that steps logged again after a resume are kept, where
+wandb's own step would drop them). "offline" mode writes the run under
+WORKDIR/wandb for a later `wandb sync`, without network. The run's id is
+kept in WORKDIR/wandb_run_id, so a resumed run continues the same wandb run.
+`wandb` is not a requirement of mio_jax (about a dozen more packages and
+2 s of import): it is imported only when enabled, and a UserError says how
+to install it when it is missing.
 """
+import dataclasses
 import datetime
+import importlib
+import importlib.util
 import json
 import math
 import os
+import secrets
 import time
 from typing import Any, Callable, Mapping, Optional
 
+import ml_collections
 import numpy as np
+
+from mio_jax import errors
 
 METRICS_FILENAME = "metrics.jsonl"
 EVAL_PREFIX = "eval/"
+WANDB_MODES = ("offline", "online")
+# The version the wandb logging was tested with; named in the install hint.
+WANDB_VERSION = "0.31.0"
+WANDB_RUN_ID_FILENAME = "wandb_run_id"
+WANDB_STEP = "step"  # the x-axis of every wandb chart
+
+
+class WandbNotInstalledError(errors.UserError):
+  """W&B logging was asked for, but the `wandb` package is missing."""
+
+  def __init__(self):
+    super().__init__(
+        "config.logging.wandb_project is set but the wandb package is not "
+        f"installed: pip install wandb=={WANDB_VERSION}, or leave "
+        "--config.logging.wandb_project unset.")
+
+
+@dataclasses.dataclass(frozen=True)
+class WandbSettings:
+  """Where and how MetricLogger logs to Weights & Biases.
+
+  run_config: recorded as the wandb run's config (e.g. config.to_dict()).
+  """
+  project: str
+  entity: Optional[str] = None  # None: the user's default entity
+  mode: str = "offline"  # one of WANDB_MODES
+  run_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def check_config(logging_config: ml_collections.ConfigDict) -> None:
+  """Raises a UserError for impossible `config.logging` values.
+
+  Keys in the messages are relative to config.logging. Also checks, without
+  importing it, that wandb is installed when wandb_project is set.
+  """
+  errors.check_one_of("wandb_mode", logging_config.wandb_mode, WANDB_MODES)
+  if (logging_config.wandb_project is not None and
+      importlib.util.find_spec("wandb") is None):
+    raise WandbNotInstalledError()
+
+
+def wandb_settings(config: ml_collections.ConfigDict
+                   ) -> Optional[WandbSettings]:
+  """The W&B settings of `config.logging`; None when wandb_project is unset.
+
+  The whole config is recorded as the run's config.
+
+  Raises:
+    InvalidValueError, WandbNotInstalledError: see `check_config`.
+  """
+  logging_config = config.logging
+  if logging_config.wandb_project is None:
+    return None
+  check_config(logging_config)
+  return WandbSettings(project=logging_config.wandb_project,
+                       entity=logging_config.wandb_entity,
+                       mode=logging_config.wandb_mode,
+                       run_config=config.to_dict())
+
+
+def _import_wandb():
+  try:
+    return importlib.import_module("wandb")
+  except ImportError:
+    raise WandbNotInstalledError() from None
+
+
+def _wandb_run_id(workdir: str, gfile) -> str:
+  """The id of this workdir's wandb run, made and saved on first use."""
+  path = os.path.join(workdir, WANDB_RUN_ID_FILENAME)
+  if gfile.exists(path):
+    with gfile.GFile(path, "r") as f:
+      return f.read().strip()
+  run_id = secrets.token_hex(8)  # 16 of [0-9a-f]: a valid, unique wandb id
+  with gfile.GFile(path, "w") as f:
+    f.write(run_id + "\n")
+  return run_id
+
+
+def _start_wandb_run(workdir: str, settings: WandbSettings, gfile):
+  """A wandb run logging against WANDB_STEP; its files in WORKDIR/wandb."""
+  wandb = _import_wandb()
+  # wandb writes its files locally: under a gs:// workdir, in ./wandb.
+  local_dir = None if "://" in workdir else workdir
+  run = wandb.init(project=settings.project, entity=settings.entity,
+                   mode=settings.mode, dir=local_dir,
+                   config=dict(settings.run_config),
+                   id=_wandb_run_id(workdir, gfile), resume="allow")
+  run.define_metric(WANDB_STEP)
+  run.define_metric("*", step_metric=WANDB_STEP)
+  return run
 
 
 def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -58,6 +167,7 @@ class MetricLogger:
 
   def __init__(self, workdir: str, *, total_steps: int,
                is_main_process: bool = True,
+               wandb: Optional[WandbSettings] = None,
                clock: Callable[[], float] = time.monotonic):
     """Opens the outputs (main process only).
 
@@ -65,7 +175,11 @@ class MetricLogger:
       workdir: directory for metrics.jsonl and the TensorBoard events.
       total_steps: steps of the whole run, for "step N/total" and the ETA.
       is_main_process: False on other processes: every method is a no-op.
+      wandb: also log to this Weights & Biases project; None: off.
       clock: seconds, monotonic; injectable for tests.
+
+    Raises:
+      WandbNotInstalledError: `wandb` given but the package is missing.
     """
     self.total_steps = total_steps
     self.is_main_process = is_main_process
@@ -86,6 +200,8 @@ class MetricLogger:
     self._writer = tf.summary.create_file_writer(workdir)
     self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, METRICS_FILENAME),
                                     "a")
+    self._wandb_run = (None if wandb is None else
+                       _start_wandb_run(workdir, wandb, tf.io.gfile))
     self._closed = False
 
   def log(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -117,6 +233,8 @@ class MetricLogger:
       return
     self._writer.close()
     self._jsonl.close()
+    if self._wandb_run is not None:
+      self._wandb_run.finish()
     self._closed = True
 
   def __enter__(self) -> "MetricLogger":
@@ -140,6 +258,8 @@ class MetricLogger:
         self._tf.summary.write(name, self._tf.constant(value, self._tf.float32),
                                step=int(step), metadata=self._scalar_metadata)
     self._writer.flush()
+    if self._wandb_run is not None:
+      self._wandb_run.log({WANDB_STEP: int(step), **values})
 
   def _print_values(self, step: int, values: dict[str, float]) -> None:
     shown = "  ".join(f"{name} {value:.4f}" for name, value in values.items())
