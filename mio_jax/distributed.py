@@ -199,7 +199,7 @@ def local_device_ids(environ: Mapping[str, str]) -> Optional[list[int]]:
   where JAX takes GPU number SLURM_LOCALID (jax 0.10.2,
   `clusters.ClusterEnv.auto_detect_unset_distributed_params`). That default
   is right when every task of a node sees all of the node's GPUs, and wrong
-  when Slurm gives each task its own GPU (`--gpus-per-task=1` sets
+  when Slurm gives each task its own GPUs (`--gpus-per-task=1` sets
   CUDA_VISIBLE_DEVICES to that one GPU, whose index is then 0, while the 4th
   task asks for index 3) or one task several (`--ntasks-per-node=1` with
   several GPUs: JAX would use the first only). Indices count within
@@ -209,7 +209,8 @@ def local_device_ids(environ: Mapping[str, str]) -> Optional[list[int]]:
   1. JAX_LOCAL_DEVICE_IDS (JAX's own variable, comma-separated) wins; the
      one-node launcher `launch/gpu_run.sh --processes=N` sets it.
   2. Outside a Slurm step, or with CUDA_VISIBLE_DEVICES unset: None.
-  3. One visible GPU: [0].
+  3. The task's own GPUs, all of them: one visible GPU, or as many as
+     SLURM_GPUS_PER_TASK (`--gpus-per-task=2` binds 2 GPUs to each task).
   4. The node's visible GPUs split evenly over its tasks: task
      SLURM_LOCALID takes its consecutive share.
 
@@ -234,8 +235,10 @@ def local_device_ids(environ: Mapping[str, str]) -> Optional[list[int]]:
   tasks = _slurm_tasks_on_this_node(environ)
   if num_visible == 0 or tasks is None:
     return None
-  if num_visible == 1:
-    return [0]
+  # Slurm writes SLURM_GPUS_PER_TASK as "2" or with a GPU type, "a100:2".
+  per_task = environ.get("SLURM_GPUS_PER_TASK", "").rpartition(":")[2]
+  if num_visible == 1 or per_task == str(num_visible):
+    return list(range(num_visible))
   if num_visible % tasks:
     raise errors.InvalidValueError(
         "CUDA_VISIBLE_DEVICES", visible,

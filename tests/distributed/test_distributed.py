@@ -151,6 +151,11 @@ _SLURM_TASK = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16",
     ({**_SLURM_TASK, "CUDA_VISIBLE_DEVICES": "3"}, [0]),
     ({**_SLURM_TASK, "CUDA_VISIBLE_DEVICES": "0"}, [0]),
     ({**_SLURM_TASK, "CUDA_VISIBLE_DEVICES": "GPU-5d1a0c7e"}, [0]),
+    # --ntasks-per-node=4 --gpus-per-task=2: each task sees its own two.
+    ({**_SLURM_TASK, "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
+      "SLURM_GPUS_PER_TASK": "2", "CUDA_VISIBLE_DEVICES": "6,7"}, [0, 1]),
+    ({**_SLURM_TASK, "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
+      "SLURM_GPUS_PER_TASK": "h100:2", "CUDA_VISIBLE_DEVICES": "6,7"}, [0, 1]),
     # --ntasks-per-node=8 --gpus-per-node=8: all tasks see all GPUs.
     ({**_SLURM_TASK, "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, [3]),
     # 4 tasks sharing 8 GPUs: two each.
