@@ -1,0 +1,408 @@
+"""The pair engine under every loss and the pair metrics.
+
+Notation (docs/loss.md): a batch of N images, two views each; `u1`, `u2`
+are the (N, d) projector outputs. Stacked, the 2N rows are numbered 0..N-1
+(view 1) and N..2N-1 (view 2); row i's positive partner is
+p(i) = (i + N) mod 2N. Every row is an *anchor* and also a *key*.
+
+A loss hands the engine a `PairFormula`: which keys an anchor sees, how
+the logits s_ij / tau over those keys reduce to one statistic per anchor,
+and the per-anchor loss built from that statistic and the anchor's
+positive similarity. The engine knows no loss by name.
+
+Rows carry their global ids, so one computation serves the whole batch on
+one device, each device's anchors against all-gathered keys
+(`jax.shard_map` over the mesh's data axis), and blocks of anchors against
+blocks of keys streamed one pair of blocks at a time (`block_size`,
+merging the per-block statistics).
+
+Similarities are computed in float32 (float64 when given float64) whatever
+the input dtype, so bfloat16 models get float32 losses.
+"""
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from mio_jax import errors
+from mio_jax import mesh as mesh_lib
+
+Array = jax.Array
+
+# Rows with a norm below this are divided by it instead of their norm, so an
+# all-zero projection gives a zero unit vector instead of a NaN.
+NORM_EPS = 1e-12
+
+# Full float32 matmuls for the similarities: at default precision TPUs (one
+# bfloat16 pass) and GPUs that allow TF32 round float32 matmul inputs to 8-10
+# mantissa bits, and a 1e-3 similarity error is a 1e-2 logit error at
+# tau = 0.1. The (2N x 2N x d) similarity matmul is tiny next to the encoder,
+# so exactness is cheap.
+SIMILARITY_PRECISION = jax.lax.Precision.HIGHEST
+
+
+# ---- how a loss describes itself --------------------------------------------
+
+
+class KeyReduction(NamedTuple):
+  """How an anchor's logits over its keys become one statistic.
+
+  reduce: (logits (n, m), keep (n, m) bool) -> (n,), over the kept keys.
+    A block with no kept key must give the merge's identity.
+  merge: (num_key_blocks, n) statistics of disjoint key blocks -> (n,).
+  """
+  reduce: Callable[[Array, Array], Array]
+  merge: Callable[[Array], Array]
+
+
+def _logsumexp_over_kept(logits: Array, keep: Array) -> Array:
+  # Dropped keys become -inf before the max-shifted exponentials, so no
+  # exp(logit) is ever formed unshifted; an empty block gives -inf.
+  return jax.nn.logsumexp(jnp.where(keep, logits, -jnp.inf), axis=1)
+
+
+def _softplus_sum_over_kept(logits: Array, keep: Array) -> Array:
+  return jnp.sum(jnp.where(keep, jax.nn.softplus(logits), 0.0), axis=1)
+
+
+LOGSUMEXP = KeyReduction(reduce=_logsumexp_over_kept,
+                         merge=functools.partial(jax.nn.logsumexp, axis=0))
+SOFTPLUS_SUM = KeyReduction(reduce=_softplus_sum_over_kept,
+                            merge=functools.partial(jnp.sum, axis=0))
+
+
+@dataclasses.dataclass(frozen=True)
+class PairFormula:
+  """One loss as the engine computes it; the batch loss is the mean of l_i.
+
+  l_i = anchor_loss(key_stat_i, s_{i,p(i)}, num_images=N, dim=d), where
+  key_stat_i = key_reduction over the keys j != i (and j != p(i) when
+  exclude_partner) of s_ij / key_temperature.
+
+  anchor_loss: ((n,) key statistics, (n,) positive cosine similarities,
+    *, num_images, dim) -> (n,) per-anchor losses.
+  """
+  exclude_partner: bool
+  key_reduction: KeyReduction
+  key_temperature: Any  # a float, or a traced scalar inside jit
+  anchor_loss: Callable[..., Array]
+
+
+# ---- checks -----------------------------------------------------------------
+
+
+def check_hyperparameter(key: str, value, *, allow_zero: bool = False) -> None:
+  """`errors.check_positive` for a value known at trace time; traced
+  values (a temperature passed through jit) are not checked."""
+  if not isinstance(value, jax.core.Tracer):
+    errors.check_positive(key, value, allow_zero=allow_zero)
+
+
+def check_block_size_option(block_size: Optional[int]) -> None:
+  """Raises InvalidValueError unless block_size is None or an integer > 0."""
+  if block_size is not None and not (isinstance(block_size, int)
+                                     and block_size > 0):
+    raise errors.InvalidValueError(
+        "block_size", block_size, "must be None or a positive integer",
+        "set {key} to a divisor of the images per device, or leave it None "
+        "for the dense loss")
+
+
+def check_block_size(block_size: Optional[int], *, num_images: int,
+                     num_devices: int = 1) -> None:
+  """Raises InvalidValueError unless blocks tile each device's images.
+
+  Each device streams its own n = num_images / num_devices anchor images
+  against all num_images keys in blocks of block_size images, so
+  block_size must divide n (then it divides num_images too).
+  """
+  check_block_size_option(block_size)
+  images_per_device = num_images // num_devices
+  if block_size is None or images_per_device % block_size == 0:
+    return
+  divisor = max(b for b in range(1, min(block_size, images_per_device) + 1)
+                if images_per_device % b == 0)
+  where = (f"the batch of {num_images} images" if num_devices == 1 else
+           f"the {images_per_device} images per device (batch {num_images} "
+           f"over {num_devices} devices)")
+  raise errors.InvalidValueError(
+      "block_size", block_size, f"does not divide {where}",
+      f"use a divisor of {images_per_device}, e.g. {{key}}={divisor}, or "
+      "None for the dense loss")
+
+
+def check_views(u1: Array, u2: Array) -> int:
+  """Validates the view shapes (static) and returns N, the images per view."""
+  if u1.ndim != 2 or u1.shape != u2.shape:
+    raise ValueError(
+        "u1 and u2 must both have shape (N, d); got "
+        f"{u1.shape} and {u2.shape}.")
+  if u1.shape[0] < 2:
+    raise ValueError(
+        f"a pair loss needs at least 2 images per batch (got N={u1.shape[0]}): "
+        "with one image there are no negative pairs.")
+  return u1.shape[0]
+
+
+# ---- rows, similarities, masks ----------------------------------------------
+
+
+def compute_dtype(x: Array) -> jnp.dtype:
+  """float32 for bfloat16/float16/float32 inputs, float64 for float64."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def normalize_rows(u: Array) -> Array:
+  """u / max(||u||, eps) row-wise, in float32 (or float64) precision."""
+  u = u.astype(compute_dtype(u))
+  # sqrt(max(|u|^2, eps^2)) = max(|u|, eps), but with a finite gradient at 0.
+  squared_norm = jnp.sum(u * u, axis=-1, keepdims=True)
+  return u * jax.lax.rsqrt(jnp.maximum(squared_norm, NORM_EPS**2))
+
+
+def similarities(a: Array, b: Array) -> Array:
+  """(n, m) dot products of the rows of a and b at full precision."""
+  return jnp.matmul(a, b.T, precision=SIMILARITY_PRECISION)
+
+
+def key_mask(anchor_ids: Array, key_ids: Array, *, num_images: int,
+             exclude_partner: bool) -> Array:
+  """(n, m) bool: True where key j counts for anchor i (never j = i)."""
+  anchor_ids = anchor_ids[:, None]
+  key_ids = key_ids[None, :]
+  keep = key_ids != anchor_ids
+  if exclude_partner:
+    keep &= key_ids != (anchor_ids + num_images) % (2 * num_images)
+  return keep
+
+
+class Views(NamedTuple):
+  """Unit vectors one device works on: its anchor images and every key.
+
+  On one device the anchors are the whole batch; inside shard_map they are
+  the device's n images and the keys are all-gathered from every device.
+  """
+  anchors1: Array  # (n, d) view 1 of the anchor images
+  anchors2: Array  # (n, d) view 2
+  keys1: Array  # (N, d) view 1 of every image
+  keys2: Array  # (N, d) view 2
+  first_image: Any  # global index of the anchors' image 0 (traced per device)
+
+  @property
+  def num_images(self) -> int:
+    return self.keys1.shape[0]
+
+  @property
+  def num_anchor_images(self) -> int:
+    return self.anchors1.shape[0]
+
+
+def device_views(u1_local: Array, u2_local: Array,
+                 axis_name: Optional[str]) -> Views:
+  """Normalised views of this device's rows against all rows as keys.
+
+  axis_name None: no mesh axis, the rows are the whole batch. Otherwise
+  (inside shard_map) each device holds the same number n of images, rows
+  [axis_index * n, (axis_index + 1) * n) of the global batch; the keys are
+  all-gathered, and gradients flow back through the all-gather (its
+  transpose is a reduce-scatter).
+  """
+  if u1_local.ndim != 2 or u1_local.shape != u2_local.shape:
+    raise ValueError("u1 and u2 must both have shape (n, d) per device; got "
+                     f"{u1_local.shape} and {u2_local.shape}.")
+  z1, z2 = normalize_rows(u1_local), normalize_rows(u2_local)
+  if axis_name is None:
+    views = Views(z1, z2, z1, z2, 0)
+  else:
+    gather = functools.partial(jax.lax.all_gather, axis_name=axis_name,
+                               tiled=True)
+    views = Views(z1, z2, gather(z1), gather(z2),
+                  jax.lax.axis_index(axis_name) * z1.shape[0])
+  if views.num_images < 2:
+    raise ValueError(
+        f"a pair loss needs at least 2 images per batch (got N="
+        f"{views.num_images}): with one image there are no negative pairs.")
+  return views
+
+
+def psum(x: Any, axis_name: Optional[str]) -> Any:
+  """lax.psum over the mesh axis; the identity without one."""
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+# ---- streaming over blocks --------------------------------------------------
+
+
+def _map_image_blocks(block_fn: Callable[[Any, int], Any], num_images: int,
+                      block_size: Optional[int]) -> Any:
+  """block_fn(start, size) over consecutive image blocks, outputs stacked.
+
+  block_size None is one block of all images (the dense computation). With
+  an integer, blocks run one after the other (`lax.map`), and
+  `jax.checkpoint` makes the backward pass recompute each block's
+  intermediates (its logits) instead of storing them for every block.
+  """
+  if block_size is None:
+    return jax.tree.map(lambda x: x[None], block_fn(0, num_images))
+  return jax.lax.map(
+      jax.checkpoint(lambda index: block_fn(index * block_size, block_size)),
+      jnp.arange(num_images // block_size))
+
+
+def _view_rows(view1: Array, view2: Array, start, size: int, *, first_image,
+               num_images: int) -> Tuple[Array, Array]:
+  """Images [start, start + size) of two (n, d) view arrays as 2 * size rows.
+
+  Returns the rows (view 1 then view 2) and their global row ids;
+  `first_image` is the global batch index of the arrays' row 0.
+  """
+  images = first_image + start + jnp.arange(size)
+  rows = [jax.lax.dynamic_slice_in_dim(z, start, size) for z in (view1, view2)]
+  return jnp.concatenate(rows), jnp.concatenate([images, images + num_images])
+
+
+class AnchorBlock(NamedTuple):
+  """2b anchor rows (b images, view 1 then view 2) and their partners."""
+  anchors: Array  # (2b, d) unit vectors z_i
+  ids: Array  # (2b,) global row ids i
+  partners: Array  # (2b, d) unit vectors z_p(i), row by row
+
+  def positive_similarities(self) -> Array:
+    """(2b,) s_{i,p(i)}."""
+    return jnp.sum(self.anchors * self.partners, axis=1)
+
+
+def map_anchor_blocks(block_fn: Callable[[AnchorBlock], Any], views: Views,
+                      block_size: Optional[int]) -> Any:
+  """block_fn over blocks of block_size anchor images, outputs stacked.
+
+  Raises InvalidValueError unless block_size (None or an integer) divides
+  the anchor images (the images per device).
+  """
+  check_block_size(block_size, num_images=views.num_images,
+                   num_devices=views.num_images // views.num_anchor_images)
+  rows = functools.partial(_view_rows, first_image=views.first_image,
+                           num_images=views.num_images)
+
+  def one_block(start, size):
+    anchors, ids = rows(views.anchors1, views.anchors2, start, size)
+    partners, _ = rows(views.anchors2, views.anchors1, start, size)
+    return block_fn(AnchorBlock(anchors, ids, partners))
+
+  return _map_image_blocks(one_block, views.num_anchor_images, block_size)
+
+
+def map_key_blocks(block_fn: Callable[[Array, Array], Any], views: Views,
+                   block_size: Optional[int]) -> Any:
+  """block_fn(keys (2b, d), key_ids (2b,)) over blocks of block_size key
+  images of the whole batch, outputs stacked."""
+  rows = functools.partial(_view_rows, first_image=0,
+                           num_images=views.num_images)
+  return _map_image_blocks(
+      lambda start, size: block_fn(*rows(views.keys1, views.keys2, start,
+                                         size)),
+      views.num_images, block_size)
+
+
+# ---- the loss -----------------------------------------------------------------
+
+
+def summed_anchor_losses(views: Views, formula: PairFormula,
+                         block_size: Optional[int]) -> Array:
+  """Sum of l_i over the views' 2n anchors.
+
+  block_size: None computes all (2n, 2N) logits at once. An integer
+  dividing n takes block_size images at a time, anchor blocks against key
+  blocks: one (2b, 2b) logit block lives at a time and the backward pass
+  keeps O(N) values per anchor block. Same value and gradients.
+  """
+  num_images = views.num_images
+  reduction = formula.key_reduction
+
+  def anchor_block_loss(block: AnchorBlock) -> Array:
+    def key_block_statistic(keys, key_ids):
+      logits = similarities(block.anchors, keys) / formula.key_temperature
+      keep = key_mask(block.ids, key_ids, num_images=num_images,
+                      exclude_partner=formula.exclude_partner)
+      return reduction.reduce(logits, keep)
+
+    key_stat = reduction.merge(
+        map_key_blocks(key_block_statistic, views, block_size))
+    return jnp.sum(formula.anchor_loss(
+        key_stat, block.positive_similarities(), num_images=num_images,
+        dim=block.anchors.shape[1]))
+
+  return jnp.sum(map_anchor_blocks(anchor_block_loss, views, block_size))
+
+
+def device_pair_loss(u1_local: Array, u2_local: Array, formula: PairFormula, *,
+                     axis_name: Optional[str],
+                     block_size: Optional[int]) -> Array:
+  """The global batch loss from this device's rows (see `device_views`).
+
+  Each device computes the losses of its own 2n anchors against all 2N
+  keys; the psum of those sums over the axis, divided by 2N, is the global
+  loss, identical on every device. `jax.grad` of this inside shard_map
+  gives each device the global loss's gradient for its own rows.
+  """
+  views = device_views(u1_local, u2_local, axis_name)
+  total = psum(summed_anchor_losses(views, formula, block_size), axis_name)
+  return total / (2 * views.num_images)
+
+
+# ---- splitting the anchors over the devices -----------------------------------
+
+
+def data_devices(mesh: Optional[Mesh]) -> int:
+  """The number of devices along the mesh's data axis (1 without a mesh)."""
+  if mesh is None:
+    return 1
+  if mesh_lib.DATA_AXIS not in mesh.axis_names:
+    raise ValueError(f"the mesh has axes {mesh.axis_names}, none named "
+                     f"{mesh_lib.DATA_AXIS!r}; build it with "
+                     "mio_jax.mesh.make_data_mesh.")
+  return mesh.shape[mesh_lib.DATA_AXIS]
+
+
+def split_over_devices(device_fn: Callable[..., Any], u1: Array, u2: Array, *,
+                       mesh: Optional[Mesh]) -> Any:
+  """device_fn(u1_local, u2_local, axis_name=...) -> global result, run so
+  that each device of the data axis handles its own rows.
+
+  With no mesh or one device along the data axis, device_fn sees the whole
+  batch with axis_name None. Otherwise the (N, d) views are split over the
+  data axis by `jax.shard_map` (N must divide evenly) and device_fn must
+  return values that are the same on every device (psum-ed).
+  """
+  num_devices = data_devices(mesh)
+  if num_devices == 1:
+    return device_fn(u1, u2, axis_name=None)
+  if u1.shape[0] % num_devices:
+    raise ValueError(
+        f"a batch of {u1.shape[0]} images does not split over the "
+        f"{num_devices} devices of the mesh's data axis; use a multiple of "
+        f"{num_devices}.")
+  batch = P(mesh_lib.DATA_AXIS)
+  return jax.shard_map(
+      functools.partial(device_fn, axis_name=mesh_lib.DATA_AXIS), mesh=mesh,
+      in_specs=(batch, batch), out_specs=P())(u1, u2)
+
+
+def pair_loss(u1: Array, u2: Array, formula: PairFormula, *,
+              block_size: Optional[int] = None,
+              mesh: Optional[Mesh] = None) -> Array:
+  """The batch loss mean_i l_i of `formula` on (N, d) views u1, u2.
+
+  mesh: with several devices along its data axis, each device takes the
+  anchors of its own N / D images (`split_over_devices`); block_size then
+  must divide N / D. Same value and gradients as on one device.
+  Returns a float32 scalar (float64 for float64 inputs).
+  """
+  check_views(u1, u2)
+  return split_over_devices(
+      functools.partial(device_pair_loss, formula=formula,
+                        block_size=block_size), u1, u2, mesh=mesh)
