@@ -28,7 +28,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) -m mio_jax.demo
+	$(PY) -m mio_jax.cli.demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -59,9 +59,8 @@ if max(_DEVICE_COUNTS) > 1:
 import jax
 from bench_util import cost_flops, emit, matmul_peak, memory_bytes, time_repeats
 from mio_jax import config_base
-from mio_jax import losses
 from mio_jax import mesh as mesh_lib
-from mio_jax import models
+from mio_jax import run as run_lib
 from mio_jax import synthetic
 from mio_jax import train
 
@@ -87,12 +86,10 @@ def benchmark_config(args: argparse.Namespace, batch_size: int):
 
 
 def measure(args, config, mesh, peak_gflop_s: float) -> dict:
-  state = train.create_train_state(config, mesh,
-                                   steps_per_epoch=STEPS_PER_EPOCH)
+  run = run_lib.build_run(config, mesh, steps_per_epoch=STEPS_PER_EPOCH)
+  state = train.init_state(run)
   batch = synthetic.synthetic_batch(config, mesh, 0)
-  compiled = train.make_train_step(
-      config, mesh, steps_per_epoch=STEPS_PER_EPOCH).lower(state,
-                                                           batch).compile()
+  compiled = train.make_train_step(run).lower(state, batch).compile()
   step_flops = cost_flops(compiled) * mesh.size
   planned_bytes = memory_bytes(compiled)["peak"]  # per device
   holder = [state]
@@ -136,16 +133,13 @@ def measure_parts(args, config, mesh) -> dict:
   without the optimizer update and the metrics: the differences to the full
   step time say what those cost.
   """
-  state = train.create_train_state(config, mesh,
-                                   steps_per_epoch=STEPS_PER_EPOCH)
+  run = run_lib.build_run(config, mesh, steps_per_epoch=STEPS_PER_EPOCH)
+  state = train.init_state(run)
   batch = synthetic.synthetic_batch(config, mesh, 0)
-  model = models.build_model(config.model, dtype=config.dtype)
-  loss_fn = losses.make_loss(config.loss, temperature=config.temperature,
-                             block_size=config.loss_block_size)
 
   def loss(params):
-    return train.training_objective(model, params, state.batch_stats, batch,
-                                    loss_fn)[0]
+    return train.training_objective(run.model, params, state.batch_stats,
+                                    batch, run.loss_fn)[0]
 
   parts = {"forward": jax.jit(loss), "forward_backward": jax.jit(
       jax.value_and_grad(loss))}

@@ -1,14 +1,15 @@
-"""Orbax checkpoints of the TrainState: periodic, asynchronous, resumable.
+"""Orbax checkpoints of a run: periodic, asynchronous, resumable, guarded.
 
 Checkpoints live in `<workdir>/checkpoints/<step>/` (Orbax step folders,
 written atomically: a run killed mid-save leaves the previous ones intact).
-Next to them, `run_metadata.json` records the model, loss and optimizer the
-checkpoints belong to, so that resuming with another model fails with a clear
-message instead of a shape error deep inside Orbax. No pickle anywhere: the
-state is a pytree of arrays (the rng is stored as its uint32 key data).
+Next to them, `run_metadata.json` records the settings the checkpoints were
+made with, so resuming with another model, data set, batch, loss, optimizer
+or schedule stops with one line naming the key instead of silently changing
+the run (or failing with a shape error deep inside Orbax). No pickle
+anywhere: the state is a pytree of arrays (the rng as its uint32 key data).
 """
 import json
-from typing import Any, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import jax
 import ml_collections
@@ -16,14 +17,36 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import Mesh
 
-from mio_jax import train
+from mio_jax import errors
+from mio_jax import files
+from mio_jax import mesh as mesh_lib
+from mio_jax import models
 
 CHECKPOINT_SUBDIR = "checkpoints"
 METADATA_FILE = "run_metadata.json"
+# Orbax's name for the single item each step folder holds.
+_ITEM = "default"
+
+# The state's shapes: never allowed to change.
+ARCHITECTURE_KEYS = (
+    "model.name", "model.stem", "model.width_multiplier",
+    "model.projector_num_layers", "model.projector_hidden_dim",
+    "model.projector_output_dim", "model.projector_last_bn")
+# What decides the update of step i: changed only when the user says so
+# (config.resume_allow_changes), and then recorded in the metadata.
+RECIPE_KEYS = (
+    "dataset.name", "dataset.image_size", "batch_size", "seed", "loss",
+    "temperature", "negative_temperature", "reg_weight", "optimizer.name",
+    "optimizer.base_lr", "online_probe.enabled", "total_steps",
+    "steps_per_epoch")
 
 
-class CheckpointMismatchError(RuntimeError):
-  """The checkpoints in the workdir belong to another model/loss/optimizer."""
+class CheckpointMismatchError(errors.UserError):
+  """The workdir's checkpoints were made with other settings."""
+
+
+class NoCheckpointError(errors.UserError):
+  """An evaluation was asked for, but the workdir holds no checkpoint."""
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
@@ -33,39 +56,102 @@ def checkpoint_dir(workdir: str) -> epath.Path:
   return path if "://" in str(workdir) else path.absolute()
 
 
-def run_metadata(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """What must not change between a checkpoint and the run resuming it."""
-  metadata = {"model": config.model.to_dict(), "loss": config.loss,
-              "optimizer": config.optimizer.name}
-  return json.loads(json.dumps(metadata))  # tuples -> lists, as when re-read
+def _config_value(config: ml_collections.ConfigDict, key: str):
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  return value
+
+
+def run_settings(config: ml_collections.ConfigDict, *,
+                 steps_per_epoch: Optional[int] = None,
+                 total_steps: Optional[int] = None) -> dict[str, Any]:
+  """The settings recorded with the checkpoints, flat "a.b" keys.
+
+  steps_per_epoch and total_steps are the run's effective values (known once
+  the data set is read); None leaves them out.
+  """
+  settings = {key: _config_value(config, key)
+              for key in ARCHITECTURE_KEYS + RECIPE_KEYS[:-2]}
+  if steps_per_epoch is not None:
+    settings["steps_per_epoch"] = int(steps_per_epoch)
+  if total_steps is not None:
+    settings["total_steps"] = int(total_steps)
+  return json.loads(json.dumps(settings))  # tuples -> lists, as when re-read
+
+
+def _stored_settings(metadata: Mapping[str, Any]) -> dict[str, Any]:
+  """Settings of a metadata file, also of the first build's format."""
+  if "settings" in metadata:
+    return dict(metadata["settings"])
+  # First build: {"model": {...}, "loss": ..., "optimizer": name}.
+  settings = {f"model.{k}": v for k, v in metadata.get("model", {}).items()
+              if f"model.{k}" in ARCHITECTURE_KEYS}
+  if "loss" in metadata:
+    settings["loss"] = metadata["loss"]
+  if "optimizer" in metadata:
+    settings["optimizer.name"] = metadata["optimizer"]
+  return settings
 
 
 def read_metadata(workdir: str) -> Optional[dict[str, Any]]:
-  """The run metadata stored with the checkpoints of `workdir`, or None."""
-  path = checkpoint_dir(workdir) / METADATA_FILE
-  return json.loads(path.read_text()) if path.exists() else None
+  """The metadata stored with the checkpoints of `workdir`, or None."""
+  return files.read_json(checkpoint_dir(workdir) / METADATA_FILE)
 
 
-def metadata_mismatch(workdir: str,
-                      config: ml_collections.ConfigDict) -> str:
-  """How workdir's checkpoints differ from `config` ("" if they do not)."""
-  stored, expected = read_metadata(workdir), run_metadata(config)
-  if stored is None or stored == expected:
-    return ""
-  return "; ".join(
-      f"{key}: checkpoint {stored.get(key)!r}, config {expected.get(key)!r}"
-      for key in sorted(set(stored) | set(expected))
-      if stored.get(key) != expected.get(key))
+def allowed_changes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The recipe keys config.resume_allow_changes names (checked)."""
+  allowed = tuple(k.strip() for k in config.resume_allow_changes.split(",")
+                  if k.strip())
+  for key in allowed:
+    errors.check_one_of("resume_allow_changes", key, RECIPE_KEYS)
+  return allowed
 
 
-def check_metadata(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Raises CheckpointMismatchError if workdir's checkpoints are another run's."""
-  mismatch = metadata_mismatch(workdir, config)
-  if mismatch:
+def changed_settings(workdir: str, current: Mapping[str, Any],
+                     keys: Iterable[str]) -> list[tuple[str, Any, Any]]:
+  """(key, stored, current) for each of `keys` the checkpoints disagree on.
+
+  Keys missing on either side are not compared.
+  """
+  metadata = read_metadata(workdir)
+  if metadata is None:
+    return []
+  stored = _stored_settings(metadata)
+  return [(key, stored[key], current[key]) for key in keys
+          if key in stored and key in current and stored[key] != current[key]]
+
+
+def check_resume(workdir: str, config: ml_collections.ConfigDict, *,
+                 steps_per_epoch: Optional[int] = None,
+                 total_steps: Optional[int] = None,
+                 architecture_only: bool = False) -> list[tuple[str, Any, Any]]:
+  """Raises CheckpointMismatchError unless `config` may use workdir's checkpoints.
+
+  The architecture must match; with architecture_only False (resuming
+  training), so must the recipe keys, except those in
+  config.resume_allow_changes. Returns the allowed changes found.
+  """
+  current = run_settings(config, steps_per_epoch=steps_per_epoch,
+                         total_steps=total_steps)
+  keys = ARCHITECTURE_KEYS if architecture_only else (ARCHITECTURE_KEYS
+                                                      + RECIPE_KEYS)
+  changes = changed_settings(workdir, current, keys)
+  allowed = () if architecture_only else allowed_changes(config)
+  refused = [c for c in changes if c[0] not in allowed]
+  if refused:
+    key, stored, new = refused[0]
+    fix = ("use a new --workdir or the checkpoint's model" if key in
+           ARCHITECTURE_KEYS else
+           f"use a new --workdir, set config.{key} back, or pass "
+           f"--config.resume_allow_changes={key} to change it on purpose")
+    what = "another model" if key in ARCHITECTURE_KEYS else "another recipe"
     raise CheckpointMismatchError(
-        f"The checkpoints in {checkpoint_dir(workdir)} come from another run "
-        f"({mismatch}). Use a new --workdir, or the config the checkpoints "
-        "were made with.")
+        f"the checkpoints in {checkpoint_dir(workdir)} are of {what}: made "
+        f"with config.{key}={stored!r}, this run has {new!r}"
+        + (f" (and {len(refused) - 1} more differences)"
+           if len(refused) > 1 else "") + f"; {fix}")
+  return changes
 
 
 class Checkpointer:
@@ -75,21 +161,41 @@ class Checkpointer:
   Every process must call `save`/`restore` (Orbax coordinates the hosts).
   """
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
-    check_metadata(workdir, config)
+  def __init__(self, workdir: str, *, settings: Mapping[str, Any],
+               keep: int, allowed_changes: Iterable[tuple[str, Any, Any]] = ()):
+    """settings: `run_settings(...)` of this run, written with the first save.
+
+    allowed_changes: (key, stored, new) accepted by `check_resume`; recorded
+    in the metadata with the step they took effect at.
+    """
     self.directory = checkpoint_dir(workdir)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.keep_checkpoints, create=True,
-            enable_async_checkpointing=True))
-    self._metadata = run_metadata(config)
+            max_to_keep=keep, create=True, enable_async_checkpointing=True))
+    self._settings = dict(settings)
+    self._allowed_changes = list(allowed_changes)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
+
+  def _write_metadata(self) -> None:
+    path = self.directory / METADATA_FILE
+    metadata = files.read_json(path) or {"settings": self._settings,
+                                         "changes": []}
+    if self._allowed_changes:
+      step = self.latest_step()
+      metadata = {"settings": self._settings, "changes": metadata.get(
+          "changes", []) + [{"key": k, "from": old, "to": new,
+                             "from_step": step}
+                            for k, old, new in self._allowed_changes]}
+      self._allowed_changes = []
+    elif path.exists():
+      return
+    files.write_json(path, metadata)
 
   def save(self, state: Any) -> bool:
     """Starts saving `state` at its step; False if that step is already saved."""
@@ -98,9 +204,8 @@ class Checkpointer:
       return False
     # Written with the first checkpoint: a run that saved nothing claims
     # nothing, so its workdir may be reused with another model.
-    metadata_path = self.directory / METADATA_FILE
-    if jax.process_index() == 0 and not metadata_path.exists():
-      metadata_path.write_text(json.dumps(self._metadata, indent=2))
+    if jax.process_index() == 0:
+      self._write_metadata()
     # force: the caller decides when to save (Orbax would otherwise skip a
     # save while the previous asynchronous one is still being written).
     return self._manager.save(step, args=ocp.args.StandardSave(state),
@@ -110,14 +215,14 @@ class Checkpointer:
     """The state saved at `step` (default: latest), shaped/sharded like target."""
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+      raise NoCheckpointError(f"no checkpoint in {self.directory}")
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(target))
     except (ValueError, KeyError, TypeError) as error:
       raise CheckpointMismatchError(
-          f"Checkpoint {self.directory / str(step)} does not match the state "
-          f"of this config ({type(error).__name__}: {error}). Use a new "
-          "--workdir, or the config the checkpoint was made with.") from error
+          f"checkpoint {self.directory / str(step)} does not match the state "
+          f"of this config ({type(error).__name__}: {error}); use a new "
+          "--workdir, or the config the checkpoint was made with") from error
 
   def wait(self) -> None:
     """Blocks until background saves have finished."""
@@ -128,25 +233,57 @@ class Checkpointer:
     self._manager.close()
 
 
-def restore_latest_or_fail(config: ml_collections.ConfigDict, workdir: str,
-                           mesh: Mesh, *,
-                           steps_per_epoch: int) -> train.TrainState:
-  """The latest TrainState saved in workdir (for evaluation-only modes).
-
-  steps_per_epoch: as in pretraining (it shapes the learning-rate schedule of
-  the fresh state the checkpoint is restored into).
-  """
+def saved_steps(workdir: str) -> list[int]:
+  """The steps saved in workdir, ascending (no folder is created)."""
   directory = checkpoint_dir(workdir)
-  # Checked before opening a Checkpointer, which would create the directory.
-  if not directory.exists() or not any(p.name.isdigit()
-                                       for p in directory.iterdir()):
-    raise FileNotFoundError(
-        f"No checkpoint in {directory}: pretrain first (--config.mode="
-        "pretrain or all with this --workdir).")
-  checkpointer = Checkpointer(workdir, config)
+  if not directory.exists():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def restore_variables(workdir: str, config: ml_collections.ConfigDict,
+                      mesh: Mesh, *, step: Optional[int] = None
+                      ) -> tuple[int, dict[str, Any]]:
+  """(step, {"params", "batch_stats"}) of a saved step, for evaluation.
+
+  Restores only the encoder (not the optimizer state), replicated on mesh;
+  the template comes from `jax.eval_shape` of the model's init, so neither
+  the data set nor the schedule is needed. step: default the latest.
+  Raises NoCheckpointError (none, or not that step) and
+  CheckpointMismatchError (another architecture).
+  """
+  steps = saved_steps(workdir)
+  if not steps:
+    raise NoCheckpointError(
+        f"no checkpoint in {checkpoint_dir(workdir)}; pretrain first "
+        "(--mode=pretrain or all with this --workdir)")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise NoCheckpointError(
+        f"step {step} is not saved in {checkpoint_dir(workdir)}; saved "
+        f"steps: {', '.join(map(str, steps))}")
+  check_resume(workdir, config, architecture_only=True)
+  model = models.build_model(config.model, dtype=config.dtype)
+  shapes = jax.eval_shape(lambda: models.init_variables(
+      model, jax.random.key(0), image_size=config.dataset.image_size))
+  replicated = mesh_lib.replicated_sharding(mesh)
+  target = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+      shapes)
+  target["step"] = jax.ShapeDtypeStruct((), jax.numpy.int32,
+                                        sharding=replicated)
+  path = checkpoint_dir(workdir) / str(step) / _ITEM
   try:
-    target = train.create_train_state(config, mesh,
-                                      steps_per_epoch=steps_per_epoch)
-    return checkpointer.restore(target)
-  finally:
-    checkpointer.close()
+    # The low-level checkpointer: a CheckpointManager refuses to read an
+    # item saved by StandardSave through the partial-restore arguments.
+    restored = ocp.PyTreeCheckpointer().restore(
+        path, args=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+  except (ValueError, KeyError, TypeError) as error:
+    raise CheckpointMismatchError(
+        f"checkpoint {path} does not hold this config's encoder "
+        f"({type(error).__name__}: {error}); use the config it was made "
+        "with") from error
+  return int(restored.pop("step")), restored

@@ -26,6 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Where TFDS finds archives it cannot download (tiny_imagenet, imagenet*).
   c.dataset.manual_dir = config_dict.placeholder(str)
   c.dataset.image_size = 32  # side of the square crops fed to the network
+  # TFDS split expression pretraining reads (e.g. "train[:80%]", "train");
+  # None: the data set's default (STL-10: train+unlabelled).
+  c.dataset.pretrain_split = config_dict.placeholder(str)
   # image_folder only: DIR holding train/<class>/<image> (and optionally
   # test/<class>/<image>); prepared into data_dir on first use.
   c.dataset.path = config_dict.placeholder(str)
@@ -64,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.projector_hidden_dim = 2048
   c.model.projector_output_dim = 128
   c.model.projector_last_bn = True  # BatchNorm on the last projector layer too (public MIO code)
+  # BatchNorm statistics of the two views: "joint" (one pass over both, as
+  # SimCLR) or "per_view" (two passes, as the public MIO code).
+  c.bn_views = "joint"
   c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params, loss, optimizer stay float32)
 
   # ---- loss -------------------------------------------------------------
@@ -82,6 +88,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.base_lr = 1.0
   c.optimizer.lr_scaling = "linear"  # linear: lr = base_lr * batch_size / 256 | none
   c.optimizer.warmup_epochs = 10.0
+  c.optimizer.warmup_start_lr = 0.0  # lr at step 0, rising linearly to the peak
+  c.optimizer.final_lr = 0.0  # lr at the end of the cosine
+  # Epochs of the cosine horizon; None: the run's length. Longer than the
+  # run stops part-way down the cosine (the public code: 250 of 1,000).
+  c.optimizer.schedule_epochs = config_dict.placeholder(float)
   c.optimizer.weight_decay = 1e-6
   c.optimizer.momentum = 0.9
   c.optimizer.trust_coefficient = 0.001  # LARS eta
@@ -89,13 +100,24 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.batch_size = 512  # global, over all devices and processes
   c.num_epochs = 200
-  c.total_steps = -1  # > 0 overrides num_epochs
+  c.total_steps = config_dict.placeholder(int)  # None: num_epochs epochs; else > 0
 
   # ---- checkpoints, logging, monitoring ---------------------------------
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  # Comma-separated recipe keys a resumed run may change on purpose (e.g.
+  # "total_steps" to train longer); any other change to the settings the
+  # checkpoints were made with stops the run (checkpointing.RECIPE_KEYS).
+  c.resume_allow_changes = ""
   c.log_every_steps = 50
   c.online_eval_every_steps = 0  # kNN on the eval split during pretraining; 0 disables
+  # A linear classifier on the stop-gradient backbone features of both views,
+  # trained inside the pretraining step on its labelled rows with its own
+  # optimizer (BYOL, solo-learn); its accuracy is logged every log step.
+  # It never changes the encoder.
+  c.online_probe = ml_collections.ConfigDict()
+  c.online_probe.enabled = True
+  c.online_probe.lr = 0.1  # SGD, momentum 0.9, constant (solo-learn's 0.1)
   # Weights & Biases, beside metrics.jsonl and the TensorBoard events (which
   # stay): off unless wandb_project is set (needs `pip install wandb`).
   c.logging = ml_collections.ConfigDict()
@@ -105,6 +127,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- evaluation of the frozen encoder ---------------------------------
   c.eval = ml_collections.ConfigDict()
+  # The saved step the evaluation modes restore; None: the latest.
+  c.eval.step = config_dict.placeholder(int)
+  # An exported encoder (python -m mio_jax.cli.export) to evaluate instead
+  # of the workdir's checkpoints.
+  c.eval.encoder_file = config_dict.placeholder(str)
   c.eval.batch_size = 512
   c.eval.linear_epochs = 100
   c.eval.linear_lr = 0.1

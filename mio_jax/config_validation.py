@@ -1,131 +1,145 @@
 """Checks a config and workdir before any work starts.
 
-Every problem is a `ConfigError` whose message is one line naming the key,
-the bad value and the fix, so `main` can print it and exit with status 2.
+Each module checks its own settings (`models.check_config`,
+`optim.check_config`, `losses.make_loss`, ...) and raises
+`errors.InvalidValueError` with the key relative to its section; this
+module only runs those checks, reports the key under its config path
+(`config.model.stem`, fix `--config.model.stem=...`) and checks what spans
+modules (the batch against the device count and the loss blocks). Every
+problem is a `ConfigError`: one line naming the key, the bad value and the
+fix, which the command line prints before exiting with status 2.
 """
-import os
+import contextlib
 import uuid
-from typing import Iterable, Optional
+from typing import Optional
 
 import ml_collections
-import tensorflow as tf
+from etils import epath
 
 from mio_jax import checkpointing
 from mio_jax import data
+from mio_jax import errors
+from mio_jax import experiment
 from mio_jax import losses
 from mio_jax import models
 from mio_jax import optim
+from mio_jax import train
 from mio_jax.data import augment
 
-MODES = ("pretrain", "linear_eval", "knn_eval", "fewshot_eval", "all")
-STEMS = ("cifar", "imagenet")
-DTYPES = ("float32", "bfloat16")
-LR_SCALINGS = ("linear", "none")
 
-
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A config value or workdir that cannot work; the message says the fix."""
 
 
-def _one_of(key: str, value, valid: Iterable[str]) -> None:
-  valid = tuple(valid)
-  if value not in valid:
+@contextlib.contextmanager
+def _section(prefix: str = ""):
+  """Reports an InvalidValueError of the block under `config.<prefix>`."""
+  try:
+    yield
+  except errors.InvalidValueError as error:
+    key = prefix + error.key
+    raise ConfigError(error.describe(f"config.{key}", f"--config.{key}")
+                      ) from None
+
+
+def _divisible(key: str, value: int, divisor: int, what: str) -> None:
+  if value % divisor:
+    lower = max(divisor, value // divisor * divisor)
     raise ConfigError(
-        f"config.{key}={value!r} is not one of {', '.join(map(repr, valid))}; "
-        f"pass e.g. --config.{key}={valid[0]}")
-
-
-def _positive(key: str, value, *, allow_zero: bool = False) -> None:
-  if value is None or (value < 0 if allow_zero else value <= 0):
-    bound = ">= 0" if allow_zero else "> 0"
-    raise ConfigError(f"config.{key}={value!r} must be {bound}; "
-                      f"set --config.{key} to a value {bound}")
-
-
-def _divisible(key: str, value: int, device_count: int) -> None:
-  if value % device_count:
-    lower = max(device_count, value // device_count * device_count)
-    raise ConfigError(
-        f"config.{key}={value} is not divisible by the {device_count} devices; "
-        f"use a multiple of {device_count}, e.g. --config.{key}={lower}")
+        f"config.{key}={value} is not divisible by {what} ({divisor}); "
+        f"use a multiple of {divisor}, e.g. --config.{key}={lower}")
 
 
 def validate_config(config: ml_collections.ConfigDict, *,
                     device_count: int) -> None:
   """Raises ConfigError on the first impossible value."""
-  _one_of("mode", config.mode, MODES)
-  _one_of("loss", config.loss, losses.LOSSES)
-  _positive("temperature", config.temperature)
-  if config.negative_temperature is not None:
-    _positive("negative_temperature", config.negative_temperature)
-  _positive("reg_weight", config.reg_weight, allow_zero=True)
-  try:
+  with _section():
+    errors.check_one_of("mode", config.mode, experiment.MODES)
     losses.make_loss(config.loss, temperature=config.temperature,
                      negative_temperature=config.negative_temperature,
-                     reg_weight=config.reg_weight)
-  except ValueError as e:
-    raise ConfigError(f"config.loss={config.loss!r}: {e}") from None
-
-  _one_of("dataset.name", config.dataset.name, data.DATASETS)
-  _positive("dataset.image_size", config.dataset.image_size)
+                     reg_weight=config.reg_weight,
+                     block_size=config.loss_block_size)
+    errors.check_positive("batch_size", config.batch_size)
+    if config.total_steps is None:
+      errors.check_positive("num_epochs", config.num_epochs)
+    elif config.total_steps <= 0:
+      raise errors.InvalidValueError(
+          "total_steps", config.total_steps, "must be > 0",
+          "leave {key} unset to train config.num_epochs epochs, or set it "
+          "to a positive number of steps")
+    models.check_dtype(config.dtype)
+    train.check_config(config)
+  with _section("dataset."):
+    errors.check_one_of("name", config.dataset.name, data.DATASETS)
+    errors.check_positive("image_size", config.dataset.image_size)
   try:
     augment.AugmentParams.from_config(config)
   except ValueError as e:
     raise ConfigError(f"{e}; fix the --config.augment.* value") from None
+  with _section("model."):
+    models.check_config(config.model)
+  with _section("optimizer."):
+    optim.check_config(config.optimizer)
+  with _section("eval."):
+    errors.check_positive("batch_size", config.eval.batch_size)
+    errors.check_positive("knn_k", config.eval.knn_k)
+    errors.check_positive("fewshot_shots", config.eval.fewshot_shots)
+    errors.check_positive("linear_epochs", config.eval.linear_epochs)
+  with _section():
+    checkpointing.allowed_changes(config)
 
-  _one_of("model.name", config.model.name, models.BACKBONES)
-  _one_of("model.stem", config.model.stem, STEMS)
-  _positive("model.width_multiplier", config.model.width_multiplier)
-  _positive("model.projector_num_layers", config.model.projector_num_layers)
-  _one_of("dtype", config.dtype, DTYPES)
-
-  _one_of("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
-  _one_of("optimizer.lr_scaling", config.optimizer.lr_scaling, LR_SCALINGS)
-  _positive("optimizer.base_lr", config.optimizer.base_lr)
-  _positive("optimizer.warmup_epochs", config.optimizer.warmup_epochs, allow_zero=True)
-  _positive("optimizer.weight_decay", config.optimizer.weight_decay, allow_zero=True)
-
-  _positive("batch_size", config.batch_size)
-  _divisible("batch_size", config.batch_size, device_count)
+  _divisible("batch_size", config.batch_size, device_count, "the device count")
+  _divisible("eval.batch_size", config.eval.batch_size, device_count,
+             "the device count")
   if config.loss_block_size is not None:
-    _positive("loss_block_size", config.loss_block_size)
-    if config.batch_size % config.loss_block_size:
+    per_device = config.batch_size // device_count
+    if per_device % config.loss_block_size:
       raise ConfigError(
           f"config.loss_block_size={config.loss_block_size} does not divide "
-          f"config.batch_size={config.batch_size}; use a divisor of the batch "
-          "(e.g. a power of two) or None for the dense loss")
-  _positive("eval.batch_size", config.eval.batch_size)
-  _divisible("eval.batch_size", config.eval.batch_size, device_count)
-  if config.total_steps <= 0:
-    _positive("num_epochs", config.num_epochs)
-  _positive("checkpoint_every_steps", config.checkpoint_every_steps)
-  _positive("keep_checkpoints", config.keep_checkpoints)
-  _positive("log_every_steps", config.log_every_steps)
-  _positive("online_eval_every_steps", config.online_eval_every_steps, allow_zero=True)
-  _positive("eval.knn_k", config.eval.knn_k)
-  _positive("eval.fewshot_shots", config.eval.fewshot_shots)
-  _positive("eval.linear_epochs", config.eval.linear_epochs)
+          f"the batch per device ({config.batch_size} / {device_count} "
+          f"devices = {per_device}); use a divisor of {per_device}, or "
+          "leave it unset for the dense loss")
 
 
-def validate_workdir(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> None:
-  """The workdir must be writable, and any checkpoint in it from this model."""
+def validate_workdir(workdir: str,
+                     config: Optional[ml_collections.ConfigDict] = None) -> None:
+  """The workdir must be writable, and any checkpoint in it this model's."""
   if not workdir:
     raise ConfigError("--workdir is required; e.g. --workdir=runs/my_run")
   try:
-    tf.io.gfile.makedirs(workdir)
+    directory = epath.Path(workdir)
+    directory.mkdir(parents=True, exist_ok=True)
     # Unique per process: every host of a multi-host run probes the same
     # shared workdir at the same time.
-    probe = os.path.join(workdir, f".write_probe_{uuid.uuid4().hex}")
-    with tf.io.gfile.GFile(probe, "w") as f:
-      f.write("ok")
-    tf.io.gfile.remove(probe)
-  except (OSError, tf.errors.OpError) as e:
+    probe = directory / f".write_probe_{uuid.uuid4().hex}"
+    probe.write_text("ok")
+    probe.unlink()
+  except Exception as e:  # pylint: disable=broad-except
+    # epath raises OSError locally and the file system's own errors on gs://.
     reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
     raise ConfigError(f"--workdir={workdir!r} is not writable ({reason.strip()}); "
                       "pass a directory you can write to") from None
   if config is not None:
-    mismatch = checkpointing.metadata_mismatch(workdir, config)
-    if mismatch:
+    # Training must continue the stored recipe; evaluation only needs the
+    # architecture. Steps per epoch and run length are checked once the
+    # data set is read (train.pretrain).
+    training = config.mode in ("pretrain", "all")
+    saved = checkpointing.saved_steps(workdir)
+    if not training and config.eval.encoder_file:
+      return  # evaluates an exported encoder, not the workdir's checkpoints
+    if not training and not saved:
       raise ConfigError(
-          f"--workdir={workdir!r} holds a checkpoint of another model ({mismatch}); "
-          "use a new --workdir or the config it was trained with")
+          f"--mode={config.mode} evaluates a saved step, but --workdir="
+          f"{workdir!r} holds no checkpoint; pretrain first (--mode=pretrain "
+          "or all with this --workdir)")
+    if not training and config.eval.step is not None and (
+        config.eval.step not in saved):
+      raise ConfigError(
+          f"config.eval.step={config.eval.step} is not saved in {workdir!r}; "
+          f"saved steps: {', '.join(map(str, saved))}")
+    try:
+      checkpointing.check_resume(workdir, config, total_steps=(
+          config.total_steps if training else None),
+                                 architecture_only=not training)
+    except checkpointing.CheckpointMismatchError as e:
+      raise ConfigError(f"--workdir={workdir!r}: {e}") from None

@@ -15,17 +15,22 @@ class InvalidValueError(UserError, ValueError):
   """A setting with an impossible value.
 
   `key` is the setting's name relative to its owner (e.g. "stem" for the
-  model); `mio_jax.config_validation` prefixes the config path
-  ("config.model.stem") when it reports it.
+  model); `mio_jax.config_validation` reports it under its config path
+  ("config.model.stem", fix "--config.model.stem=..."). `fix` may name the
+  setting as "{key}", filled in with whichever name is shown.
   """
 
   def __init__(self, key: str, value, problem: str, fix: str = ""):
     self.key, self.value, self.problem, self.fix = key, value, problem, fix
     super().__init__(self.describe(key))
 
-  def describe(self, full_key: str) -> str:
-    message = f"{full_key}={self.value!r} {self.problem}"
-    return f"{message}; {self.fix}" if self.fix else message
+  def describe(self, shown_key: str, fix_key: str = "") -> str:
+    """The message with the setting called `shown_key` (and in the fix,
+    `fix_key`, default the same)."""
+    message = f"{shown_key}={self.value!r} {self.problem}"
+    if not self.fix:
+      return message
+    return f"{message}; {self.fix.replace('{key}', fix_key or shown_key)}"
 
 
 def check_one_of(key: str, value, valid) -> None:
@@ -34,7 +39,7 @@ def check_one_of(key: str, value, valid) -> None:
   if value not in valid:
     raise InvalidValueError(
         key, value, f"is not one of {', '.join(map(repr, valid))}",
-        f"use e.g. {key}={valid[0]!r}")
+        "use e.g. {key}=" + str(valid[0]))
 
 
 def check_positive(key: str, value, *, allow_zero: bool = False) -> None:
@@ -42,4 +47,4 @@ def check_positive(key: str, value, *, allow_zero: bool = False) -> None:
   bound = ">= 0" if allow_zero else "> 0"
   if value is None or (value < 0 if allow_zero else value <= 0):
     raise InvalidValueError(key, value, f"must be {bound}",
-                            f"set {key} to a value {bound}")
+                            "set {key} to a value " + bound)

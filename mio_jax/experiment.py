@@ -1,126 +1,94 @@
-"""Pretraining followed by evaluation of the frozen encoder: what `main` runs.
+"""What `python -m mio_jax.main` runs: pretraining, then evaluation.
 
-`train_and_evaluate(config, workdir)` is importable and is what the tests and
-the demo call; `main.py` only parses flags.
+`train_and_evaluate(config, workdir)` is importable; the tests and the
+demo call it. It only glues the pieces: the data set (`data`), the run
+(`run.build_run`), the training loop (`train.pretrain`), the checkpoint
+(`checkpointing.restore_variables`) and the evaluators (`evaluation`).
 """
-import json
 import os
-from typing import Dict, Optional
+from typing import Any, Dict
 
-import jax
 import ml_collections
-import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from mio_jax import checkpointing
 from mio_jax import data
 from mio_jax import distributed
+from mio_jax import evaluation
+from mio_jax import export
+from mio_jax import files
 from mio_jax import mesh as mesh_lib
 from mio_jax import metric_logging
+from mio_jax import models
 from mio_jax import plots
-from mio_jax import pretrain as pretrain_lib
+from mio_jax import run as run_lib
 from mio_jax import train
-from mio_jax.evaluation import features as features_lib
-from mio_jax.evaluation import fewshot
-from mio_jax.evaluation import knn
-from mio_jax.evaluation import linear
 
-EVAL_MODES = {
+# What each config.mode evaluates after pretraining or restoring.
+MODE_PROTOCOLS = {
+    "pretrain": (),
     "linear_eval": ("linear",),
     "knn_eval": ("knn",),
     "fewshot_eval": ("fewshot",),
     "all": ("knn", "fewshot", "linear"),
-    "pretrain": (),
 }
+MODES = tuple(MODE_PROTOCOLS)
+RESULTS_FILE = "eval_results.json"
 
 
-def _extract(config, mesh, encode_fn, state, split):
-  return features_lib.extract_features(
-      encode_fn, state, data.eval_batches(config, mesh, split))
+def _pretrain(config, workdir, mesh, logger) -> tuple[int, Dict[str, Any]]:
+  run = run_lib.build_run(
+      config, mesh, steps_per_epoch=data.pretrain_steps_per_epoch(config),
+      num_classes=data.dataset_info(config).num_classes)
+  logger.total_steps = run.total_steps
+  hooks = []
+  if config.online_eval_every_steps > 0:
+    hooks.append(evaluation.online_knn_hook(config, mesh, run.model))
+  state = train.pretrain(run, workdir, logger=logger, hooks=hooks)
+  return int(state.step), state.variables
 
 
-def evaluate_state(config: ml_collections.ConfigDict, state, mesh, *,
-                   protocols=("knn", "fewshot", "linear"),
-                   embedding_png: Optional[str] = None) -> Dict[str, float]:
-  """Evaluates the frozen encoder of `state` with the given protocols.
-
-  Features of the eval train and test splits are extracted once and shared
-  by every protocol.
-  """
-  encode_fn = train.make_encode_fn(config, mesh)
-  train_x, train_y = _extract(config, mesh, encode_fn, state, "train")
-  test_x, test_y = _extract(config, mesh, encode_fn, state, "test")
-  num_classes = data.dataset_info(config).num_classes
-  results = {}
-  if "knn" in protocols:
-    k = min(config.eval.knn_k, len(train_x))
-    r = knn.knn_classify(train_x, train_y, test_x, test_y, num_classes=num_classes,
-                         k=k, temperature=config.eval.knn_temperature)
-    results.update({f"knn_{name}": v for name, v in r.items()})
-  if "fewshot" in protocols:
-    r = fewshot.fewshot_probe(train_x, train_y, test_x, test_y, num_classes=num_classes,
-                              shots=config.eval.fewshot_shots,
-                              trials=config.eval.fewshot_trials, seed=config.seed)
-    results.update({f"fewshot_{name}": v for name, v in r.items()})
-  if "linear" in protocols:
-    r = linear.linear_probe(train_x, train_y, test_x, test_y, num_classes=num_classes,
-                            epochs=config.eval.linear_epochs,
-                            learning_rate=config.eval.linear_lr,
-                            weight_decay=config.eval.linear_weight_decay,
-                            batch_size=config.eval.linear_batch_size, seed=config.seed)
-    results.update({f"linear_{name}": v for name, v in r.items()})
-  if (embedding_png and config.eval.embedding_plot_points > 0
-      and distributed.is_main_process()):
-    plots.plot_embedding(test_x, test_y, embedding_png,
-                         max_points=config.eval.embedding_plot_points, seed=config.seed)
-  return {k: float(v) for k, v in results.items()}
+def _evaluate(config, workdir, mesh, step, variables) -> Dict[str, float]:
+  """The frozen encoder under config.mode's protocols; SIGTERM-safe."""
+  model = models.build_model(config.model, dtype=config.dtype)
+  try:
+    with train.PreemptionWatch() as preemption, preemption.interruptible():
+      return evaluation.evaluate(
+          variables, model=model, config=config, mesh=mesh,
+          protocols=MODE_PROTOCOLS[config.mode],
+          embedding_png=os.path.join(workdir, "embedding_tsne.png"))
+  except train.Preempted:
+    print(f"Preempted during evaluation; step {step} is saved in "
+          f"{checkpointing.checkpoint_dir(workdir)}. Rerun with "
+          "--mode=<eval mode> to evaluate it.", flush=True)
+    raise SystemExit(0) from None
 
 
-def _online_knn_hook(config, mesh):
-  """kNN accuracy on the eval split every `online_eval_every_steps` steps."""
-  every = config.online_eval_every_steps
-
-  def hook(step, state):
-    if every <= 0 or step % every:
-      return None
-    r = evaluate_state(config, state, mesh, protocols=("knn",))
-    return {"online_knn_top1": r["knn_top1"]}
-
-  return hook
-
-
-def _write_json(path, obj):
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Dict[str, float]:
   """Runs `config.mode` in `workdir`; returns the evaluation results."""
   mesh = mesh_lib.make_data_mesh()
   data.ensure_prepared(config)
-  steps_per_epoch = data.pretrain_steps_per_epoch(config)
-  total = train.total_steps(config, steps_per_epoch)
   main_process = distributed.is_main_process()
-  logger = metric_logging.MetricLogger(workdir, total_steps=total,
+  logger = metric_logging.MetricLogger(workdir, total_steps=0,
                                        is_main_process=main_process)
+  results = {}
   try:
     if config.mode in ("pretrain", "all"):
-      state = pretrain_lib.pretrain(config, workdir, mesh=mesh,
-                                    steps_per_epoch=steps_per_epoch, logger=logger,
-                                    hooks=[_online_knn_hook(config, mesh)])
+      step, variables = _pretrain(config, workdir, mesh, logger)
+    elif config.eval.encoder_file:
+      step, variables = export.encoder_variables(config.eval.encoder_file,
+                                                 config, mesh)
     else:
-      state = checkpointing.restore_latest_or_fail(config, workdir, mesh,
-                                                   steps_per_epoch=steps_per_epoch)
-    protocols = EVAL_MODES[config.mode]
-    results = {}
-    if protocols:
-      results = evaluate_state(config, state, mesh, protocols=protocols,
-                               embedding_png=os.path.join(workdir, "embedding_tsne.png"))
-      step = int(jax.device_get(state.step))
+      step, variables = checkpointing.restore_variables(
+          workdir, config, mesh, step=config.eval.step)
+    logger.total_steps = max(logger.total_steps, step)
+    if MODE_PROTOCOLS[config.mode]:
+      results = _evaluate(config, workdir, mesh, step, variables)
       logger.log_eval(step, results)
       if main_process:
-        _write_json(os.path.join(workdir, "eval_results.json"), {"step": step, **results})
+        files.write_json(os.path.join(workdir, RESULTS_FILE),
+                         {"step": step, **results})
   finally:
     logger.close()
   if main_process:

@@ -1,13 +1,16 @@
-"""Figures of a run: training curves from metrics.jsonl, t-SNE of features.
+"""Every figure mio_jax draws: training curves, t-SNE of features, Hessian
+spectra, the loss comparison's accuracy curves.
 
 Uses matplotlib's object API with the Agg canvas (`Figure.savefig`), so no
 display and no global pyplot state are needed. Paths may be local or gs://
-(read and written through tf.io.gfile, like the rest of the workdir).
+(read and written through etils.epath, like the rest of the workdir).
 """
 import io
 import json
 import math
-from typing import Optional
+from typing import Any, Mapping, Optional, Sequence
+
+from etils import epath
 
 from matplotlib.figure import Figure
 import numpy as np
@@ -42,9 +45,8 @@ def read_metrics(metrics_jsonl_path: str) -> dict[str, tuple[np.ndarray,
   A step logged twice (re-run after a resume from an older checkpoint) keeps
   its latest value.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   by_name: dict[str, dict[int, float]] = {}
-  with tf.io.gfile.GFile(metrics_jsonl_path) as f:
+  with epath.Path(metrics_jsonl_path).open() as f:
     for line_number, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -144,10 +146,77 @@ def plot_embedding(features: np.ndarray, labels: np.ndarray, out_png: str, *,
   _save_png(figure, out_png)
 
 
-def _save_png(figure: Figure, out_png: str) -> None:
-  """Renders to memory, then writes through tf.io.gfile (local or gs://)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+def _save_png(figure: Figure, out_png: str, *, dpi: int = 100) -> None:
+  """Renders to memory, then writes through etils.epath (local or gs://)."""
   buffer = io.BytesIO()
-  figure.savefig(buffer, format="png", dpi=100)
-  with tf.io.gfile.GFile(out_png, "wb") as f:
-    f.write(buffer.getvalue())
+  figure.savefig(buffer, format="png", dpi=dpi)
+  epath.Path(out_png).write_bytes(buffer.getvalue())
+
+
+def plot_hessian_spectra(results: Mapping[str, Any], out_png: str) -> None:
+  """One panel per loss: SLQ density on a log scale, top eigenvalues dashed.
+
+  Log density (as in Ghorbani et al. 2019) shows the few outliers next to
+  the bulk near 0; the eigenvalue axis is linear and shared, so the panels
+  compare the curvature scales of the losses directly.
+  """
+  per_loss = results["losses"]
+  figure = Figure(figsize=(7, 2.4 * len(per_loss) + 0.6), layout="constrained")
+  axes = figure.subplots(len(per_loss), 1, squeeze=False, sharex=True).ravel()
+  for axis, (name, analysis) in zip(axes, per_loss.items()):
+    grid = np.asarray(analysis["density"]["grid"])
+    density = np.asarray(analysis["density"]["values"])
+    # Below ~1e-6 of the peak the curve is the tail of the broadening kernel,
+    # not spectrum; the floor also keeps zeros off the log scale.
+    floor = density.max() * 1e-6
+    axis.plot(grid, np.maximum(density, floor), color="C0",
+              label="SLQ density")
+    for i, value in enumerate(analysis["top_eigenvalues"]):
+      axis.axvline(value, color="C3", linestyle="--", linewidth=0.8,
+                   label=f"top {results['top_k']} (eigsh)" if i == 0 else None)
+    axis.set_yscale("log")
+    axis.set_ylim(bottom=floor)
+    axis.set_title(f"{name}: loss {analysis['loss']:.3f}, "
+                   f"lambda_max {analysis['top_eigenvalues'][0]:.3g}, "
+                   f"trace {analysis['trace_estimate']:.3g}", fontsize="medium")
+    axis.set_ylabel("density")
+    axis.grid(alpha=0.3)
+  axes[0].legend(fontsize="small", loc="upper right")
+  axes[-1].set_xlabel(
+      f"Hessian eigenvalue ({results['params_subset']} parameters, "
+      f"{results['num_params']:,}; step {results['step']}, "
+      f"batch {results['batch_size']})")
+  _save_png(figure, out_png)
+
+
+def plot_accuracy_vs_step(runs: Mapping[str, Sequence[Mapping[str, Any]]],
+                          random_init: Sequence[Mapping[str, Any]],
+                          out_png: str) -> None:
+  """Online kNN top-1 against step, mean ± std band over seeds, per loss.
+
+  Step 0 is the random initialisation, the same for every loss of a seed.
+  """
+  figure = Figure(figsize=(6.5, 4), layout="constrained")
+  axis = figure.subplots()
+  init_values = [run["knn_top1"] for run in random_init]
+  for index, (loss, seed_runs) in enumerate(runs.items()):
+    curves = [run["online_knn"] for run in seed_runs]
+    steps = curves[0]["steps"]
+    if any(curve["steps"] != steps for curve in curves):
+      raise ValueError(f"{loss}: seeds logged kNN at different steps "
+                       f"{[c['steps'] for c in curves]}.")
+    # Each seed's curve starts from that seed's random-init accuracy.
+    values = np.array([[*init_values[i:i + 1], *curve["values"]]
+                       for i, curve in enumerate(curves)])
+    x = ([0] if init_values else []) + steps
+    mean = values.mean(axis=0)
+    std = values.std(axis=0, ddof=1) if len(values) > 1 else 0 * mean
+    axis.plot(x, mean, marker="o", markersize=3, color=f"C{index}", label=loss)
+    axis.fill_between(x, mean - std, mean + std, color=f"C{index}", alpha=0.2)
+  axis.set_xlabel("pretraining step (0: random init)")
+  axis.set_ylabel("kNN top-1 (test split)")
+  axis.set_title(f"online kNN accuracy, mean ± std over {len(init_values)} "
+                 "seed(s)", fontsize="medium")
+  axis.grid(alpha=0.3)
+  axis.legend()
+  _save_png(figure, out_png, dpi=110)

@@ -1,6 +1,6 @@
 """Checks the losses on this machine's devices in a few seconds.
 
-    python -m mio_jax.selfcheck [--images_per_device=16] [--dim=128]
+    python -m mio_jax.cli.selfcheck [--images_per_device=16] [--dim=128]
 
 The unit tests run on CPU; this runs the same equalities on whatever
 accelerators JAX sees (one process), where matmul precision and collectives
@@ -9,11 +9,8 @@ and shard_map forms and the chunked form against one device, and finite
 values at temperature 0.01. Prints one line per check; exits 1 if any fails.
 """
 import functools
-import sys
 from typing import List, Optional, Sequence, Tuple
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,10 +18,6 @@ from jax.sharding import PartitionSpec as P
 
 from mio_jax import losses
 from mio_jax import mesh as mesh_lib
-
-_IMAGES_PER_DEVICE = flags.DEFINE_integer(
-    "images_per_device", 16, "Images (both views) per device in the batch.")
-_DIM = flags.DEFINE_integer("dim", 128, "Projector output dimension.")
 
 # float32 rounding of a few thousand summed terms, with room to spare.
 _RTOL = 1e-4
@@ -92,18 +85,3 @@ def run_checks(images_per_device: int, dim: int
     finite = all(bool(jnp.all(jnp.isfinite(x))) for x in (loss, *grads))
     results.append((f"{variant}: finite at temperature 0.01", None, finite))
   return results
-
-
-def main(argv: Sequence[str]) -> None:
-  del argv
-  results = run_checks(_IMAGES_PER_DEVICE.value, _DIM.value)
-  print(f"devices: {jax.local_device_count()} x {jax.devices()[0].platform}")
-  for name, error, passed in results:
-    detail = "" if error is None else f"rel. error {error:.2e}"
-    print(f"{'ok  ' if passed else 'FAIL'} {name:50s} {detail}")
-  if not all(passed for _, _, passed in results):
-    sys.exit(1)
-
-
-if __name__ == "__main__":
-  app.run(main)

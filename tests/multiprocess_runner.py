@@ -12,7 +12,7 @@ Modes (the model and data are pretrain_runner.tiny_config's: resnet_tiny on
 synthetic batches, over a mesh of every global device):
   train: --steps calls of the train step; writes {"losses": [...],
     "device_count": ..., "process_count": ...}.
-  pretrain: `pretrain.pretrain` into --workdir (checkpoints, resume, SIGTERM
+  pretrain: `train.pretrain` into --workdir (checkpoints, resume, SIGTERM
     save), sleeping --seconds_per_step after each step; appends one JSON
     line {"step", "loss"} per step to --out.
   collectives: an all-gather across processes every 0.1 s, forever; writes
@@ -43,27 +43,23 @@ _SECONDS_PER_STEP = flags.DEFINE_float(
 
 
 def _setup():
-  """The tiny config, the mesh over all global devices, and its batches."""
+  """The tiny run over all global devices, and its batches."""
   # Imported after distributed.initialize(): nothing may touch the backend
   # before it.
   import pretrain_runner  # pylint: disable=g-import-not-at-top
-  from mio_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from mio_jax import synthetic  # pylint: disable=g-import-not-at-top
-  config = pretrain_runner.tiny_config(total_steps=_STEPS.value,
-                                       log_every_steps=1)
-  mesh = mesh_lib.make_data_mesh()
-  batches_fn = lambda start: synthetic.synthetic_batches(config, mesh,
-                                                         start_step=start)
-  return config, mesh, batches_fn, pretrain_runner.STEPS_PER_EPOCH
+  run = pretrain_runner.tiny_run(total_steps=_STEPS.value, log_every_steps=1)
+  batches_fn = lambda start: synthetic.synthetic_batches(
+      run.config, run.mesh, start_step=start)
+  return run, batches_fn
 
 
 def _train() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from mio_jax import train  # pylint: disable=g-import-not-at-top
-  config, mesh, batches_fn, steps_per_epoch = _setup()
-  state = train.create_train_state(config, mesh, steps_per_epoch=steps_per_epoch)
-  train_step = train.make_train_step(config, mesh,
-                                     steps_per_epoch=steps_per_epoch)
+  run, batches_fn = _setup()
+  state = train.init_state(run)
+  train_step = train.make_train_step(run)
   losses = []
   batches = batches_fn(0)
   for _ in range(_STEPS.value):
@@ -89,13 +85,12 @@ class _JsonLinesLogger:
 
 
 def _pretrain() -> None:
-  from mio_jax import pretrain  # pylint: disable=g-import-not-at-top
-  config, mesh, batches_fn, steps_per_epoch = _setup()
+  from mio_jax import train  # pylint: disable=g-import-not-at-top
+  run, batches_fn = _setup()
   logger = _JsonLinesLogger(_OUT.value)
   try:
-    pretrain.pretrain(
-        config, _WORKDIR.value, mesh=mesh, batches_fn=batches_fn,
-        steps_per_epoch=steps_per_epoch, logger=logger,
+    train.pretrain(
+        run, _WORKDIR.value, batches_fn=batches_fn, logger=logger,
         hooks=[lambda step, state: time.sleep(_SECONDS_PER_STEP.value)])
   finally:
     logger.close()

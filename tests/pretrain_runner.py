@@ -9,6 +9,7 @@ so callers pass XLA_FLAGS / JAX_PLATFORMS in its environment):
 SECONDS_PER_STEP slows the loop down (a sleep after each step) so that a
 test can kill the run between two checkpoints.
 """
+import functools
 import sys
 import time
 
@@ -41,17 +42,42 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 STEPS_PER_EPOCH = 3
 
 
+def build_tiny_run(config: ml_collections.ConfigDict, mesh=None):
+  """The Run of `config` (on all devices by default), STEPS_PER_EPOCH long."""
+  from mio_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from mio_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
+  return run_lib.build_run(config, mesh, steps_per_epoch=STEPS_PER_EPOCH)
+
+
+@functools.cache
+def tiny_run(**overrides):
+  """`build_tiny_run(tiny_config(**overrides))`, shared across tests.
+
+  One Run per set of overrides, so tests that pretrain the same config
+  several times (crash, resume) compile its step once.
+  """
+  return build_tiny_run(tiny_config(**overrides))
+
+
+def open_checkpointer(workdir, config: ml_collections.ConfigDict):
+  """A Checkpointer of `workdir` as pretraining `config` would open it."""
+  from mio_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  return checkpointing.Checkpointer(
+      str(workdir), keep=config.keep_checkpoints,
+      settings=checkpointing.run_settings(config))
+
+
 def main(workdir: str, total_steps: int, checkpoint_every: int,
          seconds_per_step: float = 0.0) -> None:
-  from mio_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from mio_jax import pretrain, synthetic  # pylint: disable=g-import-not-at-top
-  config = tiny_config(total_steps=total_steps,
-                       checkpoint_every_steps=checkpoint_every)
-  mesh = mesh_lib.make_data_mesh()
-  pretrain.pretrain(
-      config, workdir, mesh=mesh, steps_per_epoch=STEPS_PER_EPOCH,
+  from mio_jax import synthetic  # pylint: disable=g-import-not-at-top
+  from mio_jax import train  # pylint: disable=g-import-not-at-top
+  run = tiny_run(total_steps=total_steps,
+                 checkpoint_every_steps=checkpoint_every)
+  train.pretrain(
+      run, workdir,
       batches_fn=lambda start: synthetic.synthetic_batches(
-          config, mesh, start_step=start),
+          run.config, run.mesh, start_step=start),
       hooks=[lambda step, state: time.sleep(seconds_per_step)])
 
 

@@ -4,19 +4,18 @@ import numpy as np
 import optax
 import pytest
 
+from mio_jax import errors
 from mio_jax import mesh as mesh_lib
-from mio_jax import models
-from mio_jax import optim
+from mio_jax import run as run_lib
 from mio_jax import synthetic
 from mio_jax import train
-from pretrain_runner import STEPS_PER_EPOCH, tiny_config
+from pretrain_runner import build_tiny_run, tiny_config
 
 
 def _run_steps(config, mesh, num_steps):
-  state = train.create_train_state(config, mesh,
-                                   steps_per_epoch=STEPS_PER_EPOCH)
-  step_fn = train.make_train_step(config, mesh,
-                                  steps_per_epoch=STEPS_PER_EPOCH)
+  run = build_tiny_run(config, mesh)
+  state = train.init_state(run)
+  step_fn = train.make_train_step(run)
   losses = []
   for step in range(num_steps):
     state, metrics = step_fn(state,
@@ -38,121 +37,99 @@ def test_one_device_equals_eight_devices_with_batchnorm():
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
                                  atol=1e-6)
   # The parameters moved (a step that changes nothing would also "match").
-  fresh = train.create_train_state(config, mesh_lib.make_data_mesh(),
-                                   steps_per_epoch=STEPS_PER_EPOCH)
+  fresh = train.init_state(build_tiny_run(config))
   kernel = lambda s: np.asarray(s.params["projector"]["dense2"]["kernel"])
   assert not np.allclose(kernel(fresh), kernel(state8))
 
 
-def test_encode_fn_gives_sharded_f32_features():
-  config = tiny_config()
-  mesh = mesh_lib.make_data_mesh()
-  state = train.create_train_state(config, mesh,
-                                   steps_per_epoch=STEPS_PER_EPOCH)
-  images = synthetic.synthetic_batch(config, mesh, 0)["view1"]
-  features = train.make_encode_fn(config, mesh)(state, images)
-  assert features.shape == (16, 16) and features.dtype == jnp.float32
-  assert features.sharding.is_equivalent_to(mesh_lib.batch_sharding(mesh), 2)
-
-
-def test_decay_mask_excludes_exactly_biases_and_norm_params():
-  config = tiny_config()
-  config.model.projector_last_bn = False  # so a Dense bias exists
-  params = jax.eval_shape(lambda: models.build_model(config.model).init(
-      jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False))["params"]
-  mask = optim.decay_mask(params)
-  for path, excluded in jax.tree_util.tree_leaves_with_path(
-      jax.tree.map(lambda m: not m, mask)):
-    name = path[-1].key
-    assert excluded == (name in ("bias", "scale")), path
-  names = {path[-1].key for path, _ in
-           jax.tree_util.tree_leaves_with_path(params)}
-  assert names == {"kernel", "bias", "scale"}
-
-
-@pytest.mark.parametrize("name", ["lars", "sgd", "adamw"])
-def test_optimizers_leave_biases_and_norm_params_undecayed(name):
-  config = tiny_config()
-  config.optimizer.name = name
-  config.optimizer.weight_decay = 0.5
-  config.optimizer.warmup_epochs = 0.0
-  params = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones((4,))},
-            "bn": {"scale": jnp.ones((4,)), "bias": jnp.ones((4,))}}
-  tx, _ = optim.make_optimizer(config, total_steps=10, steps_per_epoch=1)
-  zero_grads = jax.tree.map(jnp.zeros_like, params)
-  updates, _ = tx.update(zero_grads, tx.init(params), params)
-  assert float(jnp.abs(updates["dense"]["kernel"]).max()) > 0
-  for leaf in (updates["dense"]["bias"], updates["bn"]["scale"],
-               updates["bn"]["bias"]):
-    assert float(jnp.abs(leaf).max()) == 0
-
-
-def test_lars_trust_ratio_skips_biases_and_norm_params():
-  config = tiny_config()
-  config.optimizer.weight_decay = 0.0
-  config.optimizer.warmup_epochs = 0.0
-  config.optimizer.lr_scaling = "none"
-  config.optimizer.base_lr = 0.1
-  params = {"kernel": jnp.full((3, 4), 2.0), "bias": jnp.ones((4,)),
-            "scale": jnp.ones((4,))}
-  tx, schedule = optim.make_optimizer(config, total_steps=10,
-                                      steps_per_epoch=1)
-  grads = jax.tree.map(jnp.ones_like, params)
-  updates, _ = tx.update(grads, tx.init(params), params)
-  lr = float(schedule(0))
-  np.testing.assert_allclose(updates["bias"], -lr)  # plain SGD
-  np.testing.assert_allclose(updates["scale"], -lr)
-  # Kernel: scaled by trust ratio eta * ||w|| / ||g|| = 0.001 * 2.
-  np.testing.assert_allclose(updates["kernel"], -lr * 0.002, rtol=1e-5)
-
-
-def test_learning_rate_schedule_scales_linearly_and_warms_up():
-  config = tiny_config()
-  config.optimizer.base_lr = 0.3
-  config.batch_size = 512
-  config.optimizer.warmup_epochs = 2.0
-  schedule = optim.learning_rate_schedule(config, total_steps=100,
-                                          steps_per_epoch=10)
-  assert float(schedule(0)) == 0.0
-  np.testing.assert_allclose(float(schedule(10)), 0.3)  # half way up
-  np.testing.assert_allclose(float(schedule(20)), 0.6)  # 0.3 * 512 / 256
-  assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
-
-
-def test_unknown_optimizer_lists_valid_names():
-  config = tiny_config()
-  config.optimizer.name = "adam"
-  with pytest.raises(ValueError, match="lars, sgd, adamw"):
-    optim.make_optimizer(config, total_steps=10, steps_per_epoch=1)
-
-
-def test_grad_clipping_bounds_the_update():
-  config = tiny_config()
-  config.optimizer.name = "sgd"
-  config.optimizer.grad_clip_norm = 1.0
-  config.optimizer.weight_decay = 0.0
-  config.optimizer.warmup_epochs = 0.0
-  tx, schedule = optim.make_optimizer(config, total_steps=10,
-                                      steps_per_epoch=1)
-  params = {"w": jnp.zeros((4, 4))}
-  updates, _ = tx.update({"w": jnp.full((4, 4), 100.0)}, tx.init(params),
-                         params)
-  np.testing.assert_allclose(optax.tree.norm(updates), float(schedule(0)),
-                             rtol=1e-5)
-
-
 def test_total_steps_override_and_check_finite_names_step():
-  config = tiny_config(total_steps=-1, num_epochs=4)
-  assert train.total_steps(config, 7) == 28
+  config = tiny_config(total_steps=None, num_epochs=4)
+  assert run_lib.total_steps(config, 7) == 28
+  with pytest.raises(errors.InvalidValueError, match="batch_size"):
+    run_lib.total_steps(config, 0)
   config.total_steps = 5
-  assert train.total_steps(config, 7) == 5
-  train.check_finite(3, {"loss": 1.0, "grad_norm": 2.0})
+  assert run_lib.total_steps(config, 7) == 5
+  train.check_finite(3, {"loss": 1.0, "grad_norm": 2.0, "params_finite": 1.0})
   with pytest.raises(train.NonFiniteLossError, match="at step 12"):
     train.check_finite(12, {"loss": 1.0, "grad_norm": np.inf})
+  # Finite loss and gradient, but the update left a NaN in the parameters.
+  with pytest.raises(train.NonFiniteLossError, match="at step 4.*NOT finite"):
+    train.check_finite(4, {"loss": 1.0, "grad_norm": 2.0,
+                           "params_finite": 0.0})
+
+
+def test_step_reports_non_finite_updated_parameters():
+  mesh = mesh_lib.make_data_mesh()
+  run = build_tiny_run(tiny_config(), mesh)
+  state = train.init_state(run)
+  _, metrics = train.make_train_step(run)(
+      state, synthetic.synthetic_batch(run.config, mesh, 0))
+  assert float(metrics["params_finite"]) == 1.0
+  # An infinite learning rate: loss and gradient finite, the update not.
+  config = tiny_config()
+  config.optimizer.base_lr = float("inf")
+  run = build_tiny_run(config, mesh)
+  _, metrics = train.make_train_step(run)(
+      train.init_state(run), synthetic.synthetic_batch(config, mesh, 0))
+  assert np.isfinite(float(metrics["loss"]))
+  assert float(metrics["params_finite"]) == 0.0
 
 
 def test_chunked_loss_config_gives_the_dense_step():
   mesh = mesh_lib.make_data_mesh()
   _, dense = _run_steps(tiny_config(), mesh, 2)
-  _, chunked = _run_steps(tiny_config(loss_block_size=4), mesh, 2)
+  _, chunked = _run_steps(tiny_config(loss_block_size=2), mesh, 2)
   np.testing.assert_allclose(chunked, dense, rtol=1e-5)
+
+
+def test_online_probe_learns_without_touching_the_encoder():
+  mesh = mesh_lib.make_data_mesh()
+  config = tiny_config()
+  runs = {
+      "without": run_lib.build_run(config, mesh, steps_per_epoch=3),
+      "with": run_lib.build_run(config, mesh, steps_per_epoch=3,
+                                num_classes=synthetic.NUM_CLASSES),
+  }
+  states, metrics = {}, {}
+  for name, run in runs.items():
+    state, step_fn = train.init_state(run), train.make_train_step(run)
+    for step in range(3):
+      batch = synthetic.synthetic_batch(config, mesh, step)
+      if step == 1:  # rows without a label (STL-10's unlabelled split)
+        batch["label"] = batch["label"].at[:8].set(-1)
+      state, metrics[name] = step_fn(state, batch)
+    states[name] = state
+  assert states["without"].probe is None
+  assert "online_probe_top1" not in metrics["without"]
+  assert 0.0 <= float(metrics["with"]["online_probe_top1"]) <= 1.0
+  assert np.isfinite(float(metrics["with"]["online_probe_loss"]))
+  # The probe trained ...
+  assert float(jnp.abs(states["with"].probe["params"]["kernel"]).max()) > 0
+  # ... and the encoder and optimizer are exactly those of a run without it.
+  for a, b in zip(jax.tree.leaves((states["with"].params,
+                                   states["with"].batch_stats,
+                                   states["with"].opt_state)),
+                  jax.tree.leaves((states["without"].params,
+                                   states["without"].batch_stats,
+                                   states["without"].opt_state))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_per_view_batch_norm_differs_from_joint_and_updates_twice():
+  mesh = mesh_lib.make_data_mesh()
+  joint = build_tiny_run(tiny_config(), mesh)
+  per_view = build_tiny_run(tiny_config(bn_views="per_view"), mesh)
+  batch = synthetic.synthetic_batch(joint.config, mesh, 0)
+  state = train.init_state(joint)
+  outputs = {}
+  for name, run in (("joint", joint), ("per_view", per_view)):
+    outputs[name] = train.training_objective(
+        run.model, state.params, state.batch_stats, batch, run.loss_fn,
+        bn_views=run.config.bn_views)
+  assert not np.isclose(float(outputs["joint"][0]),
+                        float(outputs["per_view"][0]))
+  # Per view: view 1 alone gives the same projections as a pass of view 1.
+  (_, u1_alone), _ = per_view.model.apply(
+      state.variables, batch["view1"], train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(np.asarray(outputs["per_view"][1][1]),
+                             np.asarray(u1_alone), rtol=1e-5, atol=1e-6)

@@ -1,6 +1,6 @@
 r"""Hessian eigenspectrum of the pretraining loss at a checkpoint, per loss.
 
-    python -m mio_jax.analysis.hessian --config=configs/digits.py \
+    python -m mio_jax.cli.hessian --config=configs/digits.py \
         --workdir=runs/digits [--losses=mio,bce,nt_xent,dcl] [--top_k=5] \
         [--params=all|projector|backbone] [--batch_size=64] [--data=pipeline]
 
@@ -13,32 +13,22 @@ the loss exactly as the train step optimises it; the updated running
 averages are discarded. Writes `<workdir>/hessian/hessian.json` and
 `<workdir>/hessian/hessian_spectrum.png`. See docs/analysis.md.
 """
-import io
-import json
-import os
-import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import ml_collections
 import numpy as np
-from absl import app
-from absl import flags
-from etils import epath
 from jax.sharding import Mesh
-from matplotlib.figure import Figure
-from ml_collections import config_flags
 
 from mio_jax import checkpointing
+from mio_jax import errors
+from mio_jax import files
 from mio_jax import losses as losses_lib
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
 from mio_jax import train
+from mio_jax import plots
 from mio_jax.analysis import spectrum
 
 # Top-level parameter groups of the encoder (`models.Encoder`) by name.
@@ -51,10 +41,9 @@ DATA_SOURCES = ("pipeline", "synthetic")
 OUTPUT_SUBDIR = "hessian"
 JSON_NAME = "hessian.json"
 PNG_NAME = "hessian_spectrum.png"
-USAGE_EXIT_CODE = 2  # a bad argument, checkpoint or dataset (as mio_jax.main)
 
 
-class AnalysisRequestError(ValueError):
+class AnalysisRequestError(errors.UserError, ValueError):
   """A bad argument to the analysis, found before any work is done."""
 
 
@@ -81,15 +70,15 @@ def make_pair_loss(config: ml_collections.ConfigDict,
 
 def training_loss_fn(model: models.Encoder, batch_stats: Any,
                      batch: Mapping[str, jax.Array],
-                     pair_loss: Callable[..., jax.Array]
-                    ) -> Callable[[Any], jax.Array]:
+                     pair_loss: Callable[..., jax.Array], *,
+                     bn_views: str = "joint") -> Callable[[Any], jax.Array]:
   """params -> the pretraining loss on `batch` (`train.training_objective`).
 
   BatchNorm runs in train mode over both views of the batch, exactly as in
   the train step; the running averages it would update are discarded.
   """
   return lambda params: train.training_objective(
-      model, params, batch_stats, batch, pair_loss)[0]
+      model, params, batch_stats, batch, pair_loss, bn_views=bn_views)[0]
 
 
 def analyze_loss(loss_fn: Callable[[Any], jax.Array], params: Any, *,
@@ -129,18 +118,11 @@ def _fixed_batch(config: ml_collections.ConfigDict, mesh: Mesh, step: int,
                  out_shardings=mesh_lib.batch_sharding(mesh))(batch)
 
 
-def _steps_per_epoch(config: ml_collections.ConfigDict) -> int:
-  """As pretraining computes it from the dataset size."""
-  from mio_jax import data  # pylint: disable=g-import-not-at-top
-  return data.pretrain_steps_per_epoch(config)
-
-
 def analyze_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
                        losses: Sequence[str] = tuple(losses_lib.LOSSES),
                        top_k: int = 5, params_subset: str = "all",
                        batch_size: Optional[int] = None,
-                       data_source: str = "pipeline",
-                       steps_per_epoch: Optional[int] = None, which: str = "LA",
+                       data_source: str = "pipeline", which: str = "LA",
                        lanczos_steps: int = 64, num_probes: int = 2,
                        seed: int = 0, mesh: Optional[Mesh] = None,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -153,13 +135,12 @@ def analyze_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     config.batch_size); a multiple of the device count.
   data_source: "pipeline" (the real input pipeline, `mio_jax.data`) or
     "synthetic" (`mio_jax.synthetic`, random images: for tests).
-  steps_per_epoch: as in pretraining; default: from the dataset size.
   Returns a JSON-ready dict: the settings, and per loss its value, top
   eigenvalues, trace estimate, density and quadrature (see `analyze_loss`).
   One process only: the eigensolvers run on the host.
 
   Raises AnalysisRequestError (a ValueError) for bad arguments and
-  FileNotFoundError without checkpoints, before any heavy work.
+  checkpointing.NoCheckpointError without checkpoints, before any heavy work.
   """
   mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
   batch_size = config.batch_size if batch_size is None else batch_size
@@ -188,11 +169,7 @@ def analyze_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     from mio_jax import data  # pylint: disable=g-import-not-at-top
     data.ensure_prepared(config)
 
-  if steps_per_epoch is None:
-    steps_per_epoch = _steps_per_epoch(config)
-  state = checkpointing.restore_latest_or_fail(
-      config, workdir, mesh, steps_per_epoch=steps_per_epoch)
-  step = int(state.step)
+  step, variables = checkpointing.restore_variables(workdir, config, mesh)
   batch = _fixed_batch(config, mesh, step, batch_size, data_source)
   model = models.build_model(config.model, dtype=config.dtype)
   results = {
@@ -202,8 +179,10 @@ def analyze_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
       "num_probes": num_probes, "seed": seed, "losses": {},
   }
   for name, (pair_loss, options) in pair_losses.items():
-    loss_fn = training_loss_fn(model, state.batch_stats, batch, pair_loss)
-    loss_fn, params = spectrum.restrict_to_subset(loss_fn, state.params, subset)
+    loss_fn = training_loss_fn(model, variables["batch_stats"], batch,
+                               pair_loss, bn_views=config.bn_views)
+    loss_fn, params = spectrum.restrict_to_subset(loss_fn, variables["params"],
+                                                  subset)
     results["num_params"] = int(sum(x.size for x in jax.tree.leaves(params)))
     analysis = analyze_loss(loss_fn, params, top_k=top_k, which=which,
                             lanczos_steps=lanczos_steps,
@@ -216,103 +195,10 @@ def analyze_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   return results
 
 
-def plot_spectra(results: Mapping[str, Any]) -> Figure:
-  """One panel per loss: SLQ density on a log scale, top eigenvalues dashed.
-
-  Log density (as in Ghorbani et al. 2019) shows the few outliers next to
-  the bulk near 0; the eigenvalue axis is linear and shared, so the panels
-  compare the curvature scales of the losses directly.
-  """
-  per_loss = results["losses"]
-  figure = Figure(figsize=(7, 2.4 * len(per_loss) + 0.6), layout="constrained")
-  axes = figure.subplots(len(per_loss), 1, squeeze=False, sharex=True).ravel()
-  for axis, (name, analysis) in zip(axes, per_loss.items()):
-    grid = np.asarray(analysis["density"]["grid"])
-    density = np.asarray(analysis["density"]["values"])
-    # Below ~1e-6 of the peak the curve is the tail of the broadening kernel,
-    # not spectrum; the floor also keeps zeros off the log scale.
-    floor = density.max() * 1e-6
-    axis.plot(grid, np.maximum(density, floor), color="C0",
-              label="SLQ density")
-    for i, value in enumerate(analysis["top_eigenvalues"]):
-      axis.axvline(value, color="C3", linestyle="--", linewidth=0.8,
-                   label=f"top {results['top_k']} (eigsh)" if i == 0 else None)
-    axis.set_yscale("log")
-    axis.set_ylim(bottom=floor)
-    axis.set_title(f"{name}: loss {analysis['loss']:.3f}, "
-                   f"lambda_max {analysis['top_eigenvalues'][0]:.3g}, "
-                   f"trace {analysis['trace_estimate']:.3g}", fontsize="medium")
-    axis.set_ylabel("density")
-    axis.grid(alpha=0.3)
-  axes[0].legend(fontsize="small", loc="upper right")
-  axes[-1].set_xlabel(
-      f"Hessian eigenvalue ({results['params_subset']} parameters, "
-      f"{results['num_params']:,}; step {results['step']}, "
-      f"batch {results['batch_size']})")
-  return figure
-
-
 def save_results(results: Mapping[str, Any], output_dir: str) -> tuple[str, str]:
   """Writes hessian.json and hessian_spectrum.png into output_dir (may be gs://)."""
-  directory = epath.Path(output_dir)
-  directory.mkdir(parents=True, exist_ok=True)
+  directory = files.ensure_dir(output_dir)
   json_path, png_path = directory / JSON_NAME, directory / PNG_NAME
-  json_path.write_text(json.dumps(results, indent=1) + "\n")
-  buffer = io.BytesIO()
-  plot_spectra(results).savefig(buffer, format="png", dpi=100)
-  png_path.write_bytes(buffer.getvalue())
+  files.write_json(json_path, results)
+  plots.plot_hessian_spectra(results, str(png_path))
   return str(json_path), str(png_path)
-
-
-def _define_flags() -> dict[str, flags.FlagHolder]:
-  # Defined only when run as a command: absl flags are global, and importing
-  # this module next to mio_jax.main (which also has --config) must work.
-  return {
-      "config": config_flags.DEFINE_config_file(
-          "config", None, "The config file the checkpoints were trained with.",
-          lock_config=True),
-      "workdir": flags.DEFINE_string("workdir", None, "The run's directory."),
-      "losses": flags.DEFINE_list("losses", list(losses_lib.LOSSES),
-                                  "Losses to analyse at the same point."),
-      "top_k": flags.DEFINE_integer("top_k", 5, "Number of top eigenvalues."),
-      "params_subset": flags.DEFINE_enum(
-          "params", "all", list(PARAM_SUBSETS),
-          "Parameters the Hessian is taken with respect to."),
-      "batch_size": flags.DEFINE_integer(
-          "batch_size", None,
-          "Images of the fixed batch (default: config.batch_size)."),
-      "data_source": flags.DEFINE_enum("data", "pipeline", list(DATA_SOURCES),
-                                       "Where the fixed batch comes from."),
-      "which": flags.DEFINE_enum("which", "LA", list(spectrum.EIGSH_WHICH),
-                                 "Which end of the spectrum --top_k takes."),
-      "lanczos_steps": flags.DEFINE_integer("lanczos_steps", 64,
-                                            "Lanczos steps per SLQ probe."),
-      "num_probes": flags.DEFINE_integer("num_probes", 2, "SLQ probe vectors."),
-      "output_dir": flags.DEFINE_string(
-          "output_dir", None, f"Default: <workdir>/{OUTPUT_SUBDIR}."),
-  }
-
-
-def main(argv: Sequence[str], flag_holders: Mapping[str, flags.FlagHolder]
-        ) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
-  values = {name: holder.value for name, holder in flag_holders.items()}
-  config, workdir = values.pop("config"), values.pop("workdir")
-  output_dir = values.pop("output_dir") or os.path.join(workdir, OUTPUT_SUBDIR)
-  from mio_jax import data  # pylint: disable=g-import-not-at-top
-  try:
-    results = analyze_checkpoint(config, workdir, seed=config.seed, **values)
-  except (AnalysisRequestError, FileNotFoundError, data.DatasetNotPreparedError,
-          checkpointing.CheckpointMismatchError) as error:
-    # What the user can fix: one line, no traceback, as mio_jax.main does.
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(USAGE_EXIT_CODE)
-  for path in save_results(results, output_dir):
-    print(f"Wrote {path}")
-
-
-if __name__ == "__main__":
-  _FLAGS = _define_flags()
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(lambda argv: main(argv, _FLAGS))

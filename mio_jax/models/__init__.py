@@ -8,8 +8,10 @@ inside a plain `jax.jit` raised "Cannot mutate BatchStat from a different
 trace level" on flax 0.12.8 (see STACK_NOTES), and both APIs ran a ResNet-18
 step at the same speed, so nothing is lost.
 """
-from mio_jax.models.resnet import (BACKBONES, Encoder, Projector, ResNet,
-                                   build_model, feature_dim)
+from mio_jax.models.resnet import (BACKBONES, DTYPES, STEMS, Encoder,
+                                   Projector, ResNet, build_model,
+                                   check_config, check_dtype, feature_dim, init_variables)
 
-__all__ = ["BACKBONES", "Encoder", "Projector", "ResNet", "build_model",
-           "feature_dim"]
+__all__ = ["BACKBONES", "DTYPES", "STEMS", "Encoder", "Projector", "ResNet",
+           "build_model", "check_config", "check_dtype",
+           "feature_dim", "init_variables"]

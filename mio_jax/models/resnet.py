@@ -12,11 +12,14 @@ reductions (XLA inserts the all-reduce), so no `axis_name` is needed.
 """
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
+
+from mio_jax import errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,10 +187,18 @@ class Encoder(nn.Module):
     return features.astype(jnp.float32), projections.astype(jnp.float32)
 
 
-def _choice(kind: str, value: str, valid: Sequence[str]) -> str:
-  if value not in valid:
-    raise ValueError(f"Unknown {kind} {value!r}; valid: {', '.join(valid)}.")
-  return value
+def check_config(model_config: ml_collections.ConfigDict) -> None:
+  """Raises errors.InvalidValueError (key relative to config.model) if bad."""
+  errors.check_one_of("name", model_config.name, BACKBONES)
+  errors.check_one_of("stem", model_config.stem, STEMS)
+  errors.check_positive("width_multiplier", model_config.width_multiplier)
+  errors.check_positive("projector_num_layers",
+                        model_config.projector_num_layers)
+
+
+def check_dtype(dtype: str) -> None:
+  """Raises errors.InvalidValueError unless `dtype` names a compute dtype."""
+  errors.check_one_of("dtype", dtype, DTYPES)
 
 
 def build_model(model_config: ml_collections.ConfigDict, *,
@@ -196,18 +207,13 @@ def build_model(model_config: ml_collections.ConfigDict, *,
 
   Parameters are always float32; `dtype` ("float32" | "bfloat16") is the
   compute dtype of convolutions, dense layers and BatchNorm outputs.
+  Raises errors.InvalidValueError for a bad `config.model` or dtype.
   """
-  spec = BACKBONES[_choice("model.name", model_config.name, list(BACKBONES))]
-  _choice("model.stem", model_config.stem, STEMS)
+  check_config(model_config)
   if isinstance(dtype, str):
-    dtype = DTYPES[_choice("dtype", dtype, list(DTYPES))]
-  if model_config.width_multiplier <= 0:
-    raise ValueError(f"model.width_multiplier must be > 0, got "
-                     f"{model_config.width_multiplier}.")
-  if model_config.projector_num_layers < 1:
-    raise ValueError(f"model.projector_num_layers must be >= 1, got "
-                     f"{model_config.projector_num_layers}.")
-  backbone = ResNet(spec, stem=model_config.stem,
+    check_dtype(dtype)
+    dtype = DTYPES[dtype]
+  backbone = ResNet(BACKBONES[model_config.name], stem=model_config.stem,
                     width_multiplier=model_config.width_multiplier,
                     dtype=dtype)
   projector = Projector(num_layers=model_config.projector_num_layers,
@@ -215,6 +221,18 @@ def build_model(model_config: ml_collections.ConfigDict, *,
                         output_dim=model_config.projector_output_dim,
                         last_bn=model_config.projector_last_bn, dtype=dtype)
   return Encoder(backbone, projector)
+
+
+def init_variables(model: Encoder, key: jax.Array, *,
+                   image_size: int) -> dict[str, Any]:
+  """{"params", "batch_stats"} of a fresh `model`, drawn from `key`.
+
+  Also the restore template of a checkpoint, under `jax.eval_shape`.
+  """
+  variables = model.init(key, jnp.zeros((2, image_size, image_size, 3)),
+                         train=False)
+  return {"params": variables["params"],
+          "batch_stats": variables["batch_stats"]}
 
 
 def feature_dim(model_config: ml_collections.ConfigDict) -> int:

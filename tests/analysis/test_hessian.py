@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from mio_jax import losses
 from mio_jax.analysis import spectrum
-from pretrain_runner import STEPS_PER_EPOCH, tiny_config
+from pretrain_runner import open_checkpointer, tiny_config, tiny_run
 
 NUM_IMAGES, INPUT_DIM, HIDDEN_DIM, OUTPUT_DIM = 6, 5, 10, 6
 
@@ -179,13 +179,9 @@ def test_bad_arguments_name_the_fix(x64):
 
 def _saved_checkpoint(workdir, config, step):
   """A fresh resnet_tiny state saved as the checkpoint of `step` in workdir."""
-  from mio_jax import checkpointing
-  from mio_jax import mesh as mesh_lib
   from mio_jax import train
-  state = train.create_train_state(config, mesh_lib.make_data_mesh(),
-                                   steps_per_epoch=STEPS_PER_EPOCH)
-  state = state.replace(step=jnp.int32(step))
-  checkpointer = checkpointing.Checkpointer(str(workdir), config)
+  state = train.init_state(tiny_run()).replace(step=jnp.int32(step))
+  checkpointer = open_checkpointer(workdir, config)
   checkpointer.save(state)
   checkpointer.close()
   return state
@@ -194,7 +190,6 @@ def _saved_checkpoint(workdir, config, step):
 def test_analyze_checkpoint_writes_json_and_png(tmp_path):
   import json
 
-  from mio_jax import mesh as mesh_lib
   from mio_jax import synthetic
   from mio_jax import train
   from mio_jax.analysis import hessian
@@ -205,7 +200,7 @@ def test_analyze_checkpoint_writes_json_and_png(tmp_path):
   results = hessian.analyze_checkpoint(
       config, str(tmp_path), losses=("mio", "nt_xent"), top_k=2,
       params_subset="projector", data_source="synthetic",
-      steps_per_epoch=STEPS_PER_EPOCH, lanczos_steps=12, num_probes=1,
+      lanczos_steps=12, num_probes=1,
       log=lambda line: None)
 
   assert results["step"] == step and results["batch_size"] == config.batch_size
@@ -213,11 +208,10 @@ def test_analyze_checkpoint_writes_json_and_png(tmp_path):
       x.size for x in jax.tree.leaves(state.params["projector"]))
   # The analysed loss is the training loss: the train step's loss on the
   # batch of the same step at the same parameters (the config's loss is mio).
-  mesh = mesh_lib.make_data_mesh()
-  train_step = train.make_train_step(config, mesh,
-                                     steps_per_epoch=STEPS_PER_EPOCH)
-  _, metrics = train_step(jax.tree.map(jnp.copy, state),
-                          synthetic.synthetic_batch(config, mesh, step))
+  run = tiny_run()
+  _, metrics = train.make_train_step(run)(
+      jax.tree.map(jnp.copy, state),
+      synthetic.synthetic_batch(config, run.mesh, step))
   np.testing.assert_allclose(results["losses"]["mio"]["loss"],
                              float(metrics["loss"]), rtol=1e-5)
   for name in ("mio", "nt_xent"):
@@ -245,15 +239,14 @@ def test_analyze_checkpoint_rejects_bad_requests(tmp_path):
   with pytest.raises(hessian.AnalysisRequestError,
                      match="valid: all, projector, backbone"):
     hessian.analyze_checkpoint(config, str(tmp_path), params_subset="head")
-  with pytest.raises(hessian.AnalysisRequestError,
-                     match="unknown loss 'infonce'"):
+  with pytest.raises(hessian.AnalysisRequestError, match="infonce"):
     hessian.analyze_checkpoint(config, str(tmp_path), losses=("infonce",))
   with pytest.raises(hessian.AnalysisRequestError,
                      match="batch_size=12 must be .* multiple of the 8 devices"):
     hessian.analyze_checkpoint(config, str(tmp_path), batch_size=12)
-  with pytest.raises(FileNotFoundError, match="No checkpoint in"):
-    hessian.analyze_checkpoint(config, str(tmp_path), data_source="synthetic",
-                               steps_per_epoch=STEPS_PER_EPOCH)
+  from mio_jax import checkpointing
+  with pytest.raises(checkpointing.NoCheckpointError, match="no checkpoint in"):
+    hessian.analyze_checkpoint(config, str(tmp_path), data_source="synthetic")
   assert not (tmp_path / "checkpoints").exists()
 
 
@@ -276,7 +269,7 @@ def _run_command(tmp_path, *flags):
   config_file.write_text(_CONFIG_FILE.format(
       tests_dir=str(pathlib.Path(__file__).parent)))
   return subprocess.run(
-      [sys.executable, "-m", "mio_jax.analysis.hessian",
+      [sys.executable, "-m", "mio_jax.cli.hessian",
        f"--config={config_file}", f"--workdir={tmp_path}", *flags],
       capture_output=True, text=True, timeout=600, check=False)
 
@@ -284,8 +277,10 @@ def _run_command(tmp_path, *flags):
 def test_command_reports_bad_requests_in_one_line(tmp_path):
   result = _run_command(tmp_path, "--losses=mio,infonce")
   assert result.returncode == 2, result.stderr
-  assert result.stderr.strip().splitlines()[-1].startswith(
-      "error: unknown loss 'infonce'; valid names: mio, bce, nt_xent, dcl")
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "infonce" in last
+  for name in ("mio", "bce", "nt_xent", "dcl"):
+    assert name in last
   assert "Traceback" not in result.stderr
 
 

@@ -1,31 +1,22 @@
 """The offline CPU demo (`make demo`): MIO on digits against a random encoder.
 
+    python -m mio_jax.cli.demo [--workdir=runs/demo]
+
 Builds the digits dataset, pretrains the digits config with MIO, evaluates
 the frozen encoder (kNN, few-label, linear), evaluates a randomly
 initialised encoder of the same architecture the same way, prints a table
 and writes runs/demo/summary.json. Rerunning resumes from (or reuses) the
 finished checkpoint.
 """
-import json
-import os
 import pathlib
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
-from mio_jax import config_base
-from mio_jax import console
-from mio_jax import data
-from mio_jax import experiment
-from mio_jax import mesh as mesh_lib
-from mio_jax import train
+from mio_jax.cli import common
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the demo writes.")
-_CONFIG_PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"
+_CONFIG_PATH = pathlib.Path(__file__).resolve().parents[2] / "configs" / "digits.py"
 _PROTOCOLS = (("linear_top1", "linear (all labels)"), ("knn_top1", "kNN"),
               ("fewshot_top1", "few-label"))
 
@@ -42,9 +33,17 @@ def _summary_table(summary, config) -> str:
   return "\n".join(rows)
 
 
-def main(argv):
+def main(argv) -> None:
   del argv
-  console.quiet_library_logs()
+  # pylint: disable=g-import-not-at-top
+  from mio_jax import config_base
+  from mio_jax import evaluation
+  from mio_jax import experiment
+  from mio_jax import files
+  from mio_jax import mesh as mesh_lib
+  from mio_jax import models
+  from mio_jax import train
+  # pylint: enable=g-import-not-at-top
   workdir = pathlib.Path(_WORKDIR.value)
   config = config_base.load_config_file(_CONFIG_PATH)
   config.dataset.data_dir = str(workdir / "tensorflow_datasets")
@@ -52,19 +51,22 @@ def main(argv):
   # train_and_evaluate builds the digits dataset (offline) on first use.
   mio_results = experiment.train_and_evaluate(config, str(workdir / "mio"))
 
-  mesh = mesh_lib.make_data_mesh()
-  random_state = train.create_train_state(
-      config, mesh, steps_per_epoch=data.pretrain_steps_per_epoch(config))
-  random_results = experiment.evaluate_state(config, random_state, mesh)
+  model = models.build_model(config.model, dtype=config.dtype)
+  random_variables = train.initial_variables(
+      model, seed=config.seed, image_size=config.dataset.image_size)
+  random_results = evaluation.evaluate(
+      random_variables, model=model, config=config,
+      mesh=mesh_lib.make_data_mesh(),
+      protocols=experiment.MODE_PROTOCOLS["all"])
 
   keys = [k for k, _ in _PROTOCOLS] + ["fewshot_top1_std"]
   summary = {"mio": {k: mio_results[k] for k in keys},
              "random_init": {k: random_results[k] for k in keys},
              "seconds": round(time.time() - start, 1)}
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  files.write_json(workdir / "summary.json", summary)
   print(_summary_table(summary, config))
   print(f"Wrote {workdir / 'summary.json'} in {summary['seconds']:.0f} s.")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -1,19 +1,19 @@
 r"""Prepares a dataset's TFDS files (run once per data_dir).
 
-    python -m mio_jax.data.prepare --dataset=cifar10 [--data_dir=DIR]
-    python -m mio_jax.data.prepare --dataset=imagenet100 \
+    python -m mio_jax.cli.prepare --dataset=cifar10 [--data_dir=DIR]
+    python -m mio_jax.cli.prepare --dataset=imagenet100 \
         --manual_dir=DIR_WITH_ILSVRC2012_TARS [--data_dir=DIR]
 
 ImageNet-scale sets are written as ArrayRecord (read by index); the others
 as TFRecord (decoded into memory once per run).
 """
-from absl import app
 from absl import flags
 
-from mio_jax.data import registry
+from mio_jax.cli import common
 
-_DATASET = flags.DEFINE_enum("dataset", None, sorted(registry.DATASETS),
-                             "Dataset to prepare.", required=True)
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "Dataset to prepare (a config.dataset.name, e.g. cifar10).",
+    required=True)
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "TFDS data_dir (default: $TFDS_DATA_DIR or "
     "~/tensorflow_datasets).")
@@ -22,13 +22,14 @@ _MANUAL_DIR = flags.DEFINE_string(
     "(tiny-imagenet-200.zip, ILSVRC2012_img_{train,val}.tar).")
 
 
-def main(argv):
+def main(argv) -> None:
   del argv
-  builder = registry.prepare_dataset(_DATASET.value, data_dir=_DATA_DIR.value,
-                                     manual_dir=_MANUAL_DIR.value)
+  from mio_jax import data  # pylint: disable=g-import-not-at-top
+  builder = data.prepare_dataset(_DATASET.value, data_dir=_DATA_DIR.value,
+                                 manual_dir=_MANUAL_DIR.value)
   print(f"Prepared {_DATASET.value} in {builder.data_path}: "
         f"{ {k: v.num_examples for k, v in builder.info.splits.items()} }")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

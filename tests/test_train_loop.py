@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 
 from mio_jax import checkpointing
-from mio_jax import mesh as mesh_lib
-from mio_jax import pretrain
 from mio_jax import synthetic
 from mio_jax import train
-from pretrain_runner import STEPS_PER_EPOCH, tiny_config
+from pretrain_runner import open_checkpointer, tiny_config, tiny_run
 
 TOTAL_STEPS = 6
 RUNNER = pathlib.Path(__file__).parent / "pretrain_runner.py"
@@ -32,16 +30,13 @@ class _RecordingLogger:
     pass
 
 
-def _pretrain(workdir, config=None, hooks=(), batches_fn=None, logger=None):
-  config = tiny_config(total_steps=TOTAL_STEPS) if config is None else config
-  mesh = mesh_lib.make_data_mesh()
+def _pretrain(workdir, run=None, hooks=(), batches_fn=None, logger=None):
+  run = tiny_run(total_steps=TOTAL_STEPS) if run is None else run
   if batches_fn is None:
     batches_fn = lambda start: synthetic.synthetic_batches(
-        config, mesh, start_step=start)
-  return pretrain.pretrain(config, str(workdir), mesh=mesh,
-                           batches_fn=batches_fn,
-                           steps_per_epoch=STEPS_PER_EPOCH,
-                           logger=logger or _RecordingLogger(), hooks=hooks)
+        run.config, run.mesh, start_step=start)
+  return train.pretrain(run, str(workdir), batches_fn=batches_fn,
+                        logger=logger or _RecordingLogger(), hooks=hooks)
 
 
 def _host(state):
@@ -68,9 +63,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_uninterrupted_run_trains_and_saves(uninterrupted, tmp_path):
   assert int(uninterrupted.step) == TOTAL_STEPS
-  fresh = train.create_train_state(tiny_config(total_steps=TOTAL_STEPS),
-                                   mesh_lib.make_data_mesh(),
-                                   steps_per_epoch=STEPS_PER_EPOCH)
+  fresh = train.init_state(tiny_run(total_steps=TOTAL_STEPS))
   kernel = lambda s: np.asarray(s.params["projector"]["dense2"]["kernel"])
   assert not np.allclose(kernel(fresh), kernel(uninterrupted))
 
@@ -82,8 +75,7 @@ def test_resume_after_a_crash_is_bit_identical(uninterrupted, tmp_path):
 
   with pytest.raises(RuntimeError, match="simulated crash"):
     _pretrain(tmp_path, hooks=[crash_at_step_5])
-  assert checkpointing.Checkpointer(
-      str(tmp_path), tiny_config()).latest_step() == 4
+  assert open_checkpointer(tmp_path, tiny_config()).latest_step() == 4
   resumed = _pretrain(tmp_path)  # resumes at 4, trains steps 5 and 6
   _assert_identical(_host(resumed), uninterrupted)
 
@@ -97,7 +89,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(uninterrupted,
   with pytest.raises(SystemExit) as exit_info:
     _pretrain(tmp_path, hooks=[sigterm_at_step_3])
   assert exit_info.value.code == 0
-  checkpointer = checkpointing.Checkpointer(str(tmp_path), tiny_config())
+  checkpointer = open_checkpointer(tmp_path, tiny_config())
   assert checkpointer.all_steps() == [2, 3]
   checkpointer.close()
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
@@ -108,23 +100,22 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(uninterrupted,
 # at once because its result (step 4) would be saved.
 @pytest.mark.parametrize("bad_step", [2, 3])
 def test_non_finite_loss_stops_naming_the_step(tmp_path, bad_step):
-  config = tiny_config(total_steps=TOTAL_STEPS)
-  mesh = mesh_lib.make_data_mesh()
+  run = tiny_run(total_steps=TOTAL_STEPS)
+  config = run.config
 
   def batches_with_nan(start):
     for step, batch in enumerate(
-        synthetic.synthetic_batches(config, mesh, start_step=start), start):
+        synthetic.synthetic_batches(config, run.mesh, start_step=start), start):
       if step == bad_step:
         batch["view1"] = batch["view1"] * np.nan
       yield batch
 
   with pytest.raises(train.NonFiniteLossError, match=f"at step {bad_step}:"):
-    _pretrain(tmp_path, config=config, batches_fn=batches_with_nan)
+    _pretrain(tmp_path, run=run, batches_fn=batches_with_nan)
   # The last good checkpoint (step 2) is kept; no NaN state was saved.
-  checkpointer = checkpointing.Checkpointer(str(tmp_path), config)
+  checkpointer = open_checkpointer(tmp_path, config)
   assert checkpointer.all_steps() == [2]
-  restored = checkpointer.restore(train.create_train_state(
-      config, mesh, steps_per_epoch=STEPS_PER_EPOCH))
+  restored = checkpointer.restore(train.init_state(run))
   checkpointer.close()
   assert all(np.isfinite(np.asarray(x)).all()
              for x in jax.tree.leaves(restored.params))
@@ -132,10 +123,8 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, bad_step):
 
 def _finished_steps(workdir):
   directory = checkpointing.checkpoint_dir(str(workdir))
-  if not directory.exists():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir()
-                if p.name.isdigit() and (p / "commit_success.txt").exists())
+  return [step for step in checkpointing.saved_steps(str(workdir))
+          if (directory / str(step) / "commit_success.txt").exists()]
 
 
 @pytest.mark.slow  # two subprocesses compiling: 80 s on 2 busy cores
@@ -162,11 +151,51 @@ def test_sigkill_mid_run_then_restart_matches_uninterrupted(uninterrupted,
                            timeout=240)
   assert restart.returncode == 0, restart.stdout + restart.stderr
   assert f"at step {max(killed_at)}." in restart.stdout
-  checkpointer = checkpointing.Checkpointer(
-      str(tmp_path), tiny_config(total_steps=TOTAL_STEPS))
+  checkpointer = open_checkpointer(tmp_path, tiny_config())
   assert checkpointer.latest_step() == TOTAL_STEPS
-  final = checkpointer.restore(train.create_train_state(
-      tiny_config(total_steps=TOTAL_STEPS), mesh_lib.make_data_mesh(),
-      steps_per_epoch=STEPS_PER_EPOCH))
+  final = checkpointer.restore(train.init_state(
+      tiny_run(total_steps=TOTAL_STEPS)))
   checkpointer.close()
   _assert_identical(_host(final), uninterrupted)
+
+
+def test_sigterm_during_a_long_hook_saves_within_seconds(tmp_path):
+  """The hook (an online kNN on ImageNet: minutes) is abandoned at once."""
+  abandoned = []
+
+  def slow_hook_with_sigterm(step, state):
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+      try:
+        time.sleep(60)
+      finally:
+        abandoned.append(step)
+
+  start = time.monotonic()
+  with pytest.raises(SystemExit) as exit_info:
+    _pretrain(tmp_path, hooks=[slow_hook_with_sigterm])
+  assert exit_info.value.code == 0
+  assert time.monotonic() - start < 45  # not the hook's 60 s
+  assert abandoned == [3]
+  checkpointer = open_checkpointer(tmp_path, tiny_config())
+  assert checkpointer.all_steps() == [2, 3]
+  checkpointer.close()
+
+
+def test_resume_with_a_changed_recipe_stops_naming_the_key(tmp_path):
+  _pretrain(tmp_path, run=tiny_run(total_steps=2))
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r"config.batch_size=16, this run has 8"):
+    _pretrain(tmp_path, run=tiny_run(total_steps=4, batch_size=8))
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r"config.total_steps=2, this run has 4.*"
+                           r"resume_allow_changes=total_steps"):
+    _pretrain(tmp_path, run=tiny_run(total_steps=4))
+  # Allowed on purpose: trains on, and the change is recorded.
+  state = _pretrain(tmp_path, run=tiny_run(
+      total_steps=4, resume_allow_changes="total_steps"))
+  assert int(state.step) == 4
+  metadata = checkpointing.read_metadata(str(tmp_path))
+  assert metadata["changes"] == [
+      {"key": "total_steps", "from": 2, "to": 4, "from_step": 2}]
+  assert metadata["settings"]["total_steps"] == 4

@@ -1,6 +1,6 @@
 r"""The losses compared in miniature: equal budget and seeds, on digits.
 
-    python -m mio_jax.analysis.compare --out=runs/compare \
+    python -m mio_jax.cli.compare --out=runs/compare \
         [--losses=mio,bce,nt_xent,dcl] [--seeds=0,1,2] [--steps=30] \
         [--eval_every=10] [--temperature=0.5] [--hessian_params=projector,all] \
         [--hessian_batch_size=64] [--config=configs/digits.py] \
@@ -21,30 +21,22 @@ kNN accuracy, mean ± std band per loss). A finished run is reused and an
 interrupted one resumes from its checkpoint, so rerunning the command after
 a crash loses little; `<out>` is tied to its settings (see SETTINGS_NAME).
 """
-import io
 import json
-import os
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import jax
 import ml_collections
 import numpy as np
-from absl import app
-from absl import flags
 from etils import epath
-from matplotlib.figure import Figure
-from ml_collections import config_flags
 
-from mio_jax import console
 from mio_jax import data
+from mio_jax import errors
+from mio_jax import evaluation
 from mio_jax import experiment
+from mio_jax import files
 from mio_jax import losses as losses_lib
 from mio_jax import mesh as mesh_lib
+from mio_jax import models
 from mio_jax import plots
 from mio_jax import train
 from mio_jax.analysis import hessian
@@ -76,6 +68,10 @@ DEFAULT_HESSIAN_OPTIONS = {"top_k": 1, "lanczos_steps": 1, "num_probes": 1,
 DEFAULT_HESSIAN_SUBSETS = ("projector",)
 
 
+class ComparisonRequestError(errors.UserError, ValueError):
+  """Bad arguments, or an output directory made with other settings."""
+
+
 def lambda_max_key(subset: str) -> str:
   return f"lambda_max_{subset}"
 
@@ -100,26 +96,17 @@ def run_config(base: ml_collections.ConfigDict, *, loss: str, seed: int,
   return config
 
 
-def _read_json(path: epath.Path) -> Optional[dict[str, Any]]:
-  return json.loads(path.read_text()) if path.exists() else None
-
-
-def _write_json(path: epath.Path, obj: Any) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-
-
 def _check_settings(out: epath.Path, settings: Mapping[str, Any]) -> None:
   """Records the settings of `out`, or refuses to reuse it with others."""
   path = out / SETTINGS_NAME
   settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
-  recorded = _read_json(path)
+  recorded = files.read_json(path)
   if recorded is None:
-    _write_json(path, settings)
+    files.write_json(path, settings)
   elif recorded != settings:
     changed = sorted(k for k in recorded.keys() | settings.keys()
                      if recorded.get(k) != settings.get(k))
-    raise ValueError(
+    raise ComparisonRequestError(
         f"{out} holds runs made with other settings (differing: "
         f"{', '.join(changed)}; see {path}). Use another --out, or delete "
         f"{out} to start over.")
@@ -145,7 +132,7 @@ def train_run(config: ml_collections.ConfigDict, workdir: epath.Path, *,
   batch, parameter count, seconds), and the seconds each part took.
   """
   path = workdir / RUN_RESULTS_NAME
-  run = _read_json(path)
+  run = files.read_json(path)
   if run is None:
     start = time.perf_counter()
     results = experiment.train_and_evaluate(config, str(workdir))
@@ -153,7 +140,7 @@ def train_run(config: ml_collections.ConfigDict, workdir: epath.Path, *,
            if k.split("_")[0] in EVAL_PROTOCOLS}
     run.update(online_knn=_online_curve(workdir),
                train_eval_seconds=time.perf_counter() - start)
-    _write_json(path, run)
+    files.write_json(path, run)
   else:
     log(f"[compare] {workdir}: reusing the finished run.")
   for subset in hessian_subsets:
@@ -169,7 +156,7 @@ def train_run(config: ml_collections.ConfigDict, workdir: epath.Path, *,
     run[f"hessian_{subset}"] = {"loss": own["loss"],
                                 "num_params": analysis["num_params"],
                                 "seconds": time.perf_counter() - start}
-    _write_json(path, run)
+    files.write_json(path, run)
   return run
 
 
@@ -177,14 +164,16 @@ def random_init_run(config: ml_collections.ConfigDict, workdir: epath.Path, *,
                     mesh, log: Callable[[str], None]) -> dict[str, Any]:
   """Probe accuracies of the seed's untrained encoder (step 0 of every loss)."""
   path = workdir / RUN_RESULTS_NAME
-  done = _read_json(path)
+  done = files.read_json(path)
   if done is not None:
     log(f"[compare] {workdir}: reusing the random-init evaluation.")
     return done
-  state = train.create_train_state(
-      config, mesh, steps_per_epoch=data.pretrain_steps_per_epoch(config))
-  run = experiment.evaluate_state(config, state, mesh, protocols=EVAL_PROTOCOLS)
-  _write_json(path, run)
+  model = models.build_model(config.model, dtype=config.dtype)
+  variables = train.initial_variables(model, seed=config.seed,
+                                      image_size=config.dataset.image_size)
+  run = evaluation.evaluate(variables, model=model, config=config, mesh=mesh,
+                            protocols=EVAL_PROTOCOLS)
+  files.write_json(path, run)
   return run
 
 
@@ -271,38 +260,6 @@ def format_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
   return "\n".join(lines) + "\n"
 
 
-def plot_accuracy_vs_step(runs: Mapping[str, Sequence[Mapping[str, Any]]],
-                          random_init: Sequence[Mapping[str, Any]]) -> Figure:
-  """Online kNN top-1 against step, mean ± std band over seeds, per loss.
-
-  Step 0 is the random initialisation, the same for every loss of a seed.
-  """
-  figure = Figure(figsize=(6.5, 4), layout="constrained")
-  axis = figure.subplots()
-  init_values = [run["knn_top1"] for run in random_init]
-  for index, (loss, seed_runs) in enumerate(runs.items()):
-    curves = [run["online_knn"] for run in seed_runs]
-    steps = curves[0]["steps"]
-    if any(curve["steps"] != steps for curve in curves):
-      raise ValueError(f"{loss}: seeds logged kNN at different steps "
-                       f"{[c['steps'] for c in curves]}.")
-    # Each seed's curve starts from that seed's random-init accuracy.
-    values = np.array([[*init_values[i:i + 1], *curve["values"]]
-                       for i, curve in enumerate(curves)])
-    x = ([0] if init_values else []) + steps
-    mean = values.mean(axis=0)
-    std = values.std(axis=0, ddof=1) if len(values) > 1 else 0 * mean
-    axis.plot(x, mean, marker="o", markersize=3, color=f"C{index}", label=loss)
-    axis.fill_between(x, mean - std, mean + std, color=f"C{index}", alpha=0.2)
-  axis.set_xlabel("pretraining step (0: random init)")
-  axis.set_ylabel("kNN top-1 (test split)")
-  axis.set_title(f"online kNN accuracy, mean ± std over {len(init_values)} "
-                 "seed(s)", fontsize="medium")
-  axis.grid(alpha=0.3)
-  axis.legend()
-  return figure
-
-
 def write_report(out: str, results: Mapping[str, Any]) -> None:
   """Writes results.json, table.md and accuracy_vs_step.png into `out`.
 
@@ -310,16 +267,14 @@ def write_report(out: str, results: Mapping[str, Any]) -> None:
   {loss: {seed: run}}, "random_init": {seed: run}, optionally GAINS).
   """
   out_path = epath.Path(out)
-  _write_json(out_path / RESULTS_NAME, results)
+  files.write_json(out_path / RESULTS_NAME, results)
   (out_path / TABLE_NAME).write_text(
       format_table(results["summary"], results["settings"],
                    results.get(GAINS)))
   runs = {loss: list(results["runs"][loss].values())
           for loss in results["settings"]["losses"]}
-  figure = plot_accuracy_vs_step(runs, list(results[RANDOM_INIT].values()))
-  buffer = io.BytesIO()
-  figure.savefig(buffer, format="png", dpi=110)
-  (out_path / PLOT_NAME).write_bytes(buffer.getvalue())
+  plots.plot_accuracy_vs_step(runs, list(results[RANDOM_INIT].values()),
+                              str(out_path / PLOT_NAME))
 
 
 def run_comparison(base: ml_collections.ConfigDict, out: str, *,
@@ -342,12 +297,12 @@ def run_comparison(base: ml_collections.ConfigDict, out: str, *,
   invalid = [name for name in losses if name not in losses_lib.LOSSES]
   invalid += [s for s in hessian_subsets if s not in hessian.PARAM_SUBSETS]
   if invalid or not losses or not seeds:
-    raise ValueError(
+    raise ComparisonRequestError(
         f"Need losses from {list(losses_lib.LOSSES)} (got {list(losses)}), "
         f"Hessian subsets from {list(hessian.PARAM_SUBSETS)} (got "
         f"{list(hessian_subsets)}) and at least one seed (got {list(seeds)}).")
   if steps < 1 or eval_every < 1 or steps % eval_every:
-    raise ValueError(f"steps ({steps}) must be a positive multiple of "
+    raise ComparisonRequestError(f"steps ({steps}) must be a positive multiple of "
                      f"eval_every ({eval_every}), so every run's curve ends "
                      "at its final step.")
   hessian_options = dict(DEFAULT_HESSIAN_OPTIONS if hessian_options is None
@@ -404,59 +359,3 @@ def run_comparison(base: ml_collections.ConfigDict, out: str, *,
   log(f"[compare] wrote {out_path / TABLE_NAME}, {out_path / RESULTS_NAME} and "
       f"{out_path / PLOT_NAME} ({results['wall_seconds_this_invocation']:.0f} s)")
   return results
-
-
-def _define_flags() -> dict[str, flags.FlagHolder]:
-  # Defined only when run as a command: absl flags are global, and importing
-  # this module next to mio_jax.main (which also has --config) must work.
-  return {
-      "config": config_flags.DEFINE_config_file(
-          "config", str(epath.Path(__file__).parents[2] / "configs"
-                        / "digits.py"),
-          "The config every run starts from."),
-      "out": flags.DEFINE_string("out", "runs/compare", "Output directory."),
-      "losses": flags.DEFINE_list("losses", list(losses_lib.LOSSES),
-                                  "Losses to compare."),
-      "seeds": flags.DEFINE_list(
-          "seeds", ["0", "1", "2"],
-          "Seeds (init and data order), the same for every loss."),
-      "steps": flags.DEFINE_integer("steps", 30, "Pretraining steps per run."),
-      "eval_every": flags.DEFINE_integer("eval_every", 10,
-                                         "Online kNN every this many steps."),
-      "temperature": flags.DEFINE_float(
-          "temperature", None,
-          "Temperature of every loss (default: the config's)."),
-      "hessian_params": flags.DEFINE_list(
-          "hessian_params", list(DEFAULT_HESSIAN_SUBSETS),
-          "Parameter subsets λ_max is taken over (all, projector, backbone),"
-          " one table column each."),
-      "hessian_batch_size": flags.DEFINE_integer(
-          "hessian_batch_size", DEFAULT_HESSIAN_OPTIONS["batch_size"],
-          "Images of the final step's batch the Hessian is taken on."),
-  }
-
-
-def main(argv: Sequence[str], flag_holders: Mapping[str, flags.FlagHolder]
-        ) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
-  console.quiet_library_logs()
-  values = {name: holder.value for name, holder in flag_holders.items()}
-  config, out = values["config"], values["out"]
-  if values["temperature"] is not None:
-    config.temperature = values["temperature"]
-  if config.dataset.data_dir is None:
-    config.dataset.data_dir = os.path.join(out, "tensorflow_datasets")
-  run_comparison(
-      config, out, losses=values["losses"],
-      seeds=[int(s) for s in values["seeds"]], steps=values["steps"],
-      eval_every=values["eval_every"],
-      hessian_options={**DEFAULT_HESSIAN_OPTIONS,
-                       "batch_size": values["hessian_batch_size"]},
-      hessian_subsets=values["hessian_params"])
-  print((epath.Path(out) / TABLE_NAME).read_text())
-
-
-if __name__ == "__main__":
-  _FLAGS = _define_flags()
-  app.run(lambda argv: main(argv, _FLAGS))

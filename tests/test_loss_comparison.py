@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mio_jax import config_base
-from mio_jax.analysis import compare
+from mio_jax import loss_comparison as compare
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOSSES = ("mio", "nt_xent")

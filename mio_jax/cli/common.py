@@ -1,0 +1,55 @@
+"""What every command shares: flag parsing and errors as one line.
+
+A problem the user can fix (`errors.UserError`, a bad flag or config
+override) ends the command with `error: <one line>` on stderr and exit
+status 2; anything else is a bug of ours and keeps its traceback.
+"""
+import sys
+from typing import Callable, Sequence
+
+from absl import app
+from absl import flags
+
+USAGE_EXIT_CODE = 2
+
+
+def usage_error(message: str) -> None:
+  """Prints `error: message` (one line) and exits with status 2."""
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(USAGE_EXIT_CODE)
+
+
+def parse_flags(argv: Sequence[str]) -> Sequence[str]:
+  """absl's parser, with one-line errors instead of tracebacks."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    usage_error(f"{e}. See --helpfull for the flags.")
+  except (KeyError, AttributeError) as e:
+    # ml_collections raises these for an override of a key that does not
+    # exist; its message carries a did-you-mean suggestion.
+    message = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", " ")
+    usage_error(f"unknown config key in a --config.* override: {message}. "
+                "All keys and defaults are in mio_jax/config_base.py.")
+  except Exception as e:  # pylint: disable=broad-except
+    # Loading a config file runs user code: whatever it raises is a usage error.
+    usage_error(f"could not load --config: {type(e).__name__}: {e}")
+
+
+def run(main: Callable[[Sequence[str]], None]) -> None:
+  """absl's app.run with one-line errors for everything a user can fix."""
+
+  def guarded_main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      usage_error(f"unexpected arguments {list(argv[1:])}; flags look like "
+                  "--key=value")
+    # Imported here, not at the top: `--help` must not wait for JAX.
+    from mio_jax import console  # pylint: disable=g-import-not-at-top
+    from mio_jax import errors  # pylint: disable=g-import-not-at-top
+    console.quiet_library_logs()
+    try:
+      main(argv)
+    except errors.UserError as e:
+      usage_error(str(e))
+
+  app.run(guarded_main, flags_parser=parse_flags)

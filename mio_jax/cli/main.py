@@ -1,0 +1,52 @@
+r"""Pretrain MIO and evaluate the frozen encoder.
+
+    python -m mio_jax.main --config=configs/digits.py --workdir=runs/digits \
+        [--mode=all] [--config.key=value ...]
+
+Parses flags, joins a multi-process run, checks the config and workdir and
+calls `experiment.train_and_evaluate`. A bad flag, config value, workdir,
+unprepared data set or missing checkpoint stops with one line and status 2.
+"""
+from absl import flags
+from ml_collections import config_flags
+
+from mio_jax.cli import common
+from mio_jax.cli import distributed_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file in configs/, e.g. configs/digits.py.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory (local or gs://) for checkpoints, metrics and plots.")
+_MODE = flags.DEFINE_string(
+    "mode", None, "Overrides config.mode: pretrain, all (pretrain then "
+    "evaluate), or an evaluation of a saved step (linear_eval, knn_eval, "
+    "fewshot_eval). An unknown mode is an error listing the valid ones.")
+distributed_flags.define_flags()
+
+
+def main(argv) -> None:
+  del argv
+  config = _CONFIG.value
+  if config is None:
+    common.usage_error("--config is required, e.g. --config=configs/digits.py")
+  if _MODE.value is not None:
+    config.mode = _MODE.value
+  # pylint: disable=g-import-not-at-top
+  from mio_jax import config_validation
+  from mio_jax import distributed
+  from mio_jax import experiment
+  import jax
+  # pylint: enable=g-import-not-at-top
+  distributed.initialize(distributed_flags.settings_from_flags())
+  config_validation.validate_config(config, device_count=jax.device_count())
+  config_validation.validate_workdir(_WORKDIR.value, config)
+  experiment.train_and_evaluate(config, _WORKDIR.value)
+
+
+def run() -> None:
+  common.run(main)
+
+
+if __name__ == "__main__":
+  run()

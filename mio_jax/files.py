@@ -1,0 +1,32 @@
+"""File access for local and `gs://` paths, through one library (etils.epath).
+
+The workdir and the TFDS data_dir may be buckets; every path mio_jax writes
+goes through here or through `epath.Path` directly, never `os.path`/`open`.
+"""
+import json
+import os
+from typing import Any, Optional
+
+from etils import epath
+
+
+
+
+def write_json(path: "str | os.PathLike[str]", obj: Any) -> None:
+  """Writes `obj` as indented, key-sorted JSON (with a final newline)."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: "str | os.PathLike[str]") -> Optional[Any]:
+  """The JSON value stored at `path`, or None if there is no such file."""
+  path = epath.Path(path)
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def ensure_dir(path: "str | os.PathLike[str]") -> epath.Path:
+  """Creates a directory (local or `gs://...`); a no-op if it exists."""
+  directory = epath.Path(path)
+  directory.mkdir(parents=True, exist_ok=True)
+  return directory

@@ -1,0 +1,120 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mio_jax import errors
+from mio_jax import models
+from mio_jax import optim
+from pretrain_runner import tiny_config
+
+
+def _make(config, total_steps=10, steps_per_epoch=1):
+  return optim.make_optimizer(config.optimizer, batch_size=config.batch_size,
+                              total_steps=total_steps,
+                              steps_per_epoch=steps_per_epoch)
+
+
+def test_decay_mask_excludes_exactly_biases_and_norm_params():
+  config = tiny_config()
+  config.model.projector_last_bn = False  # so a Dense bias exists
+  params = jax.eval_shape(lambda: models.build_model(config.model).init(
+      jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False))["params"]
+  mask = optim.decay_mask(params)
+  for path, excluded in jax.tree_util.tree_leaves_with_path(
+      jax.tree.map(lambda m: not m, mask)):
+    name = path[-1].key
+    assert excluded == (name in ("bias", "scale")), path
+  names = {path[-1].key for path, _ in
+           jax.tree_util.tree_leaves_with_path(params)}
+  assert names == {"kernel", "bias", "scale"}
+
+
+@pytest.mark.parametrize("name", ["lars", "sgd", "adamw"])
+def test_optimizers_leave_biases_and_norm_params_undecayed(name):
+  config = tiny_config()
+  config.optimizer.name = name
+  config.optimizer.weight_decay = 0.5
+  config.optimizer.warmup_epochs = 0.0
+  params = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones((4,))},
+            "bn": {"scale": jnp.ones((4,)), "bias": jnp.ones((4,))}}
+  tx, _ = _make(config)
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  assert float(jnp.abs(updates["dense"]["kernel"]).max()) > 0
+  for leaf in (updates["dense"]["bias"], updates["bn"]["scale"],
+               updates["bn"]["bias"]):
+    assert float(jnp.abs(leaf).max()) == 0
+
+
+def test_lars_trust_ratio_skips_biases_and_norm_params():
+  config = tiny_config()
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.warmup_epochs = 0.0
+  config.optimizer.lr_scaling = "none"
+  config.optimizer.base_lr = 0.1
+  params = {"kernel": jnp.full((3, 4), 2.0), "bias": jnp.ones((4,)),
+            "scale": jnp.ones((4,))}
+  tx, schedule = _make(config)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  lr = float(schedule(0))
+  np.testing.assert_allclose(updates["bias"], -lr)  # plain SGD
+  np.testing.assert_allclose(updates["scale"], -lr)
+  # Kernel: scaled by trust ratio eta * ||w|| / ||g|| = 0.001 * 2.
+  np.testing.assert_allclose(updates["kernel"], -lr * 0.002, rtol=1e-5)
+
+
+def test_learning_rate_schedule_scales_linearly_and_warms_up():
+  config = tiny_config()
+  config.optimizer.base_lr = 0.3
+  config.batch_size = 512
+  config.optimizer.warmup_epochs = 2.0
+  schedule = optim.learning_rate_schedule(
+      config.optimizer, batch_size=config.batch_size, total_steps=100,
+      steps_per_epoch=10)
+  assert float(schedule(0)) == 0.0
+  np.testing.assert_allclose(float(schedule(10)), 0.3)  # half way up
+  np.testing.assert_allclose(float(schedule(20)), 0.6)  # 0.3 * 512 / 256
+  assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_unknown_optimizer_lists_valid_names():
+  config = tiny_config()
+  config.optimizer.name = "adam"
+  with pytest.raises(errors.InvalidValueError, match="'lars', 'sgd', 'adamw'"):
+    _make(config)
+
+
+def test_grad_clipping_bounds_the_update():
+  config = tiny_config()
+  config.optimizer.name = "sgd"
+  config.optimizer.grad_clip_norm = 1.0
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.warmup_epochs = 0.0
+  tx, schedule = _make(config)
+  params = {"w": jnp.zeros((4, 4))}
+  updates, _ = tx.update({"w": jnp.full((4, 4), 100.0)}, tx.init(params),
+                         params)
+  np.testing.assert_allclose(optax.tree.norm(updates), float(schedule(0)),
+                             rtol=1e-5)
+
+
+
+
+def test_public_code_schedule_options():
+  """Warm-up start and final lr, and a cosine horizon longer than the run."""
+  config = tiny_config()
+  opt = config.optimizer
+  opt.base_lr, opt.lr_scaling = 1.0, "none"
+  opt.warmup_epochs, opt.warmup_start_lr, opt.final_lr = 1.0, 0.1, 0.01
+  opt.schedule_epochs = 40.0  # a run of 10 epochs stops at a quarter of it
+  schedule = optim.learning_rate_schedule(opt, batch_size=256,
+                                          total_steps=100, steps_per_epoch=10)
+  np.testing.assert_allclose(float(schedule(0)), 0.1)
+  np.testing.assert_allclose(float(schedule(10)), 1.0)
+  # Cosine from step 10 to 400: at step 100, 90 of its 390 steps are done.
+  cosine = 0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 90 / 390))
+  np.testing.assert_allclose(float(schedule(100)), cosine, rtol=1e-5)
+  np.testing.assert_allclose(float(schedule(400)), 0.01, rtol=1e-5)
