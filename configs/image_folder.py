@@ -21,9 +21,10 @@ recipe above 32 px (`configs/stl10.py`):
     --config.dataset.image_size=96 --config.model.stem=imagenet \
     --config.augment.blur_prob=0.5 --config.augment.solarize_prob=0.2
 
-The training split must hold at least batch_size (128) images; lower
---config.batch_size for smaller folders. Every other key can be overridden
-as for the built-in datasets.
+The training split must hold at least batch_size (128) and
+eval.linear_batch_size (256) images; lower --config.batch_size and
+--config.eval.linear_batch_size for smaller folders. Every other key can be
+overridden as for the built-in datasets.
 """
 from mio_jax import config_base
 

@@ -79,12 +79,13 @@ def _visible_entries(folder: str) -> list[os.DirEntry]:
                   key=lambda e: e.name)
 
 
-def _files_under(folder: str) -> Iterator[str]:
-  """Paths of the visible files below `folder`, sorted, recursively."""
+def _files_under(folder: str, root: str) -> Iterator[str]:
+  """Paths relative to `root` of the visible files below `folder`, sorted."""
+  start = len(os.path.join(root, ""))  # folder is below root
   for parent, dirs, names in os.walk(folder):
     dirs[:] = sorted(d for d in dirs if _visible(d))
     for name in sorted(filter(_visible, names)):
-      yield os.path.join(parent, name)
+      yield os.path.join(parent, name)[start:]
 
 
 def _list_split(split_dir: str, root: str,
@@ -121,11 +122,11 @@ def _list_split(split_dir: str, root: str,
       raise ImageFolderError(
           f"{class_dir} is a class the training images do not have: add "
           f"{os.path.join(root, 'train', name)}/ or remove {class_dir}.")
-    paths = list(_files_under(class_dir))
+    paths = list(_files_under(class_dir, root))
     if not paths:
       raise ImageFolderError(
           f"{class_dir} holds no images: add some or remove the folder.")
-    files.extend((os.path.relpath(p, root), label_of[name]) for p in paths)
+    files.extend((path, label_of[name]) for path in paths)
   return class_names, tuple(files)
 
 
