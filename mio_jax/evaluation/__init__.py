@@ -1,7 +1,31 @@
-"""Evaluation of a frozen encoder: feature extraction, linear probe, kNN, few-shot."""
+"""Evaluation of a frozen encoder: features kept sharded, then protocols.
+
+  evaluator.evaluate(variables, *, model, config, mesh, protocols,
+                     embedding_png) -> {"knn_top1": ..., ...}
+  evaluator.online_knn_hook(config, mesh, model) -> hook(step, state)
+  make_encode_fn(model, mesh) -> (variables, images) -> features
+  PROTOCOLS, check_protocols(names): "knn", "fewshot", "linear" (the
+    feature probe: centre crops, fast)
+  Features, extract_features, features_from_arrays: the sharded features
+  knn_classify, linear_probe, fewshot_probe: the protocols' numerics
+
+`evaluator` reads the data sets (and so imports TensorFlow); it is not
+imported here, so the numerics stay light: `from mio_jax.evaluation import
+evaluator`.
+"""
+from mio_jax.evaluation.encoder import make_encode_fn
+from mio_jax.evaluation.features import Features
 from mio_jax.evaluation.features import extract_features
+from mio_jax.evaluation.features import from_arrays as features_from_arrays
 from mio_jax.evaluation.fewshot import fewshot_probe
 from mio_jax.evaluation.knn import knn_classify
 from mio_jax.evaluation.linear import linear_probe
+from mio_jax.evaluation.protocols import PROTOCOLS
+from mio_jax.evaluation.protocols import Protocol
+from mio_jax.evaluation.protocols import check_protocols
 
-__all__ = ["extract_features", "fewshot_probe", "knn_classify", "linear_probe"]
+__all__ = [
+    "PROTOCOLS", "Features", "Protocol", "check_protocols",
+    "extract_features", "features_from_arrays", "fewshot_probe",
+    "knn_classify", "linear_probe", "make_encode_fn",
+]

@@ -1,7 +1,8 @@
-"""Top-k accuracy and input checks shared by the linear probe and kNN."""
+"""Top-k accuracy shared by the feature probe and kNN."""
+import functools
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # The paper reports top-1 and top-5; with fewer than 5 classes "top5" is
 # top-num_classes (trivially 1.0), which keeps the result keys stable.
@@ -28,30 +29,20 @@ def topk_hits(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   return jnp.any(top_classes == labels[:, None], axis=1)
 
 
-def check_features_and_labels(name: str, features, labels,
-                              num_classes: int) -> None:
-  """Raises ValueError naming `name` if shapes or label values are invalid."""
-  if features.ndim != 2:
-    raise ValueError(f"{name}_x must be 2-D (examples, feature_dim); got shape "
-                     f"{features.shape}.")
-  if labels.shape != (features.shape[0],):
-    raise ValueError(f"{name}_y must have shape ({features.shape[0]},) to match "
-                     f"{name}_x; got {labels.shape}.")
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(
-        f"{name}_y holds labels in [{labels.min()}, {labels.max()}] but "
-        f"num_classes={num_classes}; labels must lie in [0, num_classes).")
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def hit_counts(scores: jax.Array, labels: jax.Array, valid: jax.Array, *,
+               num_classes: int) -> tuple[jax.Array, jax.Array]:
+  """(top-1 hits, top5_k hits) over the rows with `valid` True; int32 scalars.
+
+  Rows stay where they are (sharded scores need no gathering): only the
+  two counts are reduced across devices.
+  """
+  hits = lambda k: jnp.sum(topk_hits(scores, labels, k) & valid)
+  return hits(1), hits(top5_k(num_classes))
 
 
-def as_train_test(train_x, train_y, test_x, test_y, num_classes: int):
-  """float32 features and int32 labels, checked; raises ValueError naming the bad input."""
-  train_x = np.asarray(train_x, np.float32)
-  test_x = np.asarray(test_x, np.float32)
-  train_y = np.asarray(train_y).astype(np.int32)
-  test_y = np.asarray(test_y).astype(np.int32)
-  check_features_and_labels("train", train_x, train_y, num_classes)
-  check_features_and_labels("test", test_x, test_y, num_classes)
-  if test_x.shape[1] != train_x.shape[1]:
-    raise ValueError(f"test_x has {test_x.shape[1]} features per example but "
-                     f"train_x has {train_x.shape[1]}.")
-  return train_x, train_y, test_x, test_y
+def fractions(counts: tuple[jax.Array, jax.Array],
+              num_examples: int) -> dict[str, float]:
+  """{"top1", "top5"} as fractions of `num_examples`."""
+  top1, top5 = jax.device_get(counts)
+  return {"top1": int(top1) / num_examples, "top5": int(top5) / num_examples}

@@ -1,0 +1,36 @@
+"""The frozen encoder function: sharded float32 features, running BN stats."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mio_jax import config_base
+from mio_jax import mesh as mesh_lib
+from mio_jax import models
+from mio_jax.evaluation import make_encode_fn
+
+
+def test_encode_fn_gives_sharded_f32_features_with_running_averages():
+  config = config_base.base_config()
+  config.model.name = "resnet_tiny"
+  config.model.width_multiplier = 0.25
+  model = models.build_model(config.model)
+  variables = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)),
+                         train=False)
+  # Running averages far from a batch's statistics: train-mode BatchNorm
+  # would give other features.
+  variables = {"params": variables["params"],
+               "batch_stats": jax.tree.map(lambda v: v + 0.5,
+                                           variables["batch_stats"])}
+  mesh = mesh_lib.make_data_mesh()
+  images = jax.random.normal(jax.random.key(1), (16, 8, 8, 3))
+  features = make_encode_fn(model, mesh)(
+      variables, jax.device_put(images, mesh_lib.batch_sharding(mesh)))
+  assert features.shape == (16, model.backbone.feature_dim)
+  assert features.dtype == jnp.float32
+  assert features.sharding.is_equivalent_to(mesh_lib.batch_sharding(mesh), 2)
+  expected, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(
+      variables, images)
+  np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
+  (train_mode, _), _ = jax.jit(lambda v, x: model.apply(
+      v, x, train=True, mutable=["batch_stats"]))(variables, images)
+  assert not np.allclose(features, train_mode, atol=1e-2)
