@@ -1,28 +1,32 @@
 r"""Time and memory of the pair loss, forward + backward, dense and chunked.
 
     python benchmarks/loss.py [--sizes=256,512,...,16384] [--dim=128] \
-        [--block_size=256] [--memory_budget_mib=1024] [--quick]
+        [--block_size=256] [--memory_budget_mib=1024] [--devices=1] [--quick]
 
 For each N (images per batch; 2N embeddings of dimension d) and each form
 (dense: all (2N, 2N) logits at once; chunked: `block_size` images at a
-time, `losses.mio_loss(..., block_size=...)`), prints one JSON object:
+time, `losses.make_loss(..., block_size=...)`), prints one JSON object:
 the median time of `jax.value_and_grad` with respect to both views, and
 XLA's static memory plan of that compiled program (`memory_analysis()`:
 peak = temporaries + arguments + outputs; not process RSS). Programs whose
 planned peak exceeds --max_run_mib are compiled and sized but not run (a
 dense N = 16384 plans more than 20 GiB). A last object names the N from
 which the dense loss exceeds --memory_budget_mib while the chunked one fits.
+
+--devices=D > 1 splits the CPU into D fake devices (XLA_FLAGS; they share
+the same cores) and times each form twice on a batch sharded over them:
+`make_loss(..., mesh=)`, which splits the anchors over the devices
+("anchors": "split"), and the same loss without the mesh under jit
+("anchors": "jit_sharded", what XLA makes of the global-batch function).
+Memory is then per device, and block_size must divide N / D.
 """
 import argparse
+import os
 import sys
 
-import jax
-import jax.numpy as jnp
-
-from bench_util import emit, memory_bytes, time_repeats
+# Importing jax does not start its backends, so XLA_FLAGS set after the
+# arguments are parsed (--devices) still apply.
 from mio_jax import losses
-
-MIB = 2**20
 
 
 def _parse_args() -> argparse.Namespace:
@@ -36,6 +40,8 @@ def _parse_args() -> argparse.Namespace:
   parser.add_argument("--max_run_mib", type=float, default=4096,
                       help="do not run programs planning more than this")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--devices", type=int, default=1,
+                      help="> 1: fake CPU devices, split vs jit-sharded")
   parser.add_argument("--quick", action="store_true",
                       help="N = 128, 512 with blocks of 64: seconds")
   args = parser.parse_args()
@@ -45,12 +51,32 @@ def _parse_args() -> argparse.Namespace:
   return args
 
 
-def measure(args: argparse.Namespace, num_images: int,
-            block_size) -> dict:
-  loss_fn = losses.make_loss(args.loss, temperature=0.5, block_size=block_size)
+ARGS = _parse_args()
+if ARGS.devices > 1:
+  # Must be set before jax initialises its CPU backend.
+  os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "")
+      + f" --xla_force_host_platform_device_count={ARGS.devices}")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+
+from bench_util import emit, memory_bytes, time_repeats
+from mio_jax import mesh as mesh_lib
+
+MIB = 2**20
+
+
+def measure(args: argparse.Namespace, num_images: int, block_size, *,
+            mesh, split: bool) -> dict:
+  loss_fn = losses.make_loss(args.loss, temperature=0.5, block_size=block_size,
+                             mesh=mesh if split else None)
   key1, key2 = jax.random.split(jax.random.key(num_images))
   u1 = jax.random.normal(key1, (num_images, args.dim), jnp.float32)
   u2 = u1 + 0.5 * jax.random.normal(key2, (num_images, args.dim), jnp.float32)
+  if mesh is not None:
+    u1, u2 = jax.device_put((u1, u2), mesh_lib.batch_sharding(mesh))
   compiled = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1))).lower(
       u1, u2).compile()
   memory = memory_bytes(compiled)
@@ -58,7 +84,8 @@ def measure(args: argparse.Namespace, num_images: int,
       "benchmark": "loss_forward_backward", "loss": args.loss,
       "n": num_images, "dim": args.dim,
       "form": "dense" if block_size is None else "chunked",
-      "block_size": block_size,
+      "block_size": block_size, "devices": args.devices,
+      "anchors": "split" if split else "jit_sharded",
       "peak_mib": round(memory["peak"] / MIB, 2),
       "temp_mib": round(memory["temp"] / MIB, 2),
       "memory_source": "XLA memory_analysis: temp + argument + output",
@@ -78,19 +105,25 @@ def measure(args: argparse.Namespace, num_images: int,
 
 
 def main(args: argparse.Namespace) -> None:
+  mesh = (mesh_lib.make_data_mesh(jax.devices()[:args.devices])
+          if args.devices > 1 else None)
   records = []
   for num_images in (int(n) for n in args.sizes.split(",")):
     forms = [None]
-    if num_images % args.block_size == 0 and num_images > args.block_size:
+    if (num_images % (args.block_size * args.devices) == 0
+        and num_images > args.block_size):
       forms.append(args.block_size)
     for block_size in forms:
-      records.append(measure(args, num_images, block_size))
-      emit(records[-1])
-  over = [r["n"] for r in records
-          if r["form"] == "dense" and not r["within_budget"]]
+      for split in ((False, True) if mesh is not None else (True,)):
+        records.append(measure(args, num_images, block_size, mesh=mesh,
+                               split=split))
+        emit(records[-1])
+  over = [r["n"] for r in records if r["form"] == "dense"
+          and r["anchors"] == "split" and not r["within_budget"]]
   first_over = min(over, default=None)
   chunked_fits = any(r["n"] == first_over and r["form"] == "chunked"
-                     and r["within_budget"] for r in records)
+                     and r["anchors"] == "split" and r["within_budget"]
+                     for r in records)
   emit({"benchmark": "loss_memory_budget", "loss": args.loss,
         "dim": args.dim, "memory_budget_mib": args.memory_budget_mib,
         "block_size": args.block_size,
@@ -99,4 +132,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-  sys.exit(main(_parse_args()))
+  sys.exit(main(ARGS))
