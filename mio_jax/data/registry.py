@@ -149,23 +149,42 @@ def get_spec(name: str) -> DatasetSpec:
   return DATASETS[name]
 
 
+def _check_image_folder_settings(dataset_config: ml_collections.ConfigDict
+                                 ) -> None:
+  if not dataset_config.path:
+    raise errors.InvalidValueError(
+        "path", dataset_config.path,
+        f"is not set, but dataset.name={IMAGE_FOLDER!r} needs it",
+        "pass {key}=DIR, DIR holding train/<class name>/<image>")
+  fraction = dataset_config.test_fraction
+  if fraction is None or not 0 < fraction < 1:
+    raise errors.InvalidValueError(
+        "test_fraction", fraction, "must be between 0 and 1",
+        "e.g. {key}=0.1")
+
+
+def check_config(dataset_config: ml_collections.ConfigDict) -> None:
+  """Raises a UserError for an impossible `config.dataset` (reads no data).
+
+  InvalidValueError keys are relative to config.dataset. For an image
+  folder: path set, test_fraction in (0, 1), and the folder with its
+  train/ folder there (ImageFolderError); its contents are checked when it
+  is listed at first use.
+  """
+  errors.check_one_of("name", dataset_config.name, DATASET_NAMES)
+  errors.check_positive("image_size", dataset_config.image_size)
+  if dataset_config.name == IMAGE_FOLDER:
+    _check_image_folder_settings(dataset_config)
+    image_folder.check_root(dataset_config.path)
+
+
 def _image_folder_config(config: ml_collections.ConfigDict
                          ) -> image_folder.ImageFolderConfig:
   """The builder config of config.dataset.path as the folder is now."""
-  path = config.dataset.path
-  if not path:
-    raise errors.InvalidValueError(
-        "dataset.path", path, f"is not set but dataset.name={IMAGE_FOLDER!r} "
-        "needs it", "pass --config.dataset.path=DIR, DIR holding "
-        "train/<class name>/<image>")
-  fraction = config.dataset.test_fraction
-  if fraction is None or not 0 < fraction < 1:
-    raise errors.InvalidValueError(
-        "dataset.test_fraction", fraction, "must be between 0 and 1",
-        "e.g. --config.dataset.test_fraction=0.1")
+  _check_image_folder_settings(config.dataset)
   return image_folder.builder_config(
-      path, image_size=int(config.dataset.image_size),
-      test_fraction=float(fraction))
+      config.dataset.path, image_size=int(config.dataset.image_size),
+      test_fraction=float(config.dataset.test_fraction))
 
 
 def _prepared_image_folder(config: ml_collections.ConfigDict

@@ -245,11 +245,26 @@ def test_unusable_folder_stops_with_the_path(tmp_path, make, named):
 def test_bad_settings_name_the_key(tmp_path, key, value):
   _make_folder(tmp_path / "images")
   config = _config(tmp_path / "images", tmp_path / "tfds", **{key: value})
-  with pytest.raises(errors.InvalidValueError, match=f"dataset.{key}="):
+  with pytest.raises(errors.InvalidValueError) as error:
+    registry.check_config(config.dataset)
+  assert error.value.key == key
+  with pytest.raises(errors.InvalidValueError, match=f"^{key}="):
     data.ensure_prepared(config)
 
 
-def test_get_spec_points_image_folder_to_dataset_spec():
+def test_check_config_finds_a_missing_folder_without_listing_it(tmp_path):
+  config = _config(tmp_path / "typo", tmp_path / "tfds")
+  with pytest.raises(image_folder.ImageFolderError, match=str(tmp_path)):
+    registry.check_config(config.dataset)
+  _make_folder(tmp_path / "images")
+  registry.check_config(_config(tmp_path / "images", tmp_path).dataset)
+  assert not (tmp_path / "image_folder").exists()  # nothing prepared
+
+
+def test_image_folder_is_a_valid_name_with_a_config_dependent_spec():
   with pytest.raises(ValueError, match="dataset_spec"):
     registry.get_spec(registry.IMAGE_FOLDER)
-  assert registry.IMAGE_FOLDER in registry.DATASET_NAMES
+  dataset_config = config_base.base_config().dataset
+  dataset_config.name = "mnist"
+  with pytest.raises(errors.InvalidValueError, match="'image_folder'"):
+    registry.check_config(dataset_config)

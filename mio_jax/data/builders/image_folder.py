@@ -140,13 +140,11 @@ def _fingerprint(root: str, files: Mapping[str, Optional[tuple]]) -> str:
   return digest.hexdigest()
 
 
-def list_folder(path: str) -> FolderListing:
-  """Lists and checks `path` (see the module docstring); decodes nothing.
+def check_root(path: str) -> str:
+  """The absolute path of `path`, a folder with a train/ folder (cheap).
 
   Raises:
-    ImageFolderError: `path` or `path`/train missing, a split without class
-      folders or with an empty class folder, fewer than 2 classes, a file
-      outside a class folder, a test class without training images.
+    ImageFolderError: `path` or `path`/train is missing or not a folder.
   """
   root = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(root):
@@ -160,7 +158,19 @@ def list_folder(path: str) -> FolderListing:
         f"{root} has no train/ folder: put the training images in "
         f"{train_dir}/<class name>/<image> (and optionally test images in "
         f"{os.path.join(root, 'test')}/<class name>/<image>).")
-  class_names, train = _list_split(train_dir, root, None)
+  return root
+
+
+def list_folder(path: str) -> FolderListing:
+  """Lists and checks `path` (see the module docstring); decodes nothing.
+
+  Raises:
+    ImageFolderError: see `check_root`; a split without class folders or
+      with an empty class folder, fewer than 2 classes, a file outside a
+      class folder, a test class without training images.
+  """
+  root = check_root(path)
+  class_names, train = _list_split(os.path.join(root, "train"), root, None)
   test = None
   test_dir = os.path.join(root, "test")
   if os.path.exists(test_dir):
