@@ -97,8 +97,20 @@ def test_conv_benchmark_quick():
 
 
 def test_input_pipeline_benchmark_small():
-  records = _run("input_pipeline.py", "--steps=2", "--warmup=1",
-                 "--sizes=32", fields=frozenset({"benchmark", "stage",
-                                                 "images_per_s"}))
-  assert {r["stage"] for r in records} == {"host", "device"}
-  assert all(r["images_per_s"] > 0 for r in records)
+  records = _run("input_pipeline.py", "--quick", "--sizes=32")
+  assert [(r["mode"], r["stage"]) for r in records] == [
+      ("host_colour", "host"), ("host_colour", "device"),
+      ("on_device", "host"), ("on_device", "device"),
+      ("on_device", "device_augment")]
+  for record in records:
+    assert record["benchmark"] == "pretrain_input_pipeline"
+    assert record["images_per_s"] > 0 and record["images_per_cpu_s"] > 0
+
+
+@pytest.mark.slow
+def test_input_pipeline_benchmark_reads_jpeg_array_records():
+  records = _run("input_pipeline.py", "--quick", "--sizes=224",
+                 "--modes=on_device")
+  assert [r["stage"] for r in records] == ["host", "device", "device_augment"]
+  assert all("ArrayRecord" in r["data"] and r["images_per_s"] > 0
+             for r in records)

@@ -9,10 +9,14 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import mio_jax.data as data
+from mio_jax import config_base
 from mio_jax import mesh as mesh_lib
+from mio_jax.data import augment
 from mio_jax.data import pipeline
+from mio_jax.data import registry
 
 _CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
@@ -198,3 +202,83 @@ def test_tensorflow_sees_no_accelerator():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   assert tf.config.get_visible_devices("GPU") == []
   assert all(d.device_type == "CPU" for d in tf.config.get_visible_devices())
+
+
+# ---- what the host emits for the device, and JPEG records --------------------
+
+
+def _first_batch(source, config, start_step=0):
+  rows = slice(0, int(config.batch_size))
+  return next(iter(pipeline.pretrain_dataset(
+      source, config, rows=rows, start_step=start_step).as_numpy_iterator()))
+
+
+def test_on_device_views_are_the_host_geometry_as_uint8_with_indices(config):
+  host = config.copy_and_resolve_references()
+  host.augment.rotation_degrees = 0.0  # host-only ops (refused on device)
+  host.augment.translate_pixels = 0
+  host.augment.gaussian_noise_std = 0.0
+  host.augment.color_jitter_strength = 0.0
+  host.augment.grayscale_prob = 0.0
+  device = host.copy_and_resolve_references()
+  device.augment.on_device = True
+  source = pipeline.load_source("digits", "train", config.dataset.data_dir,
+                                config.dataset.image_size)
+  floats, uint8s = (_first_batch(source, c, start_step=7)
+                    for c in (host, device))
+  indices, _ = pipeline.pretrain_step_indices(
+      7, seed=config.seed, num_examples=1500,
+      global_batch_size=config.batch_size)
+  spec = registry.get_spec("digits")
+  for batch in (floats, uint8s):
+    np.testing.assert_array_equal(batch["index"], indices)
+  for view in ("view1", "view2"):
+    assert uint8s[view].dtype == np.uint8
+    unit = floats[view] * np.array(spec.std) + np.array(spec.mean)
+    np.testing.assert_allclose(uint8s[view] / 255.0, unit, atol=0.5 / 255
+                               + 1e-6)
+
+
+class _Records:
+  """A stand-in for `tfds.data_source` over encoded images."""
+
+  def __init__(self, encoded):
+    self.encoded = encoded
+
+  def __len__(self):
+    return len(self.encoded)
+
+  def __getitems__(self, keys):
+    return [{"image": self.encoded[k], "label": k} for k in keys]
+
+
+def test_jpeg_records_decoded_inside_the_crops_give_the_decoded_views():
+  # Views from JPEG/PNG bytes (decode_and_crop_jpeg of the crop windows'
+  # bounding box) equal views from the same images decoded whole: the
+  # windows depend only on the image's shape and the example's key.
+  rng = np.random.default_rng(0)
+  encoded = []
+  for i in range(8):
+    image = rng.integers(0, 256, (37 + 3 * i, 52, 3), dtype=np.uint8)
+    encode = tf.io.encode_png if i == 5 else tf.io.encode_jpeg
+    encoded.append(encode(image).numpy())
+  config = config_base.base_config()
+  config.dataset.name = "imagenet100"
+  config.dataset.image_size = 16
+  config.batch_size = 8
+  config.augment.blur_prob = 0.5
+  config.augment.solarize_prob = 0.2
+  spec = registry.get_spec("imagenet100")
+  from_bytes = _first_batch(pipeline.EncodedSource(_Records(encoded)), config)
+  from_pixels = pipeline.two_view_fn(
+      augment.AugmentParams.from_config(config), seed=int(config.seed),
+      mean=spec.mean, std=spec.std, encoded=False)
+  assert from_bytes["view1"].shape == (8, 16, 16, 3)
+  for row, index in enumerate(from_bytes["index"]):
+    pixels = tf.io.decode_image(encoded[index], channels=3)
+    expected = from_pixels(pixels, tf.constant(index, tf.int64),
+                           tf.constant(index, tf.int64),
+                           tf.constant(0, tf.int64))  # epoch 0
+    for k in ("view1", "view2"):
+      np.testing.assert_allclose(from_bytes[k][row], expected[k].numpy(),
+                                 atol=1e-5, err_msg=f"{k} of {index}")
