@@ -337,11 +337,11 @@ def initialize(settings: DistributedSettings,
   if s.num_processes is not None and s.num_processes > 1:
     device_ids = local_device_ids(environ)
     logging.info(
-        "Joining %d processes as process %d via coordinator %s (GPUs: %s). "
+        "Joining %d processes as process %d via coordinator %s (local device ids: %s). "
         "If one never joins, JAX aborts after about %d s with "
         "DEADLINE_EXCEEDED (RegisterTask): check that every process was "
         "started.", s.num_processes, s.process_id, s.coordinator_address,
-        "all visible" if device_ids is None else device_ids,
+        "JAX's default" if device_ids is None else device_ids,
         2 * s.initialization_timeout)
     if s.process_id != 0:  # Process 0 starts the coordinator itself.
       waited = _wait_for_coordinator(s.coordinator_address,
@@ -367,7 +367,7 @@ def initialize(settings: DistributedSettings,
       device_ids = None if cluster == "Cloud TPU VM" else local_device_ids(
           environ)
       logging.info("%s detected: jax.distributed auto-configuration "
-                   "(GPUs: %s).", cluster,
+                   "(local device ids: %s).", cluster,
                    "JAX's default" if device_ids is None else device_ids)
       jax.distributed.initialize(local_device_ids=device_ids, **timeouts)
       return True
