@@ -337,10 +337,10 @@ def initialize(settings: DistributedSettings,
   if s.num_processes is not None and s.num_processes > 1:
     device_ids = local_device_ids(environ)
     logging.info(
-        "Joining %d processes as process %d via coordinator %s (local device ids: %s). "
-        "If one never joins, JAX aborts after about %d s with "
-        "DEADLINE_EXCEEDED (RegisterTask): check that every process was "
-        "started.", s.num_processes, s.process_id, s.coordinator_address,
+        "Joining %d processes as process %d via coordinator %s (local "
+        "device ids: %s). If one never joins, JAX aborts after about %d s "
+        "with DEADLINE_EXCEEDED (RegisterTask): check that every process "
+        "was started.", s.num_processes, s.process_id, s.coordinator_address,
         "JAX's default" if device_ids is None else device_ids,
         2 * s.initialization_timeout)
     if s.process_id != 0:  # Process 0 starts the coordinator itself.
