@@ -189,7 +189,9 @@ def _slurm_tasks_on_this_node(environ: Mapping[str, str]) -> Optional[int]:
   if len(set(counts)) == 1:
     return counts[0]
   node = environ.get("SLURM_NODEID", "")
-  return counts[int(node)] if node.isdigit() and int(node) < len(counts) else None
+  if node.isdigit() and int(node) < len(counts):
+    return counts[int(node)]
+  return None
 
 
 def local_device_ids(environ: Mapping[str, str]) -> Optional[list[int]]:

@@ -275,7 +275,8 @@ def test_create_on_reserved_capacity(provisioning, expected, sandbox):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--accelerator-type=v5e-8"], "gcloud calls v5e v5litepod, e.g. v5litepod-8"),
+    (["--accelerator-type=v5e-8"],
+     "gcloud calls v5e v5litepod, e.g. v5litepod-8"),
     (["--accelerator-type=v9-8"], "no default runtime version for "
      "ACCELERATOR_TYPE='v9-8' (known: v4-*, v5litepod-*, v5p-*, v6e-*)"),
     (["--recreate=maybe"], "RECREATE='maybe' is not valid"),
