@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+import dense_reference
 from mio_jax import mesh as mesh_lib
 from mio_jax.evaluation import extract_features
 from mio_jax.evaluation import features as features_lib
@@ -112,7 +113,8 @@ def test_from_arrays_rejects_mismatched_shapes():
 
 # One process of a 2-process x 2-device run of extract_features: each process
 # feeds only its own rows of the global batches; the features stay sharded
-# (each process holds its half) and every row comes back on every process.
+# (each process holds its half), every row comes back on every process, and
+# kNN and the probe run across both processes.
 _TWO_PROCESS_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax
@@ -124,6 +126,7 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
     from mio_jax import mesh as mesh_lib
     from mio_jax.evaluation import extract_features
     from mio_jax.evaluation import features as features_lib
+    from mio_jax.evaluation import knn_classify, linear_probe
     mesh = mesh_lib.make_data_mesh()
     sharding = mesh_lib.batch_sharding(mesh)
     num_examples, batch_size = 13, 8
@@ -144,15 +147,24 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
         yield {k: jax.make_array_from_process_local_data(sharding, v[local],
                                                           v.shape)
                for k, v in batch.items()}
-    encode_fn = jax.jit(lambda state, x: x.reshape(x.shape[0], -1)[:, :3] + state)
+    encode_fn = jax.jit(
+        lambda state, x: jax.numpy.cos(x.reshape(x.shape[0], -1)[:, :3] * state))
     features = extract_features(encode_fn, 1.0, batches(), num_batches=2)
     order_labels, rows = features_lib.dataset_order(features)
     x, y = features_lib.take_to_host(features, rows)
+    # The protocols on features split over two processes (one full-batch
+    # probe step per epoch: the result does not depend on the shuffling).
+    knn = knn_classify(features, features, num_classes=13, k=3,
+                       temperature=0.1)
+    linear = linear_probe(features, features, num_classes=13, epochs=5,
+                          learning_rate=0.5, weight_decay=0.0, batch_size=13,
+                          seed=0)
     with open(out, "w") as f:
       json.dump({"features": x.tolist(), "labels": y.tolist(),
                  "order_labels": order_labels.tolist(),
                  "num_examples": features.num_examples,
                  "sharded": not features.x.is_fully_addressable,
+                 "knn": knn, "linear": linear,
                  "process_count": jax.process_count()}, f)
 """)
 
@@ -177,11 +189,21 @@ def test_extract_features_on_two_processes_every_row_reaches_every_process(
         p.kill()
         p.wait()
   assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
-  expected = np.arange(13 * 12, dtype=np.float32).reshape(13, 12)[:, :3] + 1
+  expected = np.cos(np.arange(13 * 12, dtype=np.float32).reshape(13, 12)[:, :3])
+  labels = np.arange(13)
+  dense_knn = dense_reference.knn_classify(expected, labels, expected, labels,
+                                           num_classes=13, k=3,
+                                           temperature=0.1)
+  dense_linear = dense_reference.linear_probe(
+      expected, labels, expected, labels, num_classes=13, epochs=5,
+      learning_rate=0.5, weight_decay=0.0, batch_size=13, seed=0)
   for i in range(2):
     result = json.loads((tmp_path / f"p{i}.json").read_text())
     assert result["process_count"] == 2
     assert result["sharded"] and result["num_examples"] == 13
-    np.testing.assert_array_equal(result["features"], expected)
+    np.testing.assert_allclose(result["features"], expected, rtol=1e-6,
+                               atol=1e-6)
+    assert result["knn"] == dense_knn
+    assert result["linear"] == dense_linear
     np.testing.assert_array_equal(result["labels"], np.arange(13))
     np.testing.assert_array_equal(result["order_labels"], np.arange(13))
