@@ -135,16 +135,24 @@ def check_block_size(block_size: Optional[int], *, num_images: int,
       "None for the dense loss")
 
 
-def check_views(u1: Array, u2: Array) -> int:
-  """Validates the view shapes (static) and returns N, the images per view."""
+def _check_shapes(u1: Array, u2: Array) -> None:
   if u1.ndim != 2 or u1.shape != u2.shape:
     raise ValueError(
-        "u1 and u2 must both have shape (N, d); got "
+        "u1 and u2 must both have shape (N, d) (per device: (n, d)); got "
         f"{u1.shape} and {u2.shape}.")
-  if u1.shape[0] < 2:
+
+
+def _check_enough_images(num_images: int) -> None:
+  if num_images < 2:
     raise ValueError(
-        f"a pair loss needs at least 2 images per batch (got N={u1.shape[0]}): "
+        f"a pair loss needs at least 2 images per batch (got N={num_images}): "
         "with one image there are no negative pairs.")
+
+
+def check_views(u1: Array, u2: Array) -> int:
+  """Validates the view shapes (static) and returns N, the images per view."""
+  _check_shapes(u1, u2)
+  _check_enough_images(u1.shape[0])
   return u1.shape[0]
 
 
@@ -211,9 +219,7 @@ def device_views(u1_local: Array, u2_local: Array,
   all-gathered, and gradients flow back through the all-gather (its
   transpose is a reduce-scatter).
   """
-  if u1_local.ndim != 2 or u1_local.shape != u2_local.shape:
-    raise ValueError("u1 and u2 must both have shape (n, d) per device; got "
-                     f"{u1_local.shape} and {u2_local.shape}.")
+  _check_shapes(u1_local, u2_local)
   z1, z2 = normalize_rows(u1_local), normalize_rows(u2_local)
   if axis_name is None:
     views = Views(z1, z2, z1, z2, 0)
@@ -222,10 +228,7 @@ def device_views(u1_local: Array, u2_local: Array,
                                tiled=True)
     views = Views(z1, z2, gather(z1), gather(z2),
                   jax.lax.axis_index(axis_name) * z1.shape[0])
-  if views.num_images < 2:
-    raise ValueError(
-        f"a pair loss needs at least 2 images per batch (got N="
-        f"{views.num_images}): with one image there are no negative pairs.")
+  _check_enough_images(views.num_images)
   return views
 
 
