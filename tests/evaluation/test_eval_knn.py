@@ -33,10 +33,10 @@ def test_knn_votes_match_bruteforce_reference():
   expected = _reference_votes(train_x, train_y, query_x, k=7,
                               temperature=0.1, num_classes=4)
   train, test = sharded(train_x, train_y, query_x, query_y)
-  # 24 train rows, 3 per device, in blocks of 2 (the last overlaps the
-  # first) and one query per chunk: every streaming path is taken.
+  # 24 train rows, 3 per device, in blocks of 16 (2 per device: the last
+  # overlaps the first) and one query per chunk: every streaming path.
   votes = np.asarray(knn.knn_class_votes(
-      train, test, num_classes=4, k=7, temperature=0.1, block_size=2,
+      train, test, num_classes=4, k=7, temperature=0.1, block_size=16,
       chunk_size=1))[:6]
   # Rows are rescaled by the nearest neighbour's weight: compare shares.
   np.testing.assert_allclose(votes / votes.sum(1, keepdims=True),
@@ -69,7 +69,7 @@ def test_knn_neighbour_search_is_not_a_full_sort():
   train, test = sharded(np.zeros((1000, 8)), np.zeros(1000, int),
                         np.zeros((128, 8)), np.zeros(128, int), mesh=mesh)
   compiled = knn._hit_counts.lower(
-      train, test, jnp.float32(0.1), k=50, num_classes=10, block_size=64,
+      train, test, jnp.float32(0.1), k=50, num_classes=10, block_size=512,
       chunk_size=16, mesh=mesh).compile().as_text()
   assert " sort(" not in compiled
 
@@ -86,8 +86,8 @@ def test_streamed_knn_gives_the_dense_accuracies_exactly(devices):
   """Same accuracies as today's dense kNN on fixed random data.
 
   Overlapping clusters, so that many queries are near a decision boundary;
-  the streamed form (blocks of 16 rows per device, chunks of 32 queries,
-  the split padded on 8 devices) must still agree exactly.
+  the streamed form (blocks of 128 rows, chunks of 32 queries, the split
+  padded on 8 devices) must still agree exactly.
   """
   x, y = clusters(20, 60, 24, spread=0.4, seed=9)  # 1,200 rows
   train_x, train_y, test_x, test_y = x[:1003], y[:1003], x[1003:], y[1003:]
@@ -99,6 +99,6 @@ def test_streamed_knn_gives_the_dense_accuracies_exactly(devices):
     assert 0.2 < dense["top1"] < 0.9  # neither trivial nor saturated
     streamed = knn_classify(
         *sharded(train_x, train_y, test_x, test_y, mesh=mesh),
-        num_classes=20, k=k, temperature=temperature, block_size=16,
+        num_classes=20, k=k, temperature=temperature, block_size=128,
         chunk_size=32)
     assert streamed == dense
