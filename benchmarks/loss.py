@@ -17,7 +17,8 @@ which the dense loss exceeds --memory_budget_mib while the chunked one fits.
 the same cores) and times each form twice on a batch sharded over them:
 `make_loss(..., mesh=)`, which splits the anchors over the devices
 ("anchors": "split"), and the same loss without the mesh under jit
-("anchors": "jit_sharded", what XLA makes of the global-batch function).
+("anchors": "jit_sharded", what XLA makes of the global-batch function);
+with one device "anchors" is "one_device".
 Memory is then per device, and block_size must divide N / D.
 """
 import argparse
@@ -69,14 +70,16 @@ MIB = 2**20
 
 
 def measure(args: argparse.Namespace, num_images: int, block_size, *,
-            mesh, split: bool) -> dict:
+            data_mesh, loss_mesh) -> dict:
+  """One record; inputs sharded over data_mesh (None: one device), the
+  loss built with mesh=loss_mesh."""
   loss_fn = losses.make_loss(args.loss, temperature=0.5, block_size=block_size,
-                             mesh=mesh if split else None)
+                             mesh=loss_mesh)
   key1, key2 = jax.random.split(jax.random.key(num_images))
   u1 = jax.random.normal(key1, (num_images, args.dim), jnp.float32)
   u2 = u1 + 0.5 * jax.random.normal(key2, (num_images, args.dim), jnp.float32)
-  if mesh is not None:
-    u1, u2 = jax.device_put((u1, u2), mesh_lib.batch_sharding(mesh))
+  if data_mesh is not None:
+    u1, u2 = jax.device_put((u1, u2), mesh_lib.batch_sharding(data_mesh))
   compiled = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1))).lower(
       u1, u2).compile()
   memory = memory_bytes(compiled)
@@ -85,7 +88,8 @@ def measure(args: argparse.Namespace, num_images: int, block_size, *,
       "n": num_images, "dim": args.dim,
       "form": "dense" if block_size is None else "chunked",
       "block_size": block_size, "devices": args.devices,
-      "anchors": "split" if split else "jit_sharded",
+      "anchors": ("one_device" if data_mesh is None else
+                  "split" if loss_mesh is not None else "jit_sharded"),
       "peak_mib": round(memory["peak"] / MIB, 2),
       "temp_mib": round(memory["temp"] / MIB, 2),
       "memory_source": "XLA memory_analysis: temp + argument + output",
@@ -114,15 +118,15 @@ def main(args: argparse.Namespace) -> None:
         and num_images > args.block_size):
       forms.append(args.block_size)
     for block_size in forms:
-      for split in ((False, True) if mesh is not None else (True,)):
-        records.append(measure(args, num_images, block_size, mesh=mesh,
-                               split=split))
+      for loss_mesh in dict.fromkeys((None, mesh)):  # jit-sharded, split
+        records.append(measure(args, num_images, block_size, data_mesh=mesh,
+                               loss_mesh=loss_mesh))
         emit(records[-1])
   over = [r["n"] for r in records if r["form"] == "dense"
-          and r["anchors"] == "split" and not r["within_budget"]]
+          and r["anchors"] != "jit_sharded" and not r["within_budget"]]
   first_over = min(over, default=None)
   chunked_fits = any(r["n"] == first_over and r["form"] == "chunked"
-                     and r["anchors"] == "split" and r["within_budget"]
+                     and r["anchors"] != "jit_sharded" and r["within_budget"]
                      for r in records)
   emit({"benchmark": "loss_memory_budget", "loss": args.loss,
         "dim": args.dim, "memory_budget_mib": args.memory_budget_mib,

@@ -87,6 +87,18 @@ def test_loss_benchmark_quick():
   assert summary["chunked_within_budget_at_that_n"]
 
 
+def test_loss_benchmark_times_the_split_loss_on_devices():
+  records = _run("loss.py", "--sizes=64", "--block_size=16", "--repeats=1",
+                 "--devices=2")
+  *measurements, _ = records
+  assert {(r["form"], r["anchors"]) for r in measurements} == {
+      (form, anchors) for form in ("dense", "chunked")
+      for anchors in ("jit_sharded", "split")}
+  for record in measurements:
+    assert record["devices"] == 2
+    assert record["time_ms"] > 0 and record["peak_mib"] > 0
+
+
 def test_conv_benchmark_quick():
   records = _run("conv.py", "--quick")
   assert [r["part"] for r in records] == ["forward", "input_gradient",
