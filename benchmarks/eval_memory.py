@@ -10,7 +10,7 @@ buffer reused for an output once):
   extract_write   one eval batch written into the train features' buffer
   knn             streamed kNN of the test split against the train split
   probe_stats     the feature probe's standardisation statistics
-  probe_train     the whole feature-probe training (all epochs, one jit)
+  probe_epoch     one epoch of the feature probe (one jit, a scan of steps)
   probe_score     the probe's test accuracy
   fewshot_take    copying one few-shot subset out of the train shards
 
@@ -25,6 +25,7 @@ The plan is XLA:CPU's; a TPU's compiler plans its own buffers (and pads
 layouts), so treat the figures as estimates of the same program.
 """
 import argparse
+import functools
 import os
 import sys
 
@@ -39,7 +40,6 @@ def _parse(argv):
   parser.add_argument("--eval_batch_size", type=int, default=512)
   parser.add_argument("--knn_k", type=int, default=200)
   parser.add_argument("--probe_batch_size", type=int, default=256)
-  parser.add_argument("--probe_epochs", type=int, default=100)
   parser.add_argument("--fewshot_examples", type=int, default=5_000)
   parser.add_argument("--budget_gib", type=float, default=16.0)
   parser.add_argument("--quick", action="store_true",
@@ -48,7 +48,7 @@ def _parse(argv):
   if args.quick:
     args.train_examples, args.test_examples, args.dim = 5_000, 1_000, 64
     args.num_classes, args.eval_batch_size, args.knn_k = 10, 64, 20
-    args.probe_batch_size, args.probe_epochs = 32, 2
+    args.probe_batch_size = 32
     args.fewshot_examples = 50
   return args
 
@@ -115,10 +115,17 @@ def _programs(args, mesh):
       chunk_size=knn.DEFAULT_CHUNK_SIZE, mesh=mesh)
   yield "probe_stats", linear._standardization_stats.lower(  # pylint: disable=protected-access
       train.x, train.valid)
-  yield "probe_train", linear._train.lower(  # pylint: disable=protected-access
-      train, *stats, key, scalar(jnp.float32), scalar(jnp.float32),
-      num_classes=args.num_classes, epochs=args.probe_epochs,
-      rows_per_step=-(-args.probe_batch_size // devices), mesh=mesh)
+  rows_per_step = -(-args.probe_batch_size // devices)
+  steps_per_epoch = train.x.shape[0] // devices // rows_per_step
+  carry = jax.eval_shape(functools.partial(
+      linear._initial_carry, feature_dim=args.dim,  # pylint: disable=protected-access
+      num_classes=args.num_classes, mesh=mesh))
+  carry = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(
+      leaf.shape, leaf.dtype, sharding=replicated), carry)
+  yield "probe_epoch", linear._train_epoch.lower(  # pylint: disable=protected-access
+      carry, train, *stats, key, scalar(jnp.float32), scalar(jnp.float32),
+      total_steps=100 * steps_per_epoch,  # the schedule's length only
+      rows_per_step=rows_per_step, mesh=mesh)
   yield "probe_score", linear._hit_counts.lower(  # pylint: disable=protected-access
       params, *stats, test, num_classes=args.num_classes)
   subset = -(-args.fewshot_examples // devices) * devices

@@ -19,9 +19,10 @@ and why:
     of the device count); the gradients' sums are all-reduced and divided
     by the step's count of valid rows (padding rows weigh 0). An epoch is
     (rows per device) // (rows per device per step) steps; the rest waits
-    for another epoch's permutation. Parameters are replicated, and the
-    whole run is one jit (lax.scan over epochs of lax.scan over steps),
-    deterministic given `seed` and the device count.
+    for another epoch's permutation. Parameters are replicated. Each epoch
+    is one jitted lax.scan over its steps (a preemption signal is seen
+    between epochs); the result is a function of `seed` and the device
+    count.
 """
 import functools
 from typing import Optional
@@ -29,7 +30,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mio_jax import errors
 from mio_jax import mesh as mesh_lib
@@ -62,19 +63,35 @@ def _logits(params, x, mean, scale):
   return ((x - mean) / scale) @ params["kernel"] + params["bias"]
 
 
-def _local_train(x, labels, valid, mean, scale, key, learning_rate,
-                 weight_decay, *, num_classes, epochs, rows_per_step):
-  """Per device (x, labels, valid: local shards): the replicated classifier."""
-  num_rows, feature_dim = x.shape
-  steps_per_epoch = num_rows // rows_per_step
-  schedule = optax.cosine_decay_schedule(learning_rate,
-                                         epochs * steps_per_epoch)
-  optimizer = optax.chain(
+def _optimizer(learning_rate, weight_decay, total_steps: int):
+  return optax.chain(
       optax.add_decayed_weights(weight_decay,
                                 mask={"kernel": True, "bias": False}),
-      optax.sgd(schedule, momentum=_MOMENTUM, nesterov=True))
+      optax.sgd(optax.cosine_decay_schedule(learning_rate, total_steps),
+                momentum=_MOMENTUM, nesterov=True))
+
+
+@functools.partial(jax.jit, static_argnames=("feature_dim", "num_classes",
+                                             "mesh"))
+def _initial_carry(*, feature_dim: int, num_classes: int, mesh: Mesh):
+  """(params, optimizer state) at step 0, zeros, replicated."""
   params = {"kernel": jnp.zeros((feature_dim, num_classes), jnp.float32),
             "bias": jnp.zeros((num_classes,), jnp.float32)}
+  # The state's structure and zeros do not depend on the hyperparameters.
+  carry = (params, _optimizer(0.0, 0.0, 1).init(params))
+  return jax.lax.with_sharding_constraint(
+      carry, NamedSharding(mesh, PartitionSpec()))
+
+
+def _local_epoch(carry, x, labels, valid, mean, scale, epoch_key,
+                 learning_rate, weight_decay, *, total_steps, rows_per_step):
+  """One epoch on this device's rows (x, labels, valid: its shards).
+
+  carry = (params, optimizer state), the same on every device.
+  """
+  num_rows = x.shape[0]
+  steps_per_epoch = num_rows // rows_per_step
+  optimizer = _optimizer(learning_rate, weight_decay, total_steps)
 
   def loss_sum(params, rows):
     losses = optax.softmax_cross_entropy_with_integer_labels(
@@ -90,32 +107,30 @@ def _local_train(x, labels, valid, mean, scale, key, learning_rate,
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), None
 
-  def train_epoch(carry, epoch_key):
-    order = jax.random.permutation(epoch_key, num_rows)
-    steps = order[:steps_per_epoch * rows_per_step].reshape(
-        steps_per_epoch, rows_per_step)
-    carry, _ = jax.lax.scan(train_step, carry, steps)
-    return carry, None
-
-  device_key = jax.random.fold_in(key, jax.lax.axis_index(mesh_lib.DATA_AXIS))
-  (params, _), _ = jax.lax.scan(train_epoch, (params, optimizer.init(params)),
-                                jax.random.split(device_key, epochs))
-  return params
+  device_key = jax.random.fold_in(epoch_key,
+                                  jax.lax.axis_index(mesh_lib.DATA_AXIS))
+  order = jax.random.permutation(device_key, num_rows)
+  steps = order[:steps_per_epoch * rows_per_step].reshape(
+      steps_per_epoch, rows_per_step)
+  carry, _ = jax.lax.scan(train_step, carry, steps)
+  return carry
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "epochs",
-                                             "rows_per_step", "mesh"))
-def _train(train: Features, mean, scale, key, learning_rate, weight_decay, *,
-           num_classes: int, epochs: int, rows_per_step: int, mesh: Mesh):
+@functools.partial(jax.jit, donate_argnums=(0,),
+                   static_argnames=("total_steps", "rows_per_step", "mesh"))
+def _train_epoch(carry, train: Features, mean, scale, epoch_key,
+                 learning_rate, weight_decay, *, total_steps: int,
+                 rows_per_step: int, mesh: Mesh):
+  replicated = PartitionSpec()
   # check_vma=False: the gradients are all-reduced explicitly above (with
   # it, differentiating w.r.t. replicated params would insert a second psum).
   return jax.shard_map(
-      functools.partial(_local_train, num_classes=num_classes, epochs=epochs,
+      functools.partial(_local_epoch, total_steps=total_steps,
                         rows_per_step=rows_per_step),
-      mesh=mesh, in_specs=(_ROWS,) * 3 + (PartitionSpec(),) * 5,
-      out_specs=PartitionSpec(), check_vma=False)(
-          train.x, train.labels, train.valid, mean, scale, key, learning_rate,
-          weight_decay)
+      mesh=mesh, in_specs=(replicated,) + (_ROWS,) * 3 + (replicated,) * 5,
+      out_specs=replicated, check_vma=False)(
+          carry, train.x, train.labels, train.valid, mean, scale, epoch_key,
+          learning_rate, weight_decay)
 
 
 def train_classifier(train: Features, *, num_classes: int, epochs: int,
@@ -123,6 +138,9 @@ def train_classifier(train: Features, *, num_classes: int, epochs: int,
                      batch_size: int, seed: int,
                      feature_stats: tuple[jax.Array, jax.Array]) -> dict:
   """The trained classifier {"kernel": (D, C), "bias": (C,)}, replicated.
+
+  One jitted call per epoch (a scan over its steps), so a preemption
+  signal is seen between epochs.
 
   Raises:
     InvalidValueError: epochs < 1 or batch_size not in [1, train examples].
@@ -135,11 +153,18 @@ def train_classifier(train: Features, *, num_classes: int, epochs: int,
         "batch_size", batch_size, f"must be in [1, {train.num_examples}] (the "
         "number of training examples)", "lower eval.linear_batch_size")
   mean, scale = feature_stats
-  devices = train.mesh.shape[mesh_lib.DATA_AXIS]
-  return _train(train, mean, scale, jax.random.key(seed),
-                jnp.float32(learning_rate), jnp.float32(weight_decay),
-                num_classes=num_classes, epochs=epochs,
-                rows_per_step=-(-batch_size // devices), mesh=train.mesh)
+  mesh = train.mesh
+  devices = mesh.shape[mesh_lib.DATA_AXIS]
+  rows_per_step = -(-batch_size // devices)
+  steps_per_epoch = (train.x.shape[0] // devices) // rows_per_step
+  carry = _initial_carry(feature_dim=train.dim, num_classes=num_classes,
+                         mesh=mesh)
+  for epoch_key in jax.random.split(jax.random.key(seed), epochs):
+    carry = _train_epoch(carry, train, mean, scale, epoch_key,
+                         jnp.float32(learning_rate), jnp.float32(weight_decay),
+                         total_steps=epochs * steps_per_epoch,
+                         rows_per_step=rows_per_step, mesh=mesh)
+  return carry[0]
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))

@@ -22,7 +22,7 @@ def test_imagenet_evaluation_plans_under_16_gib_per_device():
   *programs, budget = [json.loads(line) for line in result.stdout.splitlines()]
   by_name = {record["program"]: record for record in programs}
   assert set(by_name) == {"extract_write", "knn", "probe_stats",
-                          "probe_train", "probe_score", "fewshot_take"}
+                          "probe_epoch", "probe_score", "fewshot_take"}
   for record in programs:
     assert record["devices"] == 8 and record["train_examples"] == 1_281_167
     assert record["peak_mib"] < 16 * GIB, record
@@ -30,9 +30,9 @@ def test_imagenet_evaluation_plans_under_16_gib_per_device():
   # Each device holds an eighth of the 10.5 GB of train features: they are
   # sharded, not gathered (a replicated copy would be 9.8 GiB per device).
   train_features_mib = 1_281_536 * 2048 * 4 / 2**20 / 8
-  for name in ("knn", "probe_train", "fewshot_take"):
+  for name in ("knn", "probe_epoch", "fewshot_take"):
     assert train_features_mib <= by_name[name]["argument_mib"] < (
         1.1 * train_features_mib)
   # Streamed: no (queries x 1.28M) similarity matrix (29 GiB per device).
   assert by_name["knn"]["temp_mib"] < 1 * GIB
-  assert by_name["probe_train"]["temp_mib"] < 1 * GIB
+  assert by_name["probe_epoch"]["temp_mib"] < 1 * GIB
