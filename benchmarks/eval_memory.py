@@ -129,10 +129,9 @@ def _programs(args, mesh):
   yield "probe_score", linear._hit_counts.lower(  # pylint: disable=protected-access
       params, *stats, test, num_classes=args.num_classes)
   subset = -(-args.fewshot_examples // devices) * devices
-  yield "fewshot_take", features_lib._select.lower(  # pylint: disable=protected-access
-      train.x, train.labels, train.position,
-      jax.ShapeDtypeStruct((subset,), jnp.int32, sharding=replicated),
-      mesh=mesh)
+  yield "fewshot_take", features_lib._take.lower(  # pylint: disable=protected-access
+      train, jax.ShapeDtypeStruct((subset,), jnp.int32, sharding=replicated),
+      num_examples=args.fewshot_examples, mesh=mesh)
 
 
 def main() -> None:

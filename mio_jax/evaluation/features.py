@@ -145,8 +145,7 @@ def extract_features(encode_fn: Callable[[Any, jax.Array], jax.Array],
     batches: {"image", "label", "mask"} dicts of global arrays of the same
       batch size B, sharded over `data` (possibly across processes), as
       `data.eval_batches` yields them: batch b holds the split's examples
-      [b * B, (b + 1) * B); rows with mask False are padding. Without
-      "mask" every row is kept.
+      [b * B, (b + 1) * B); rows with mask False are padding.
     num_batches: how many batches `batches` yields (sizes the buffer).
 
   Returns:
@@ -166,10 +165,7 @@ def extract_features(encode_fn: Callable[[Any, jax.Array], jax.Array],
     if buffer is None:
       buffer = _empty(rows=num_batches * encoded.shape[0],
                       dim=encoded.shape[1], mesh=mesh)
-    mask = batch.get("mask")
-    if mask is None:
-      mask = jnp.ones(encoded.shape[0], bool, device=encoded.sharding)
-    buffer = _write_batch(buffer, encoded, batch["label"], mask,
+    buffer = _write_batch(buffer, encoded, batch["label"], batch["mask"],
                           np.int32(count), mesh=mesh)
     count += 1
   if count != num_batches or buffer is None:
@@ -200,8 +196,7 @@ def dataset_order(features: Features) -> tuple[np.ndarray, np.ndarray]:
   return _to_host(features.labels)[rows], rows
 
 
-@functools.partial(jax.jit, static_argnames=("mesh",))
-def _select(x, labels, position, rows, *, mesh: Mesh):
+def _replicated_rows(x, labels, position, rows, *, mesh: Mesh):
   """Rows `rows` of the sharded arrays, replicated on every device."""
 
   def select(x, labels, position, rows):
@@ -218,23 +213,32 @@ def _select(x, labels, position, rows, *, mesh: Mesh):
                        out_specs=PartitionSpec())(x, labels, position, rows)
 
 
+_select = jax.jit(_replicated_rows, static_argnames=("mesh",))
+
+
+@functools.partial(jax.jit, static_argnames=("num_examples", "mesh"))
+def _take(features: Features, rows, *, num_examples: int,
+          mesh: Mesh) -> Features:
+  x, labels, position = _replicated_rows(
+      features.x, features.labels, features.position, rows, mesh=mesh)
+  valid = jnp.arange(rows.shape[0]) < num_examples
+  shard = lambda a: jax.lax.with_sharding_constraint(
+      a, NamedSharding(mesh, _ROWS))
+  return Features(x=shard(x), labels=shard(jnp.where(valid, labels, -1)),
+                  valid=shard(valid), position=shard(position),
+                  num_examples=num_examples)
+
+
 def take(features: Features, rows: np.ndarray) -> Features:
   """The valid rows `rows` (row indices, e.g. from `dataset_order`) as Features.
 
   Meant for small selections (few-shot subsets): every device briefly holds
-  all of them.
+  all of them. Every process must call it (it runs a collective).
   """
   rows = np.asarray(rows, np.int32)
-  mesh = features.mesh
-  padding = -len(rows) % mesh.size
-  x, labels, position = _select(features.x, features.labels, features.position,
-                                np.pad(rows, (0, padding)), mesh=mesh)
-  valid = np.arange(len(rows) + padding) < len(rows)
-  sharding = NamedSharding(mesh, _ROWS)
-  shard = lambda a: jax.device_put(a, sharding)
-  return Features(x=shard(x), labels=shard(jnp.where(valid, labels, -1)),
-                  valid=shard(valid), position=shard(position),
-                  num_examples=len(rows))
+  padding = -len(rows) % features.mesh.size
+  return _take(features, np.pad(rows, (0, padding)), num_examples=len(rows),
+               mesh=features.mesh)
 
 
 def take_to_host(features: Features, rows: np.ndarray

@@ -114,7 +114,7 @@ def test_from_arrays_rejects_mismatched_shapes():
 # One process of a 2-process x 2-device run of extract_features: each process
 # feeds only its own rows of the global batches; the features stay sharded
 # (each process holds its half), every row comes back on every process, and
-# kNN and the probe run across both processes.
+# kNN, the probe and few-shot run across both processes.
 _TWO_PROCESS_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax
@@ -126,7 +126,7 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
     from mio_jax import mesh as mesh_lib
     from mio_jax.evaluation import extract_features
     from mio_jax.evaluation import features as features_lib
-    from mio_jax.evaluation import knn_classify, linear_probe
+    from mio_jax.evaluation import fewshot_probe, knn_classify, linear_probe
     mesh = mesh_lib.make_data_mesh()
     sharding = mesh_lib.batch_sharding(mesh)
     num_examples, batch_size = 13, 8
@@ -159,12 +159,16 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
     linear = linear_probe(features, features, num_classes=13, epochs=5,
                           learning_rate=0.5, weight_decay=0.0, batch_size=13,
                           seed=0)
+    # One shot of each of 13 classes: the subset is the whole set.
+    fewshot = fewshot_probe(features, features, num_classes=13, shots=1,
+                            trials=2, seed=0, epochs=5, learning_rate=0.5,
+                            weight_decay=0.0)
     with open(out, "w") as f:
       json.dump({"features": x.tolist(), "labels": y.tolist(),
                  "order_labels": order_labels.tolist(),
                  "num_examples": features.num_examples,
                  "sharded": not features.x.is_fully_addressable,
-                 "knn": knn, "linear": linear,
+                 "knn": knn, "linear": linear, "fewshot": fewshot,
                  "process_count": jax.process_count()}, f)
 """)
 
@@ -205,5 +209,7 @@ def test_extract_features_on_two_processes_every_row_reaches_every_process(
                                atol=1e-6)
     assert result["knn"] == dense_knn
     assert result["linear"] == dense_linear
+    assert result["fewshot"] == {"top1": dense_linear["top1"],
+                                 "top1_std": 0.0}
     np.testing.assert_array_equal(result["labels"], np.arange(13))
     np.testing.assert_array_equal(result["order_labels"], np.arange(13))
