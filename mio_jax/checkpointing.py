@@ -8,7 +8,6 @@ or schedule stops with one line naming the key instead of silently changing
 the run (or failing with a shape error deep inside Orbax). No pickle
 anywhere: the state is a pytree of arrays (the rng as its uint32 key data).
 """
-import json
 from typing import Any, Iterable, Mapping, Optional
 
 import jax
@@ -77,7 +76,7 @@ def run_settings(config: ml_collections.ConfigDict, *,
     settings["steps_per_epoch"] = int(steps_per_epoch)
   if total_steps is not None:
     settings["total_steps"] = int(total_steps)
-  return json.loads(json.dumps(settings))  # tuples -> lists, as when re-read
+  return files.as_stored(settings)
 
 
 def _stored_settings(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from mio_jax import data
 from mio_jax import errors
 from mio_jax import experiment
 from mio_jax import losses
+from mio_jax import metric_logging
 from mio_jax import models
 from mio_jax import optim
 from mio_jax import train
@@ -32,12 +33,15 @@ class ConfigError(errors.UserError, ValueError):
 
 
 @contextlib.contextmanager
-def _section(prefix: str = ""):
-  """Reports an InvalidValueError of the block under `config.<prefix>`."""
+def _section(prefix: str = "", renamed: Optional[dict[str, str]] = None):
+  """Reports an InvalidValueError of the block under `config.<prefix>`.
+
+  renamed: the config key of an argument named otherwise by its module.
+  """
   try:
     yield
   except errors.InvalidValueError as error:
-    key = prefix + error.key
+    key = prefix + (renamed or {}).get(error.key, error.key)
     raise ConfigError(error.describe(f"config.{key}", f"--config.{key}")
                       ) from None
 
@@ -55,10 +59,12 @@ def validate_config(config: ml_collections.ConfigDict, *,
   """Raises ConfigError on the first impossible value."""
   with _section():
     errors.check_one_of("mode", config.mode, experiment.MODES)
+  with _section(renamed={"block_size": "loss_block_size"}):
     losses.make_loss(config.loss, temperature=config.temperature,
                      negative_temperature=config.negative_temperature,
                      reg_weight=config.reg_weight,
                      block_size=config.loss_block_size)
+  with _section():
     errors.check_positive("batch_size", config.batch_size)
     if config.total_steps is None:
       errors.check_positive("num_epochs", config.num_epochs)
@@ -70,8 +76,9 @@ def validate_config(config: ml_collections.ConfigDict, *,
     models.check_dtype(config.dtype)
     train.check_config(config)
   with _section("dataset."):
-    errors.check_one_of("name", config.dataset.name, data.DATASETS)
-    errors.check_positive("image_size", config.dataset.image_size)
+    data.check_config(config.dataset)
+  with _section("logging."):
+    metric_logging.check_config(config.logging)
   try:
     augment.AugmentParams.from_config(config)
   except ValueError as e:
@@ -91,14 +98,10 @@ def validate_config(config: ml_collections.ConfigDict, *,
   _divisible("batch_size", config.batch_size, device_count, "the device count")
   _divisible("eval.batch_size", config.eval.batch_size, device_count,
              "the device count")
-  if config.loss_block_size is not None:
-    per_device = config.batch_size // device_count
-    if per_device % config.loss_block_size:
-      raise ConfigError(
-          f"config.loss_block_size={config.loss_block_size} does not divide "
-          f"the batch per device ({config.batch_size} / {device_count} "
-          f"devices = {per_device}); use a divisor of {per_device}, or "
-          "leave it unset for the dense loss")
+  with _section(renamed={"block_size": "loss_block_size"}):
+    losses.check_block_size(config.loss_block_size,
+                            num_images=config.batch_size,
+                            num_devices=device_count)
 
 
 def validate_workdir(workdir: str,

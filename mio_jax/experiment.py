@@ -14,7 +14,7 @@ from absl import logging
 from mio_jax import checkpointing
 from mio_jax import data
 from mio_jax import distributed
-from mio_jax import evaluation
+from mio_jax.evaluation import evaluator
 from mio_jax import export
 from mio_jax import files
 from mio_jax import mesh as mesh_lib
@@ -37,13 +37,14 @@ RESULTS_FILE = "eval_results.json"
 
 
 def _pretrain(config, workdir, mesh, logger) -> tuple[int, Dict[str, Any]]:
+  info = data.dataset_info(config)
   run = run_lib.build_run(
       config, mesh, steps_per_epoch=data.pretrain_steps_per_epoch(config),
-      num_classes=data.dataset_info(config).num_classes)
+      num_classes=info.num_classes, normalization=(info.mean, info.std))
   logger.total_steps = run.total_steps
   hooks = []
   if config.online_eval_every_steps > 0:
-    hooks.append(evaluation.online_knn_hook(config, mesh, run.model))
+    hooks.append(evaluator.online_knn_hook(config, mesh, run.model))
   state = train.pretrain(run, workdir, logger=logger, hooks=hooks)
   return int(state.step), state.variables
 
@@ -53,7 +54,7 @@ def _evaluate(config, workdir, mesh, step, variables) -> Dict[str, float]:
   model = models.build_model(config.model, dtype=config.dtype)
   try:
     with train.PreemptionWatch() as preemption, preemption.interruptible():
-      return evaluation.evaluate(
+      return evaluator.evaluate(
           variables, model=model, config=config, mesh=mesh,
           protocols=MODE_PROTOCOLS[config.mode],
           embedding_png=os.path.join(workdir, "embedding_tsne.png"))
@@ -70,8 +71,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   mesh = mesh_lib.make_data_mesh()
   data.ensure_prepared(config)
   main_process = distributed.is_main_process()
-  logger = metric_logging.MetricLogger(workdir, total_steps=0,
-                                       is_main_process=main_process)
+  logger = metric_logging.MetricLogger(
+      workdir, total_steps=0, is_main_process=main_process,
+      wandb=metric_logging.wandb_settings(config))
   results = {}
   try:
     if config.mode in ("pretrain", "all"):

@@ -9,7 +9,6 @@ reads both back; `encoder_variables` places the backbone into a full
 encoder's variables for evaluation or fine-tuning (the projector, which no
 protocol uses, keeps its initial values).
 """
-import json
 from typing import Any, Optional
 
 import flax.serialization
@@ -34,12 +33,12 @@ class ExportError(errors.UserError):
 
 def _description(config: ml_collections.ConfigDict, step: int,
                  workdir: str) -> dict[str, Any]:
-  return json.loads(json.dumps({
+  return files.as_stored({
       "format": FORMAT, "step": step, "workdir": str(workdir),
       "model": config.model.to_dict(), "dtype": config.dtype,
       "image_size": config.dataset.image_size,
       "dataset": config.dataset.name,
-  }))
+  })
 
 
 def export_encoder(workdir: str, config: ml_collections.ConfigDict, out: str, *,
@@ -80,7 +79,7 @@ def load_encoder(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def check_matches(description: dict[str, Any],
                   config: ml_collections.ConfigDict, path: str) -> None:
   """Raises ExportError unless the export is of config's architecture."""
-  wanted = json.loads(json.dumps(config.model.to_dict()))
+  wanted = files.as_stored(config.model.to_dict())
   stored = description["model"]
   differing = sorted(k for k in set(wanted) | set(stored)
                      if wanted.get(k) != stored.get(k))

@@ -19,6 +19,12 @@ def write_json(path: "str | os.PathLike[str]", obj: Any) -> None:
   path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def as_stored(obj: Any) -> Any:
+  """`obj` as it reads back from JSON (tuples become lists): for comparing
+  a value with one stored earlier."""
+  return json.loads(json.dumps(obj))
+
+
 def read_json(path: "str | os.PathLike[str]") -> Optional[Any]:
   """The JSON value stored at `path`, or None if there is no such file."""
   path = epath.Path(path)

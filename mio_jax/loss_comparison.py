@@ -21,7 +21,6 @@ kNN accuracy, mean ± std band per loss). A finished run is reused and an
 interrupted one resumes from its checkpoint, so rerunning the command after
 a crash loses little; `<out>` is tied to its settings (see SETTINGS_NAME).
 """
-import json
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -31,7 +30,6 @@ from etils import epath
 
 from mio_jax import data
 from mio_jax import errors
-from mio_jax import evaluation
 from mio_jax import experiment
 from mio_jax import files
 from mio_jax import losses as losses_lib
@@ -40,6 +38,7 @@ from mio_jax import models
 from mio_jax import plots
 from mio_jax import train
 from mio_jax.analysis import hessian
+from mio_jax.evaluation import evaluator
 
 # The settings every run of an output directory shares; a rerun with other
 # settings would silently mix runs, so it is refused.
@@ -99,7 +98,7 @@ def run_config(base: ml_collections.ConfigDict, *, loss: str, seed: int,
 def _check_settings(out: epath.Path, settings: Mapping[str, Any]) -> None:
   """Records the settings of `out`, or refuses to reuse it with others."""
   path = out / SETTINGS_NAME
-  settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
+  settings = files.as_stored(settings)
   recorded = files.read_json(path)
   if recorded is None:
     files.write_json(path, settings)
@@ -171,7 +170,7 @@ def random_init_run(config: ml_collections.ConfigDict, workdir: epath.Path, *,
   model = models.build_model(config.model, dtype=config.dtype)
   variables = train.initial_variables(model, seed=config.seed,
                                       image_size=config.dataset.image_size)
-  run = evaluation.evaluate(variables, model=model, config=config, mesh=mesh,
+  run = evaluator.evaluate(variables, model=model, config=config, mesh=mesh,
                             protocols=EVAL_PROTOCOLS)
   files.write_json(path, run)
   return run

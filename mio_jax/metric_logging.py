@@ -1,7 +1,7 @@
 """Training and evaluation metrics to a JSON-lines file, TensorBoard and stdout.
 
 `MetricLogger(workdir, total_steps=...)` writes, on the main
-process only (WORKDIR may be local or gs://, written through tf.io.gfile):
+process only (WORKDIR may be local or gs://, written through etils.epath):
   * WORKDIR/metrics.jsonl: one JSON object per `log`/`log_eval` call, with
     "step" and the metrics as Python floats (non-finite values are written
     as NaN/Infinity, which Python's json and pandas read back).
@@ -36,15 +36,16 @@ import importlib
 import importlib.util
 import json
 import math
-import os
 import secrets
 import time
 from typing import Any, Callable, Mapping, Optional
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from mio_jax import errors
+from mio_jax import files
 
 METRICS_FILENAME = "metrics.jsonl"
 EVAL_PREFIX = "eval/"
@@ -115,19 +116,17 @@ def _import_wandb():
     raise WandbNotInstalledError() from None
 
 
-def _wandb_run_id(workdir: str, gfile) -> str:
+def _wandb_run_id(workdir: str) -> str:
   """The id of this workdir's wandb run, made and saved on first use."""
-  path = os.path.join(workdir, WANDB_RUN_ID_FILENAME)
-  if gfile.exists(path):
-    with gfile.GFile(path, "r") as f:
-      return f.read().strip()
+  path = epath.Path(workdir) / WANDB_RUN_ID_FILENAME
+  if path.exists():
+    return path.read_text().strip()
   run_id = secrets.token_hex(8)  # 16 of [0-9a-f]: a valid, unique wandb id
-  with gfile.GFile(path, "w") as f:
-    f.write(run_id + "\n")
+  path.write_text(run_id + "\n")
   return run_id
 
 
-def _start_wandb_run(workdir: str, settings: WandbSettings, gfile):
+def _start_wandb_run(workdir: str, settings: WandbSettings):
   """A wandb run logging against WANDB_STEP; its files in WORKDIR/wandb."""
   wandb = _import_wandb()
   # wandb writes its files locally: under a gs:// workdir, in ./wandb.
@@ -135,7 +134,7 @@ def _start_wandb_run(workdir: str, settings: WandbSettings, gfile):
   run = wandb.init(project=settings.project, entity=settings.entity,
                    mode=settings.mode, dir=local_dir,
                    config=dict(settings.run_config),
-                   id=_wandb_run_id(workdir, gfile), resume="allow")
+                   id=_wandb_run_id(workdir), resume="allow")
   run.define_metric(WANDB_STEP)
   run.define_metric("*", step_metric=WANDB_STEP)
   return run
@@ -196,12 +195,11 @@ class MetricLogger:
     self._scalar_metadata = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(
             plugin_name="scalars"))
-    tf.io.gfile.makedirs(workdir)
+    files.ensure_dir(workdir)
     self._writer = tf.summary.create_file_writer(workdir)
-    self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, METRICS_FILENAME),
-                                    "a")
+    self._jsonl = (epath.Path(workdir) / METRICS_FILENAME).open("a")
     self._wandb_run = (None if wandb is None else
-                       _start_wandb_run(workdir, wandb, tf.io.gfile))
+                       _start_wandb_run(workdir, wandb))
     self._closed = False
 
   def log(self, step: int, metrics: Mapping[str, Any]) -> None:

@@ -10,7 +10,7 @@ Evaluation needs none of this (only the model): see `models.build_model`
 and `checkpointing.restore_variables`.
 """
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 import ml_collections
@@ -23,6 +23,7 @@ from mio_jax import models
 from mio_jax import optim
 
 PairFn = Callable[[jax.Array, jax.Array], jax.Array]
+Batch = Mapping[str, jax.Array]
 
 
 # eq=False: a Run is hashed by identity, so jitted functions built from it
@@ -43,6 +44,9 @@ class Run:
   # None when it is off (config.online_probe.enabled, or no labels).
   probe_optimizer: Optional[optax.GradientTransformation] = None
   num_classes: Optional[int] = None
+  # (batch, step) -> batch with the colour augmentation done on the device
+  # (config.augment.on_device), or None when the host did it.
+  augment_fn: Optional[Callable[[Batch, jax.Array], Batch]] = None
 
 
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -58,13 +62,17 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
 
 
 def build_run(config: ml_collections.ConfigDict, mesh: Mesh, *,
-              steps_per_epoch: int, num_classes: Optional[int] = None) -> Run:
+              steps_per_epoch: int, num_classes: Optional[int] = None,
+              normalization: Optional[tuple[Sequence[float],
+                                            Sequence[float]]] = None) -> Run:
   """The pieces of pretraining `config` on `mesh`.
 
   steps_per_epoch: pretraining batches per epoch (`data.pretrain_steps_per_epoch`);
   it sets the run length and the warm-up/cosine schedule.
   num_classes: classes of the labels in the batches, for the online probe
   (None: no probe).
+  normalization: (mean, std) per channel of the data set, needed with
+  config.augment.on_device (the device normalises after its colour ops).
   Raises errors.InvalidValueError for a bad model, loss or optimizer setting.
   """
   loss_options = dict(temperature=config.temperature,
@@ -81,6 +89,24 @@ def build_run(config: ml_collections.ConfigDict, mesh: Mesh, *,
       config.optimizer, batch_size=config.batch_size, total_steps=length,
       steps_per_epoch=steps_per_epoch)
   probe = config.online_probe.enabled and num_classes is not None
+  augment_fn = None
+  if config.augment.on_device:
+    if normalization is None:
+      raise ValueError("config.augment.on_device needs the data set's "
+                       "normalization (mean, std) in build_run")
+    # Imported here: the data package loads TensorFlow, which a run on
+    # synthetic batches (tests, benchmarks) does not need.
+    # pylint: disable=g-import-not-at-top
+    from mio_jax.data import augment
+    from mio_jax.data import device_augment
+    # pylint: enable=g-import-not-at-top
+    params = augment.AugmentParams.from_config(config)
+    mean, std = normalization
+
+    def augment_fn(batch, step):
+      return device_augment.augment_batch(batch, seed=config.seed, step=step,
+                                          params=params, mean=mean, std=std)
+
   return Run(config=ml_collections.FrozenConfigDict(config), mesh=mesh,
              model=models.build_model(config.model, dtype=config.dtype),
              loss_fn=loss_fn, pair_metrics_fn=pair_metrics_fn,
@@ -88,4 +114,5 @@ def build_run(config: ml_collections.ConfigDict, mesh: Mesh, *,
              steps_per_epoch=int(steps_per_epoch), total_steps=length,
              probe_optimizer=(optax.sgd(config.online_probe.lr, momentum=0.9)
                               if probe else None),
-             num_classes=int(num_classes) if probe else None)
+             num_classes=int(num_classes) if probe else None,
+             augment_fn=augment_fn)

@@ -178,6 +178,8 @@ def make_train_step(run: Run
   """
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    if run.augment_fn is not None:
+      batch = run.augment_fn(batch, state.step)
     # The per-step key goes to any stochastic layer (the ResNet has none);
     # derived from (state key, step) it is the same after a resume.
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng),

@@ -165,8 +165,8 @@ def test_sigterm_during_a_long_hook_saves_within_seconds(tmp_path):
 
   def slow_hook_with_sigterm(step, state):
     if step == 3:
-      os.kill(os.getpid(), signal.SIGTERM)
       try:
+        os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(60)
       finally:
         abandoned.append(step)

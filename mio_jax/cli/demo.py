@@ -37,12 +37,12 @@ def main(argv) -> None:
   del argv
   # pylint: disable=g-import-not-at-top
   from mio_jax import config_base
-  from mio_jax import evaluation
   from mio_jax import experiment
   from mio_jax import files
   from mio_jax import mesh as mesh_lib
   from mio_jax import models
   from mio_jax import train
+  from mio_jax.evaluation import evaluator
   # pylint: enable=g-import-not-at-top
   workdir = pathlib.Path(_WORKDIR.value)
   config = config_base.load_config_file(_CONFIG_PATH)
@@ -54,7 +54,7 @@ def main(argv) -> None:
   model = models.build_model(config.model, dtype=config.dtype)
   random_variables = train.initial_variables(
       model, seed=config.seed, image_size=config.dataset.image_size)
-  random_results = evaluation.evaluate(
+  random_results = evaluator.evaluate(
       random_variables, model=model, config=config,
       mesh=mesh_lib.make_data_mesh(),
       protocols=experiment.MODE_PROTOCOLS["all"])

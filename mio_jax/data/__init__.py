@@ -24,16 +24,20 @@ tf.config.set_visible_devices([], "GPU")
 from mio_jax.data.pipeline import eval_batches
 from mio_jax.data.pipeline import pretrain_batches
 from mio_jax.data.pipeline import pretrain_steps_per_epoch
+from mio_jax.data.registry import DATASET_NAMES
 from mio_jax.data.registry import DATASETS
 from mio_jax.data.registry import DatasetInfo
 from mio_jax.data.registry import DatasetNotPreparedError
+from mio_jax.data.registry import check_config
 from mio_jax.data.registry import dataset_info
+from mio_jax.data.registry import dataset_spec
 from mio_jax.data.registry import ensure_prepared
 from mio_jax.data.registry import prepare_dataset
 from mio_jax.data.registry import prepare_digits
 
 __all__ = [
-    "DATASETS", "DatasetInfo", "DatasetNotPreparedError", "dataset_info",
+    "DATASET_NAMES", "DATASETS", "DatasetInfo", "DatasetNotPreparedError",
+    "check_config", "dataset_info", "dataset_spec",
     "ensure_prepared", "eval_batches", "prepare_dataset", "prepare_digits",
     "pretrain_batches", "pretrain_steps_per_epoch",
 ]

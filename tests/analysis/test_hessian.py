@@ -267,7 +267,7 @@ def _run_command(tmp_path, *flags):
   import sys
   config_file = tmp_path / "tiny_config.py"
   config_file.write_text(_CONFIG_FILE.format(
-      tests_dir=str(pathlib.Path(__file__).parent)))
+      tests_dir=str(pathlib.Path(__file__).parents[1])))
   return subprocess.run(
       [sys.executable, "-m", "mio_jax.cli.hessian",
        f"--config={config_file}", f"--workdir={tmp_path}", *flags],
