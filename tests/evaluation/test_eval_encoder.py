@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eval_data import random_variables
 from mio_jax import config_base
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
@@ -14,13 +15,11 @@ def test_encode_fn_gives_sharded_f32_features_with_running_averages():
   config.model.name = "resnet_tiny"
   config.model.width_multiplier = 0.25
   model = models.build_model(config.model)
-  variables = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)),
-                         train=False)
-  # Running averages far from a batch's statistics: train-mode BatchNorm
-  # would give other features.
-  variables = {"params": variables["params"],
-               "batch_stats": jax.tree.map(lambda v: v + 0.5,
-                                           variables["batch_stats"])}
+  variables = random_variables(model, image_size=8, seed=0)
+  # Running averages far from any batch's statistics: features computed
+  # with batch statistics would not match the reference below.
+  variables["batch_stats"] = jax.tree.map(lambda v: v + 0.5,
+                                          variables["batch_stats"])
   mesh = mesh_lib.make_data_mesh()
   images = jax.random.normal(jax.random.key(1), (16, 8, 8, 3))
   features = make_encode_fn(model, mesh)(
@@ -31,6 +30,3 @@ def test_encode_fn_gives_sharded_f32_features_with_running_averages():
   expected, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(
       variables, images)
   np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
-  (train_mode, _), _ = jax.jit(lambda v, x: model.apply(
-      v, x, train=True, mutable=["batch_stats"]))(variables, images)
-  assert not np.allclose(features, train_mode, atol=1e-2)

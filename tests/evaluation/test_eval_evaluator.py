@@ -1,12 +1,11 @@
 """evaluate / online_knn_hook end to end: digits, a tiny encoder, 8 devices."""
 import types
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import dense_reference
+from eval_data import random_variables
 from mio_jax import config_base
 from mio_jax import data
 from mio_jax import errors
@@ -30,8 +29,7 @@ def tiny_run(tmp_path_factory):
   config.eval.knn_k = 20
   config.eval.embedding_plot_points = 40
   model = models.build_model(config.model)
-  variables = jax.jit(lambda key: model.init(
-      key, jnp.zeros((2, 8, 8, 3)), train=False))(jax.random.key(0))
+  variables = random_variables(model, image_size=8, seed=0)
   return config, model, variables, mesh_lib.make_data_mesh()
 
 
