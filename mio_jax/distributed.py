@@ -29,7 +29,7 @@ Importing this module defines no flags and reads no environment; every
 setting arrives as a value.
 
 Paths: the workdir and the TFDS data_dir may be `gs://` buckets, so code that
-touches them goes through `etils.epath` (see `ensure_workdir`) rather than
+touches them goes through `etils.epath` (see `mio_jax.files`) rather than
 `os.path`.
 """
 import dataclasses
@@ -40,8 +40,6 @@ import time
 from typing import Mapping, Optional
 
 from absl import logging
-from etils import epath
-import jax
 
 from mio_jax import errors
 
@@ -327,6 +325,9 @@ def initialize(settings: DistributedSettings,
   on jax 0.10.2: 10 s for initialization_timeout=5): an abort of the
   process, not an exception.
   """
+  # Imported here: the command line reads DistributedSettings' defaults for
+  # its flags, and `--help` must not wait for JAX.
+  import jax  # pylint: disable=g-import-not-at-top
   if jax.distributed.is_initialized():
     return True
   environ = os.environ if environ is None else environ
@@ -378,15 +379,5 @@ def initialize(settings: DistributedSettings,
 
 def is_main_process() -> bool:
   """True on process 0, the one that writes logs, plots and summaries."""
+  import jax  # pylint: disable=g-import-not-at-top
   return jax.process_index() == 0
-
-
-def ensure_workdir(path: "str | os.PathLike[str]") -> epath.Path:
-  """Creates the workdir (local or `gs://...`) and returns it as an epath.
-
-  Every process may call it: creating an existing directory is a no-op, and
-  on object stores a "directory" is only a name prefix.
-  """
-  workdir = epath.Path(path)
-  workdir.mkdir(parents=True, exist_ok=True)
-  return workdir

@@ -5,4 +5,5 @@ The command lives in `mio_jax.cli.main`.
 from mio_jax.cli import main as _main
 
 if __name__ == "__main__":
+  __doc__ = _main.__doc__  # absl's --help shows the __main__ module's docstring
   _main.run()

@@ -17,6 +17,7 @@ prepared offline on first use (see `builders.image_folder`).
 import dataclasses
 import os
 import shlex
+import threading
 from typing import Mapping, Optional
 
 import ml_collections
@@ -34,8 +35,49 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DatasetNotPreparedError(RuntimeError):
+class DatasetNotPreparedError(errors.UserError):
   """TFDS files missing or unusable; the message gives the commands."""
+
+
+class DataDirUnreachableError(errors.UserError):
+  """config.dataset.data_dir (a bucket) cannot be read."""
+
+
+# An unreachable bucket makes TFDS's file system retry for about a minute
+# (47 s measured here without network); the user hears within this.
+DATA_DIR_TIMEOUT_S = 10.0
+
+
+def check_data_dir(data_dir: Optional[str], *,
+                   timeout_s: float = DATA_DIR_TIMEOUT_S) -> None:
+  """Raises DataDirUnreachableError unless a remote data_dir answers in time.
+
+  Local paths are not checked (TFDS creates them).
+  """
+  if not data_dir or "://" not in data_dir:
+    return
+  outcome = {}
+
+  def probe():
+    try:
+      outcome["exists"] = epath.Path(data_dir).exists()
+    except Exception as e:  # pylint: disable=broad-except
+      outcome["error"] = e
+
+  # A daemon thread: a probe stuck in retries must not hold up the exit.
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(timeout_s)
+  fix = ("check the bucket name and your credentials (gcloud auth "
+         "application-default login), or use a local config.dataset.data_dir")
+  if thread.is_alive():
+    raise DataDirUnreachableError(
+        f"config.dataset.data_dir={data_dir!r} did not answer within "
+        f"{timeout_s:.0f} s; {fix}")
+  if "error" in outcome:
+    reason = " ".join(str(outcome["error"]).split())[:200]
+    raise DataDirUnreachableError(
+        f"config.dataset.data_dir={data_dir!r} cannot be read ({reason}); {fix}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,7 +331,7 @@ def prepare_command(name: str, data_dir: Optional[str] = None,
                     manual_dir: Optional[str] = None) -> str:
   """The shell command that prepares `name`."""
   spec = get_spec(name)
-  parts = ["python", "-m", "mio_jax.data.prepare", f"--dataset={name}"]
+  parts = ["python", "-m", "mio_jax.cli.prepare", f"--dataset={name}"]
   if data_dir:
     parts.append(f"--data_dir={data_dir}")
   if spec.manual_files:
@@ -320,6 +362,7 @@ def ensure_prepared(config: ml_collections.ConfigDict) -> None:
   Digits and image folders need no network and are built on first use.
   """
   name = config.dataset.name
+  check_data_dir(config.dataset.data_dir)
   if name == IMAGE_FOLDER:
     _prepared_image_folder(config)
     return
@@ -360,9 +403,10 @@ def prepare_dataset(name: str, data_dir: Optional[str] = None,
                if not manual_dir or not os.path.exists(
                    os.path.join(manual_dir, f))]
     if missing:
-      raise FileNotFoundError(
-          f"Preparing {name!r} needs {', '.join(missing)} in --manual_dir "
-          f"(got {manual_dir!r}).")
+      raise DatasetNotPreparedError(
+          f"preparing {name!r} needs {', '.join(missing)} in --manual_dir "
+          f"(got {manual_dir!r}); download them and pass the folder holding "
+          "them")
   builder = tfds.builder(spec.tfds_name, data_dir=data_dir,
                          file_format=STORAGE_FILE_FORMAT[spec.storage])
   builder.download_and_prepare(

@@ -79,7 +79,7 @@ def test_unprepared_dataset_fails_fast_with_commands(name, tmp_path):
     data.ensure_prepared(_config(name, str(tmp_path)))
   assert time.monotonic() - start < 5.0
   message = str(error.value)
-  assert f"python -m mio_jax.data.prepare --dataset={name}" in message
+  assert f"python -m mio_jax.cli.prepare --dataset={name}" in message
   assert f"--data_dir={tmp_path}" in message
   assert isinstance(error.value, RuntimeError)
   with pytest.raises(data.DatasetNotPreparedError):

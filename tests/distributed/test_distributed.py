@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 
-from etils import epath
 import jax
 import numpy as np
 import pytest
@@ -202,12 +201,6 @@ def test_slurm_tasks_not_started_by_srun_are_a_user_error(recorded_initialize):
     distributed.initialize(_settings(),
                            environ={"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"})
   assert not recorded_initialize
-
-
-def test_ensure_workdir_creates_nested_dirs_and_is_idempotent(tmp_path):
-  workdir = distributed.ensure_workdir(tmp_path / "a" / "b")
-  assert isinstance(workdir, epath.Path) and workdir.is_dir()
-  assert distributed.ensure_workdir(str(workdir)) == workdir
 
 
 # ---- real processes -------------------------------------------------------
