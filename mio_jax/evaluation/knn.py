@@ -11,7 +11,9 @@ rows, the block is all-gathered, every local chunk of `chunk_size` queries
 scores it, and `lax.top_k` of (running top-k, block scores) keeps the k
 best so far. Per device this holds its shards, one block and chunk_size x
 (k + block_size) scores, whatever the device count (XLA's memory plan for
-ImageNet is in docs/performance.md).
+ImageNet is in docs/performance.md). The neighbours are those of a dense
+top-k over all training rows, except that among exactly equal
+similarities the earlier block wins rather than the lower split index.
 """
 import functools
 
