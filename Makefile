@@ -11,8 +11,11 @@ export TF_ENABLE_ONEDNN_OPTS ?= 0
 
 install: $(STAMP)
 
-# Recreated whenever the pins change.
+# Recreated whenever the pins change. The pins are for CPython 3.11 on Linux
+# (x86_64, aarch64) and macOS (arm64); another Python stops here at once.
 $(STAMP): requirements.txt setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+	  { echo "error: $(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'); the pinned requirements need 3.11. Install it (pyenv install 3.11, brew install python@3.11, apt install python3.11) and run make PYTHON=python3.11" >&2; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .

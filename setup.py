@@ -24,7 +24,8 @@ setuptools.setup(
         "flax>=0.12.8",
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12.8",
-        "tensorflow-cpu>=2.21.0",
+        "tensorflow-cpu>=2.21.0; sys_platform != 'darwin'",
+        "tensorflow>=2.21.0; sys_platform == 'darwin'",
         "tensorflow-datasets>=4.9.10",
         # Used by tensorflow-datasets 4.9.10 but not declared by it.
         "importlib_resources",
