@@ -36,6 +36,23 @@ def parse_flags(argv: Sequence[str]) -> Sequence[str]:
     usage_error(f"could not load --config: {type(e).__name__}: {e}")
 
 
+def config_value(holder: flags.FlagHolder, example: str = "configs/digits.py"):
+  """The ConfigDict of a --config flag, or one line and exit 2 if it is bad.
+
+  ml_collections reports a config file that does not exist or does not load
+  only when the config is first used, with a multi-line error.
+  """
+  config = holder.value
+  if config is None:
+    usage_error(f"--{holder.name} is required, e.g. --{holder.name}={example}")
+  try:
+    config.keys()
+  except OSError as e:
+    reason = str(e).strip().splitlines()[-1].strip()
+    usage_error(f"could not load --{holder.name}: {reason}")
+  return config
+
+
 def run(main: Callable[[Sequence[str]], None]) -> None:
   """absl's app.run with one-line errors for everything a user can fix."""
 

@@ -43,7 +43,7 @@ _HESSIAN_BATCH_SIZE = flags.DEFINE_integer(
 def main(argv) -> None:
   del argv
   from mio_jax import loss_comparison  # pylint: disable=g-import-not-at-top
-  config, out = _CONFIG.value, _OUT.value
+  config, out = common.config_value(_CONFIG), _OUT.value
   if _TEMPERATURE.value is not None:
     config.temperature = _TEMPERATURE.value
   if config.dataset.data_dir is None:

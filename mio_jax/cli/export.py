@@ -24,7 +24,8 @@ flags.mark_flags_as_required(["config", "workdir", "out"])
 def main(argv) -> None:
   del argv
   from mio_jax import export  # pylint: disable=g-import-not-at-top
-  description = export.export_encoder(_WORKDIR.value, _CONFIG.value,
+  description = export.export_encoder(_WORKDIR.value,
+                                      common.config_value(_CONFIG),
                                       _OUT.value, step=_STEP.value)
   print(f"Wrote the backbone of step {description['step']} to {_OUT.value} "
         f"(+ {_OUT.value}.json).")

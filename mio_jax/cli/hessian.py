@@ -44,7 +44,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
   del argv
   from mio_jax.analysis import hessian  # pylint: disable=g-import-not-at-top
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  config, workdir = common.config_value(_CONFIG), _WORKDIR.value
   results = hessian.analyze_checkpoint(
       config, workdir, losses=_LOSSES.value, top_k=_TOP_K.value,
       params_subset=_PARAMS.value, batch_size=_BATCH_SIZE.value,

@@ -27,9 +27,7 @@ distributed_flags.define_flags()
 
 def main(argv) -> None:
   del argv
-  config = _CONFIG.value
-  if config is None:
-    common.usage_error("--config is required, e.g. --config=configs/digits.py")
+  config = common.config_value(_CONFIG)
   if _MODE.value is not None:
     config.mode = _MODE.value
   # pylint: disable=g-import-not-at-top
