@@ -14,7 +14,8 @@ from ml_collections import config_dict
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
-  # What `main` does: pretrain | linear_eval | knn_eval | fewshot_eval | all.
+  # What `main` does: pretrain | all | linear_eval (augmented linear
+  # evaluation) | finetune | feature_probe_eval | knn_eval | fewshot_eval.
   c.mode = "all"
   c.seed = 0
 
@@ -142,6 +143,54 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.fewshot_shots = 5
   c.eval.fewshot_trials = 5
   c.eval.embedding_plot_points = 2000  # 0 disables the t-SNE plot
+
+  # ---- augmented linear evaluation (--mode=linear_eval) --------------------
+  # A linear head on the frozen backbone (BatchNorm running statistics),
+  # trained on random resized crops (+ flip where config.augment.hflip) of
+  # the labelled train split streamed from the pipeline; Nesterov SGD with a
+  # cosine schedule, no warm-up (mio_jax.supervised). Checkpointed in
+  # <workdir>/linear_eval/.
+  c.linear_eval = ml_collections.ConfigDict()
+  # SimCLR's ImageNet linear evaluation trains 90 epochs (the google-research
+  # /simclr README's linear-head command: --train_epochs=90); solo-learn's
+  # linear configs use 100.
+  c.linear_eval.epochs = 90.0
+  c.linear_eval.batch_size = 256  # global
+  # Peak lr = base_lr * batch_size / 256 (linear scaling): SimCLR's linear
+  # head command uses --learning_rate=0.1 with its default linear scaling.
+  c.linear_eval.base_lr = 0.1
+  c.linear_eval.momentum = 0.9  # SimCLR: Nesterov momentum 0.9
+  c.linear_eval.nesterov = True
+  c.linear_eval.weight_decay = 0.0  # SimCLR's CIFAR-10 linear head: 0
+  # Random resized crop area range; per data set in configs/ (Inception's
+  # (0.08, 1) on ImageNet, as SimCLR's linear evaluation crops).
+  c.linear_eval.crop_scale = (0.08, 1.0)
+
+  # ---- semi-supervised fine-tuning (--mode=finetune) -----------------------
+  # Backbone + a new linear head (projector dropped) fine-tuned on a fixed,
+  # stratified labelled subset, BatchNorm in train mode (mio_jax.supervised).
+  # Defaults: SimCLR v1's fine-tuning recipe (appendix B.5): Nesterov SGD,
+  # momentum 0.9, lr 0.05 * batch / 256, no warm-up, no weight decay or other
+  # regularisation, random crop and flip only, 60 epochs at 1% of the labels
+  # and 30 at 10%. Checkpointed in <workdir>/finetune/, the subset written to
+  # <workdir>/finetune/subset.json.
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.label_fraction = 0.1  # of each class; 1.0: every label
+  # Labels per class instead of a fraction; None or 0: use label_fraction.
+  c.finetune.labels_per_class = config_dict.placeholder(int)
+  # None: SimCLR's 60 epochs at <= 1% of the labels, else 30.
+  c.finetune.epochs = config_dict.placeholder(float)
+  c.finetune.batch_size = 256  # global (SimCLR: 4096)
+  c.finetune.base_lr = 0.05  # SimCLR B.5: lr = 0.05 * batch_size / 256
+  c.finetune.momentum = 0.9  # SimCLR B.5
+  c.finetune.nesterov = True  # SimCLR B.5
+  c.finetune.weight_decay = 0.0  # SimCLR B.5: no regularisation
+  c.finetune.crop_scale = (0.08, 1.0)  # per data set in configs/
+  # Where the encoder comes from: a pretraining workdir (its step init_step,
+  # None: the latest) or an exported encoder file (python -m
+  # mio_jax.cli.export); "" : random initialisation, the baseline.
+  c.finetune.init_from = ""
+  c.finetune.init_step = config_dict.placeholder(int)
 
   # Locked: assigning a key that does not exist raises, in config files too.
   c.lock()

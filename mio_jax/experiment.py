@@ -3,7 +3,9 @@
 `train_and_evaluate(config, workdir)` is importable; the tests and the
 demo call it. It only glues the pieces: the data set (`data`), the run
 (`run.build_run`), the training loop (`train.pretrain`), the checkpoint
-(`checkpointing.restore_variables`) and the evaluators (`evaluation`).
+(`checkpointing.restore_variables`), the evaluators (`evaluation`) and
+the supervised protocols (`supervised`: augmented linear evaluation,
+fine-tuning).
 """
 import os
 from typing import Any, Dict
@@ -22,16 +24,23 @@ from mio_jax import metric_logging
 from mio_jax import models
 from mio_jax import plots
 from mio_jax import run as run_lib
+from mio_jax import supervised
 from mio_jax import train
 
-# What each config.mode evaluates after pretraining or restoring.
+# The frozen-feature protocols (`evaluation.protocols`: features extracted
+# once) each config.mode runs after pretraining or restoring.
 MODE_PROTOCOLS = {
     "pretrain": (),
-    "linear_eval": ("linear",),
+    "all": ("knn", "fewshot", "linear"),
+    "feature_probe_eval": ("linear",),
     "knn_eval": ("knn",),
     "fewshot_eval": ("fewshot",),
-    "all": ("knn", "fewshot", "linear"),
+    "linear_eval": (),
+    "finetune": (),
 }
+# "linear_eval" (augmented linear evaluation of the restored encoder) and
+# "finetune" (from config.finetune.init_from, not from this workdir's
+# checkpoints) train a classifier with `supervised` instead.
 MODES = tuple(MODE_PROTOCOLS)
 RESULTS_FILE = "eval_results.json"
 
@@ -65,6 +74,16 @@ def _evaluate(config, workdir, mesh, step, variables) -> Dict[str, float]:
     raise SystemExit(0) from None
 
 
+def _encoder(config, workdir, mesh, logger) -> tuple[int, Dict[str, Any]]:
+  """(step, variables) of the encoder to evaluate: pretrained now or restored."""
+  if config.mode in ("pretrain", "all"):
+    return _pretrain(config, workdir, mesh, logger)
+  if config.eval.encoder_file:
+    return export.encoder_variables(config.eval.encoder_file, config, mesh)
+  return checkpointing.restore_variables(workdir, config, mesh,
+                                         step=config.eval.step)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Dict[str, float]:
   """Runs `config.mode` in `workdir`; returns the evaluation results."""
@@ -76,17 +95,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       wandb=metric_logging.wandb_settings(config))
   results = {}
   try:
-    if config.mode in ("pretrain", "all"):
-      step, variables = _pretrain(config, workdir, mesh, logger)
-    elif config.eval.encoder_file:
-      step, variables = export.encoder_variables(config.eval.encoder_file,
-                                                 config, mesh)
+    if config.mode == "finetune":
+      # "step": fine-tuning steps (the encoder is config.finetune.init_from).
+      step, results = supervised.finetune(config, workdir, mesh, logger=logger)
     else:
-      step, variables = checkpointing.restore_variables(
-          workdir, config, mesh, step=config.eval.step)
-    logger.total_steps = max(logger.total_steps, step)
-    if MODE_PROTOCOLS[config.mode]:
-      results = _evaluate(config, workdir, mesh, step, variables)
+      step, variables = _encoder(config, workdir, mesh, logger)
+      logger.total_steps = max(logger.total_steps, step)
+      if MODE_PROTOCOLS[config.mode]:
+        results = _evaluate(config, workdir, mesh, step, variables)
+      if config.mode == "linear_eval":
+        results = supervised.linear_eval(config, workdir, mesh, variables,
+                                         encoder_step=step, logger=logger)
+    if results:
       logger.log_eval(step, results)
       if main_process:
         files.write_json(os.path.join(workdir, RESULTS_FILE),
