@@ -48,4 +48,15 @@ def get_config():
   c.eval.knn_k = 20
   c.eval.linear_epochs = 100
   c.eval.linear_batch_size = 256
+
+  # Augmented linear evaluation and fine-tuning: the crop scale of this
+  # config's pretraining views (the digits probe in STACK_NOTES: (0.5, 1)
+  # keeps a digit recognisable at 8x8 source pixels; Inception's 0.08 would
+  # crop most of it away). No flip (augment.hflip above).
+  c.linear_eval.crop_scale = (0.5, 1.0)
+  c.linear_eval.batch_size = 256  # 5 steps per epoch of the 1,500 images
+  c.finetune.crop_scale = (0.5, 1.0)
+  # 10% of the labels is 150 images: batch 48 (divisible by 8 devices) gives
+  # 3 steps per epoch; SimCLR's 4096 is larger than the data set.
+  c.finetune.batch_size = 48
   return c
