@@ -34,7 +34,8 @@ ARCHITECTURE_KEYS = (
 # What decides the update of step i: changed only when the user says so
 # (config.resume_allow_changes), and then recorded in the metadata.
 RECIPE_KEYS = (
-    "dataset.name", "dataset.image_size", "batch_size", "seed", "loss",
+    "dataset.name", "dataset.path", "dataset.pretrain_split",
+    "dataset.image_size", "batch_size", "seed", "loss",
     "temperature", "negative_temperature", "reg_weight", "optimizer.name",
     "optimizer.base_lr", "online_probe.enabled", "total_steps",
     "steps_per_epoch")

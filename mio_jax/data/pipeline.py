@@ -109,14 +109,13 @@ def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def load_source(name: str, split: str, data_dir: Optional[str],
-                image_size: int):
-  """An ArraySource or EncodedSource for a TFDS split of dataset `name`.
+def load_source(spec: registry.DatasetSpec, split: str,
+                data_dir: Optional[str], image_size: int):
+  """An ArraySource or EncodedSource for a TFDS split of the dataset `spec`.
 
   Cached: the evaluators ask for the same splits again and again. Call
   `load_source.cache_clear()` after the data changes (tests).
   """
-  spec = registry.get_spec(name)
   if spec.storage == "random_access":
     records = tfds.data_source(
         spec.tfds_name, split=split, data_dir=data_dir, download=False,
@@ -135,8 +134,8 @@ def load_source(name: str, split: str, data_dir: Optional[str],
 
 
 def _source(config: ml_collections.ConfigDict, split: str):
-  return load_source(config.dataset.name, split, config.dataset.data_dir,
-                     int(config.dataset.image_size))
+  return load_source(registry.dataset_spec(config), split,
+                     config.dataset.data_dir, int(config.dataset.image_size))
 
 
 # ---- which examples each step reads ---------------------------------------
@@ -342,7 +341,7 @@ def two_view_fn(params: augment.AugmentParams, *, seed: int, mean, std,
 def pretrain_dataset(source, config: ml_collections.ConfigDict, *,
                      rows: slice, start_step: int = 0) -> tf.data.Dataset:
   """This process's share of the pretraining batches, as numpy-ready tf.data."""
-  spec = registry.get_spec(config.dataset.name)
+  spec = registry.dataset_spec(config)
   read = functools.partial(
       pretrain_step_records, source, seed=int(config.seed),
       global_batch_size=int(config.batch_size), rows=rows)
@@ -368,7 +367,7 @@ def pretrain_batches(config: ml_collections.ConfigDict,
   (with this step's number) inside the train step.
   """
   registry.ensure_prepared(config)
-  spec = registry.get_spec(config.dataset.name)
+  spec = registry.dataset_spec(config)
   source = _source(config, spec.pretrain_split)
   rows = _local_rows(mesh, int(config.batch_size))
   ds = pretrain_dataset(source, config, rows=rows, start_step=start_step)
@@ -392,7 +391,7 @@ def eval_batch_records(source, batch: int, *, global_batch_size: int,
 
 def eval_dataset(source, config: ml_collections.ConfigDict, *,
                  rows: slice) -> tf.data.Dataset:
-  spec = registry.get_spec(config.dataset.name)
+  spec = registry.dataset_spec(config)
   size = int(config.dataset.image_size)
   global_batch_size = int(config.eval.batch_size)
 
@@ -421,7 +420,7 @@ def eval_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   "mask": bool}, B = config.eval.batch_size; the last batch is padded with
   mask False.
   """
-  spec = registry.get_spec(config.dataset.name)
+  spec = registry.dataset_spec(config)
   if split not in spec.eval_splits:
     raise ValueError(f"Unknown eval split {split!r}; valid: "
                      f"{', '.join(spec.eval_splits)}.")

@@ -18,7 +18,7 @@ import dataclasses
 import os
 import shlex
 import threading
-from typing import Mapping, Optional
+from typing import Mapping, NamedTuple, Optional
 
 import ml_collections
 import tensorflow_datasets as tfds
@@ -278,8 +278,13 @@ def dataset_spec(config: ml_collections.ConfigDict) -> DatasetSpec:
       path and the fix).
   """
   if config.dataset.name == IMAGE_FOLDER:
-    return _image_folder_spec(_prepared_image_folder(config))
-  return get_spec(config.dataset.name)
+    spec = _image_folder_spec(_prepared_image_folder(config))
+  else:
+    spec = get_spec(config.dataset.name)
+  if config.dataset.pretrain_split:
+    spec = dataclasses.replace(spec,
+                               pretrain_split=config.dataset.pretrain_split)
+  return spec
 
 
 def _builder(spec: DatasetSpec,
@@ -291,19 +296,39 @@ def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
   return (builder.data_path / "dataset_info.json").exists()
 
 
+class _SplitLength(NamedTuple):
+  """What TFDS's ReadInstruction needs to know of a split."""
+  num_examples: int
+
+
 def split_size(spec: DatasetSpec, split: str,
                data_dir: Optional[str] = None) -> int:
-  """Examples in a split expression such as "train+unlabelled".
+  """Examples in a split expression such as "train+unlabelled", "train[:80%]".
 
-  Read from the prepared dataset's info when it lists the split, else from
-  the spec's table.
+  Split lengths come from the prepared dataset's info when it lists the
+  split, else from the spec's table; TFDS's own ReadInstruction resolves
+  slices, so the count is the one TFDS reads.
   """
   builder = _builder(spec, data_dir)
   known = builder.info.splits if _is_prepared(builder) else {}
+  lengths = {name: _SplitLength(known[name].num_examples if name in known
+                                else size)
+             for name, size in spec.split_sizes.items()}
+  lengths.update({name: _SplitLength(info.num_examples)
+                  for name, info in dict(known).items()})
+  try:
+    parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(lengths)
+  except (ValueError, KeyError, AssertionError) as e:
+    raise errors.InvalidValueError(
+        "pretrain_split", split, f"is not a split of {spec.tfds_name} ({e})",
+        f"use one of {', '.join(sorted(lengths))}, optionally sliced, e.g. "
+        "train[:80%]") from None
   total = 0
-  for part in split.split("+"):
-    total += (known[part].num_examples if part in known
-              else spec.split_sizes[part])
+  for part in parts:
+    size = lengths[part.splitname].num_examples
+    start = 0 if part.from_ is None else part.from_
+    end = size if part.to is None else part.to
+    total += max(0, end - start)
   return total
 
 

@@ -151,11 +151,6 @@ def test_hold_out_is_stratified_and_deterministic(tmp_path):
   assert other.name != first.name
 
 
-# pipeline.py still looks specs up by name (registry.get_spec), which cannot
-# know the folder; the lead applies the change to registry.dataset_spec
-# (config) and then removes this marker (strict: it fails once that works).
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="pipeline.py needs registry.dataset_spec(config)")
 def test_pipelines_read_the_folder(tmp_path):
   _make_folder(tmp_path / "images", with_test=False,
                files=_FILES + tuple((f"x{i}.png", "PNG", "L", 9, 4)

@@ -124,7 +124,7 @@ def test_restart_at_step_k_equals_kth_batch_across_epoch_boundary(config):
   steps = pipeline.steps_per_epoch(1500, config.batch_size)  # 93
   fresh = _take(data.pretrain_batches(config, mesh), steps + 1)
   assert not np.array_equal(fresh[0]["view1"], fresh[1]["view1"])
-  source = pipeline.load_source("digits", "train", config.dataset.data_dir,
+  source = pipeline.load_source(registry.get_spec("digits"), "train", config.dataset.data_dir,
                                 config.dataset.image_size)
   for k in (1, steps - 1, steps):
     resumed = _take(data.pretrain_batches(config, mesh, start_step=k), 1)[0]
@@ -148,7 +148,7 @@ def test_one_and_eight_devices_give_identical_global_batches(config):
 
 
 def test_two_simulated_processes_together_equal_one_process(config):
-  source = pipeline.load_source("digits", "train", config.dataset.data_dir,
+  source = pipeline.load_source(registry.get_spec("digits"), "train", config.dataset.data_dir,
                                 config.dataset.image_size)
   whole = next(iter(pipeline.pretrain_dataset(
       source, config, rows=slice(0, 16), start_step=3).as_numpy_iterator()))
@@ -179,7 +179,7 @@ def test_eval_pass_covers_every_example_once_with_mask(config):
   masks = np.concatenate([b["mask"] for b in batches])
   labels = np.concatenate([b["label"] for b in batches])
   assert masks.sum() == 297 and not masks[297:].any()
-  source = pipeline.load_source("digits", "test", config.dataset.data_dir,
+  source = pipeline.load_source(registry.get_spec("digits"), "test", config.dataset.data_dir,
                                 config.dataset.image_size)
   np.testing.assert_array_equal(labels[masks], source.labels)
   assert (labels[~masks] == -1).all()
@@ -222,7 +222,7 @@ def test_on_device_views_are_the_host_geometry_as_uint8_with_indices(config):
   host.augment.grayscale_prob = 0.0
   device = host.copy_and_resolve_references()
   device.augment.on_device = True
-  source = pipeline.load_source("digits", "train", config.dataset.data_dir,
+  source = pipeline.load_source(registry.get_spec("digits"), "train", config.dataset.data_dir,
                                 config.dataset.image_size)
   floats, uint8s = (_first_batch(source, c, start_step=7)
                     for c in (host, device))
