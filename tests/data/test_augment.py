@@ -174,3 +174,48 @@ def test_bad_augment_settings_name_the_key(key, value, message):
   config.augment[key] = value
   with pytest.raises(ValueError, match=message):
     augment.AugmentParams.from_config(config)
+
+
+@pytest.mark.parametrize("height,width", [(40, 50), (10, 12), (20, 12)])
+def test_resize_view_eager_equals_tf_data_and_is_in_range(height, width):
+  crop = _image(height, width)
+  op = lambda x: augment.resize_view(x, SIZE)
+  eager = op(tf.constant(crop)).numpy()
+  graph = next(iter(tf.data.Dataset.from_tensors(crop).map(op))).numpy()
+  np.testing.assert_allclose(eager, graph, atol=1e-6)
+  assert eager.shape == (SIZE, SIZE, 3) and eager.dtype == np.float32
+  assert 0.0 <= eager.min() and eager.max() <= 1.0
+
+
+def test_resize_view_averages_areas_when_shrinking():
+  crop = _image(2 * SIZE, 2 * SIZE)
+  blocks = crop.reshape(SIZE, 2, SIZE, 2, 3).mean(axis=(1, 3)) / 255.0
+  np.testing.assert_allclose(augment.resize_view(tf.constant(crop), SIZE),
+                             blocks, atol=1e-5)
+  small = _image(SIZE // 2, SIZE // 2)  # grows: bilinear
+  expected = tf.image.resize(small.astype(np.float32), [SIZE, SIZE]) / 255.0
+  np.testing.assert_allclose(augment.resize_view(tf.constant(small), SIZE),
+                             expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("encode", [tf.io.encode_jpeg, tf.io.encode_png])
+def test_decode_windows_equal_slices_of_a_whole_decode(encode):
+  encoded = encode(_image(45, 61)).numpy()
+  whole = tf.io.decode_image(encoded, channels=3).numpy()
+
+  def crops(contents):
+    shape = augment.encoded_image_shape(contents)
+    windows = [augment.crop_window(shape, _key(index=i), scale=(0.08, 1.0),
+                                   ratio=(3 / 4, 4 / 3)) for i in (0, 1)]
+    return augment.decode_windows(contents, windows), windows
+
+  np.testing.assert_array_equal(
+      augment.encoded_image_shape(tf.constant(encoded)), whole.shape)
+  eager, windows = crops(tf.constant(encoded))
+  graph = next(iter(tf.data.Dataset.from_tensors(encoded).map(
+      lambda x: tuple(crops(x)[0]))))
+  for crop, in_graph, (begin, size) in zip(eager, graph, windows):
+    (top, left, _), (height, width, _) = begin.numpy(), size.numpy()
+    expected = whole[top:top + height, left:left + width]
+    np.testing.assert_array_equal(crop.numpy(), expected)
+    np.testing.assert_array_equal(in_graph.numpy(), expected)
