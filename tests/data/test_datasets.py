@@ -12,6 +12,7 @@ from tensorflow_datasets.core.data_sources import base as data_sources_base
 
 import mio_jax.data as data
 from mio_jax import config_base
+from mio_jax import errors
 from mio_jax import mesh as mesh_lib
 from mio_jax.data import builders
 from mio_jax.data import pipeline
@@ -81,7 +82,7 @@ def test_unprepared_dataset_fails_fast_with_commands(name, tmp_path):
   message = str(error.value)
   assert f"python -m mio_jax.cli.prepare --dataset={name}" in message
   assert f"--data_dir={tmp_path}" in message
-  assert isinstance(error.value, RuntimeError)
+  assert isinstance(error.value, errors.UserError)  # one line, exit status 2
   with pytest.raises(data.DatasetNotPreparedError):
     next(data.pretrain_batches(_config(name, str(tmp_path)),
                                mesh_lib.make_data_mesh()))
@@ -156,7 +157,8 @@ def test_tiny_imagenet_builder_from_fake_archive(tmp_path, monkeypatch):
 
 
 def test_tiny_imagenet_needs_its_archive(tmp_path):
-  with pytest.raises(FileNotFoundError, match="tiny-imagenet-200.zip"):
+  with pytest.raises(data.DatasetNotPreparedError,
+                     match="tiny-imagenet-200.zip"):
     data.prepare_dataset("tiny_imagenet", data_dir=str(tmp_path),
                          manual_dir=str(tmp_path))
 
