@@ -261,10 +261,9 @@ def _local_batches(read: Callable[[int], tuple], record_spec: tuple,
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _record_spec(source, *columns: tf.DType) -> tuple:
-  """Specs of (images, *int columns) of one batch read from `source`."""
-  return (source.image_spec,) + tuple(tf.TensorSpec((None,), c)
-                                      for c in columns)
+def _record_spec(source) -> tuple:
+  """Specs of one batch's records: images, then three int64 columns."""
+  return (source.image_spec,) + (tf.TensorSpec((None,), tf.int64),) * 3
 
 
 def global_batches(local_batches: Iterator[dict[str, np.ndarray]],
@@ -349,8 +348,7 @@ def pretrain_dataset(source, config: ml_collections.ConfigDict, *,
                            seed=int(config.seed), mean=spec.mean, std=spec.std,
                            encoded=source.encoded)
   steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-  return _local_batches(read, _record_spec(source, tf.int64, tf.int64,
-                                           tf.int64),
+  return _local_batches(read, _record_spec(source),
                         steps, rows.stop - rows.start, example_fn)
 
 
@@ -407,8 +405,7 @@ def eval_dataset(source, config: ml_collections.ConfigDict, *,
                            global_batch_size=global_batch_size, rows=rows)
   batches = tf.data.Dataset.range(
       num_eval_batches(len(source), global_batch_size))
-  return _local_batches(read, _record_spec(source, tf.int64, tf.int64,
-                                           tf.int64),
+  return _local_batches(read, _record_spec(source),
                         batches, rows.stop - rows.start, example_fn)
 
 
