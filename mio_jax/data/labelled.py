@@ -140,7 +140,7 @@ class LabelledSet:
 def train_source(config: ml_collections.ConfigDict):
   """The labelled train split of config's data set (as evaluation reads it)."""
   spec = registry.dataset_spec(config)
-  return pipeline.load_source(config.dataset.name, spec.eval_splits["train"],
+  return pipeline.load_source(spec, spec.eval_splits["train"],
                               config.dataset.data_dir,
                               int(config.dataset.image_size))
 
@@ -153,8 +153,10 @@ def labelled_set(config: ml_collections.ConfigDict, *,
   fraction 1.0 (and no per_class) is the whole split; otherwise a
   stratified subset (`stratified_subset`, seed config.seed), or for
   ImageNet-1K at 1% / 10% SimCLR's published list (TFDS
-  imagenet2012_subset).
+  imagenet2012_subset). Raises DatasetNotPreparedError (with the command
+  that prepares it) when the data set is missing.
   """
+  registry.ensure_prepared(config)
   whole = per_class is None and (fraction is None or fraction >= 1.0)
   subset_name = None if whole else imagenet_subset_name(
       config, fraction=fraction, per_class=per_class)
@@ -233,6 +235,7 @@ def labelled_batches(config: ml_collections.ConfigDict,
   steps_per_epoch(len(labelled.indices), batch_size)  # checks the batch
   spec = registry.dataset_spec(config)
   source = labelled.source
+  # The pipeline's batch reader and row check, shared with pretraining.
   # pylint: disable=protected-access
   rows = pipeline._local_rows(mesh, batch_size)
   read = functools.partial(step_records, source, seed=int(config.seed),
@@ -245,7 +248,7 @@ def labelled_batches(config: ml_collections.ConfigDict,
       encoded=source.encoded)
   steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
   ds = pipeline._local_batches(
-      read, pipeline._record_spec(source, tf.int64, tf.int64, tf.int64),
+      read, (source.image_spec,) + (tf.TensorSpec((None,), tf.int64),) * 3,
       steps, rows.stop - rows.start, example_fn)
   # pylint: enable=protected-access
   return pipeline.global_batches(tfds.as_numpy(ds), mesh, batch_size,
