@@ -1,0 +1,205 @@
+"""Augmented linear evaluation and fine-tuning (mio_jax/supervised.py) on digits."""
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from evaluation.eval_data import random_variables
+from mio_jax import checkpointing
+from mio_jax import config_base
+from mio_jax import errors
+from mio_jax import experiment
+from mio_jax import mesh as mesh_lib
+from mio_jax import models
+from mio_jax import supervised
+from mio_jax import train
+from mio_jax.data import labelled
+
+
+def tiny_config(data_dir) -> "config_base.ml_collections.ConfigDict":
+  """resnet_tiny on 8 px digits; fine-tuning on 10% of the labels (149)."""
+  c = config_base.base_config()
+  c.dataset.data_dir = str(data_dir)
+  c.dataset.image_size = 8
+  c.dataset.prefetch = 1
+  c.model.name = "resnet_tiny"
+  c.model.width_multiplier = 0.25
+  c.model.projector_hidden_dim = 16
+  c.model.projector_output_dim = 8
+  c.eval.batch_size = 304  # the 297 test images in one padded batch
+  c.linear_eval.batch_size = 64
+  c.linear_eval.epochs = 0.2  # 23 steps per epoch: 5 steps
+  c.finetune.batch_size = 32  # 4 steps per epoch of the 149 labelled images
+  c.finetune.epochs = 1.5  # 6 steps
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 2
+  c.keep_checkpoints = 5
+  return c
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  config = tiny_config(tmp_path_factory.mktemp("tfds"))
+  mesh = mesh_lib.make_data_mesh()
+  model = models.build_model(config.model)
+  variables = jax.device_put(random_variables(model, image_size=8, seed=0),
+                             mesh_lib.replicated_sharding(mesh))
+  return config, mesh, variables
+
+
+class ListLogger:
+  """Keeps what the loop logs; raises at `crash_at` (a simulated crash)."""
+
+  def __init__(self, crash_at=None):
+    self.lines, self.crash_at = [], crash_at
+
+  def log(self, step, metrics):
+    self.lines.append((step, dict(metrics)))
+    if step == self.crash_at:
+      raise RuntimeError("crash")
+
+  def close(self):
+    pass
+
+
+def test_linear_eval_trains_the_head_only_and_reports_top1_top5(setup,
+                                                                tmp_path):
+  config, mesh, variables = setup
+  before = jax.device_get(variables)
+  logger = ListLogger()
+  results = supervised.linear_eval(config, str(tmp_path), mesh, variables,
+                                   encoder_step=7, logger=logger)
+  assert set(results) == {"linear_eval_top1", "linear_eval_top5"}
+  assert 0.0 <= results["linear_eval_top1"] <= results["linear_eval_top5"] <= 1
+  # The frozen encoder (BatchNorm statistics too) is untouched.
+  jax.tree.map(np.testing.assert_array_equal, before,
+               jax.device_get(variables))
+  steps = [step for step, _ in logger.lines]
+  assert steps == [2, 4, 5]
+  assert all(np.isfinite(m["linear_eval_loss"]) for _, m in logger.lines)
+  assert (tmp_path / "linear_eval" / "checkpoints" / "5").exists()
+  # A rerun on another encoder step is refused instead of mixing heads.
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match="encoder_step=7"):
+    supervised.linear_eval(config, str(tmp_path), mesh, variables,
+                           encoder_step=8, logger=logger)
+
+
+def _finetune_task(config, mesh, num_examples):
+  return supervised._task(  # pylint: disable=protected-access
+      config, mesh, name="finetune", section=config.finetune,
+      num_examples=num_examples, epochs=config.finetune.epochs,
+      train_backbone=True, settings={})
+
+
+def _fit(task, config, variables, labelled_set, directory, logger):
+  def batches_fn(start_step):
+    return labelled.labelled_batches(
+        config, task.mesh, labelled=labelled_set, batch_size=task.batch_size,
+        crop_scale=(0.5, 1.0), start_step=start_step)
+
+  return supervised.fit(
+      task, supervised.init_state(task, variables), None, batches_fn,
+      directory=str(directory), logger=logger, log_every_steps=2,
+      checkpoint_every_steps=2, keep_checkpoints=5)
+
+
+def test_finetune_resume_after_a_crash_is_bit_identical(setup, tmp_path):
+  config, mesh, variables = setup
+  labelled_set = labelled.labelled_set(config, fraction=0.1)
+  task = _finetune_task(config, mesh, len(labelled_set.indices))
+  assert task.total_steps == 6
+  whole = _fit(task, config, variables, labelled_set, tmp_path / "whole",
+               ListLogger())
+  with pytest.raises(RuntimeError, match="crash"):  # after step 4's log,
+    _fit(task, config, variables, labelled_set, tmp_path / "crashed",
+         ListLogger(crash_at=4))  # before step 4 is saved
+  assert checkpointing.saved_steps(str(tmp_path / "crashed")) == [2]
+  resumed = _fit(task, config, variables, labelled_set, tmp_path / "crashed",
+                 ListLogger())
+  assert int(resumed.step) == 6
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole.params),
+               jax.device_get(resumed.params))
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(whole.batch_stats),
+               jax.device_get(resumed.batch_stats))
+  # The backbone moved: fine-tuning trains the whole network.
+  moved = jax.tree.leaves(jax.tree.map(
+      lambda a, b: not np.array_equal(a, b),
+      jax.device_get(whole.params["backbone"]),
+      jax.device_get(variables["params"]["backbone"])))
+  assert all(moved)
+
+
+def test_sigterm_saves_the_current_step_and_exits_0(setup, tmp_path):
+  config, mesh, variables = setup
+  labelled_set = labelled.labelled_set(config, fraction=0.1)
+  task = _finetune_task(config, mesh, len(labelled_set.indices))
+
+  class SigtermAtStep2(ListLogger):
+
+    def log(self, step, metrics):
+      super().log(step, metrics)
+      if step == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+  with pytest.raises(SystemExit) as exit_info:
+    _fit(task, config, variables, labelled_set, tmp_path, SigtermAtStep2())
+  assert exit_info.value.code == 0
+  assert checkpointing.saved_steps(str(tmp_path)) == [2, 3]
+
+
+def test_a_non_finite_step_stops_the_run(setup, tmp_path):
+  config, mesh, variables = setup
+  config = config.copy_and_resolve_references()
+  config.finetune.base_lr = 1e30
+  labelled_set = labelled.labelled_set(config, fraction=0.1)
+  task = _finetune_task(config, mesh, len(labelled_set.indices))
+  with pytest.raises(train.NonFiniteLossError):
+    _fit(task, config, variables, labelled_set, tmp_path, ListLogger())
+  assert checkpointing.saved_steps(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize("key,value", [
+    ("label_fraction", 0.0), ("label_fraction", 1.5), ("batch_size", 0),
+    ("momentum", 1.0), ("crop_scale", (0.5, 0.2)), ("init_step", 3)])
+def test_bad_finetune_settings_name_the_key(key, value):
+  section = config_base.base_config().finetune
+  section[key] = value
+  with pytest.raises(errors.InvalidValueError) as error:
+    supervised.check_finetune_config(section)
+  assert error.value.key == key
+
+
+def test_finetune_epochs_follow_simclr_unless_set():
+  section = config_base.base_config().finetune
+  section.label_fraction = 0.01
+  assert supervised.finetune_epochs(section) == 60
+  section.label_fraction = 0.1
+  assert supervised.finetune_epochs(section) == 30
+  section.epochs = 5.0
+  assert supervised.finetune_epochs(section) == 5
+
+
+@pytest.mark.slow
+def test_finetune_mode_end_to_end_writes_results_and_subset(tmp_path):
+  """--mode=finetune from random init: results, metrics and subset files."""
+  config = tiny_config(tmp_path / "tfds")
+  config.mode = "finetune"
+  workdir = tmp_path / "run"
+  results = experiment.train_and_evaluate(config, str(workdir))
+  assert set(results) == {"finetune_top1", "finetune_top5"}
+  stored = json.loads((workdir / experiment.RESULTS_FILE).read_text())
+  assert stored["finetune_top1"] == results["finetune_top1"]
+  assert stored["step"] == 6
+  subset = json.loads((workdir / "finetune" / "subset.json").read_text())
+  assert subset["label_fraction"] == 0.1 and len(subset["indices"]) == 149
+  lines = [json.loads(line) for line in
+           (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert any("finetune_loss" in line for line in lines)
+  assert any("eval/finetune_top1" in line for line in lines)
+  # Rerun: resumes at the last step and only evaluates, same numbers.
+  assert experiment.train_and_evaluate(config, str(workdir)) == results
