@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export TF_ENABLE_ONEDNN_OPTS ?= 0
 
-.PHONY: install test test-slow test-all demo clean
+.PHONY: install test test-slow test-all demo bench-accelerator clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m mio_jax.cli.demo
+
+# On a GPU or TPU host (after installing jax[cuda12] or jax[tpu]): self-check,
+# train-step and input-pipeline benchmarks, MFU against the chip's peak, in
+# one JSON; under 10 minutes.
+bench-accelerator: $(STAMP)
+	$(PY) benchmarks/accelerator.py --out=accelerator.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

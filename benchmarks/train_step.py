@@ -86,7 +86,9 @@ def benchmark_config(args: argparse.Namespace, batch_size: int):
 
 
 def measure(args, config, mesh, peak_gflop_s: float) -> dict:
-  run = run_lib.build_run(config, mesh, steps_per_epoch=STEPS_PER_EPOCH)
+  # As a real run: the online probe on (synthetic labels have NUM_CLASSES).
+  run = run_lib.build_run(config, mesh, steps_per_epoch=STEPS_PER_EPOCH,
+                          num_classes=synthetic.NUM_CLASSES)
   state = train.init_state(run)
   batch = synthetic.synthetic_batch(config, mesh, 0)
   compiled = train.make_train_step(run).lower(state, batch).compile()
@@ -110,6 +112,7 @@ def measure(args, config, mesh, peak_gflop_s: float) -> dict:
       "batch_size": config.batch_size, "devices": mesh.size,
       "dtype": config.dtype, "optimizer": config.optimizer.name,
       "loss_block_size": config.loss_block_size,
+      "online_probe": run.probe_optimizer is not None,
       "images_per_s": round(images_per_s, 2),
       "views_per_s": round(2 * images_per_s, 2),
       "step_s": round(timing["wall_s"], 4),

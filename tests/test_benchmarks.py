@@ -126,3 +126,36 @@ def test_input_pipeline_benchmark_reads_jpeg_array_records():
   assert [r["stage"] for r in records] == ["host", "device", "device_augment"]
   assert all("ArrayRecord" in r["data"] and r["images_per_s"] > 0
              for r in records)
+
+
+@pytest.mark.slow  # four processes compiling: about 3.5 minutes on 2 busy cores
+def test_accelerator_check_writes_one_json_in_quick_mode(tmp_path):
+  out = tmp_path / "accelerator.json"
+  result = subprocess.run(
+      [sys.executable, str(BENCHMARKS / "accelerator.py"), "--quick",
+       f"--out={out}"], capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report["device"]["platform"] == "cpu"
+  assert [p["status"] for p in report["parts"]] == ["ok"] * len(report["parts"])
+  steps = [r for p in report["parts"] for r in p["records"]
+           if r.get("benchmark") == "train_step"]
+  assert {r["dtype"] for r in steps} == {"bfloat16", "float32"}
+  for record in steps:
+    assert record["achieved_tflop_per_s"] > 0
+    assert record["mfu"] is None  # a CPU has no entry in PEAK_TFLOPS
+  assert any(r.get("benchmark", "").endswith("input_pipeline")
+             for p in report["parts"] for r in p["records"])
+
+
+def test_chip_peaks_are_looked_up_by_device_kind():
+  sys.path.insert(0, str(BENCHMARKS))
+  try:
+    import accelerator  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(str(BENCHMARKS))
+  assert accelerator.chip_peak("TPU v5 lite", "bfloat16") == 197e12
+  assert accelerator.chip_peak("TPU v5", "float32") == 459e12
+  assert accelerator.chip_peak("NVIDIA H100 80GB HBM3", "float32") == 67e12
+  assert accelerator.chip_peak("NVIDIA H200", "bfloat16") == 989e12
+  assert accelerator.chip_peak("cpu", "float32") is None

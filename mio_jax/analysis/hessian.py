@@ -109,8 +109,18 @@ def _fixed_batch(config: ml_collections.ConfigDict, mesh: Mesh, step: int,
                  batch_size: int, data_source: str) -> dict[str, jax.Array]:
   """The training batch of `step`, cut to its first `batch_size` images."""
   if data_source == "pipeline":
-    from mio_jax import data  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from mio_jax import data
+    from mio_jax.data import augment
+    from mio_jax.data import device_augment
+    # pylint: enable=g-import-not-at-top
     batch = next(data.pretrain_batches(config, mesh, start_step=step))
+    if config.augment.on_device:  # the host left the colour ops to the step
+      info = data.dataset_info(config)
+      batch = jax.jit(lambda b: device_augment.augment_batch(
+          b, seed=config.seed, step=step,
+          params=augment.AugmentParams.from_config(config), mean=info.mean,
+          std=info.std))(batch)
   else:
     from mio_jax import synthetic  # pylint: disable=g-import-not-at-top
     batch = synthetic.synthetic_batch(config, mesh, step)

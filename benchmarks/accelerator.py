@@ -1,0 +1,163 @@
+r"""The accelerator check: self-check, train step and input pipeline, one JSON.
+
+    python benchmarks/accelerator.py [--out=accelerator.json] [--quick]
+    make bench-accelerator                     # the same, on a GPU or TPU host
+
+Runs, each as its own process (a crash or a hang of one part is recorded
+and the rest still runs, each under a time limit):
+  1. `python -m mio_jax.cli.selfcheck`: the loss checks on these devices;
+  2. `benchmarks/train_step.py`: ResNet-18 at 32 px and ResNet-50 at 224 px,
+     several batch sizes, bfloat16 and float32, on every local device;
+  3. `benchmarks/input_pipeline.py` at 32 and 224 px (both modes).
+and writes one JSON: the device, every record, and for each train-step
+record its model FLOP utilisation (MFU) against the chip's peak from
+`PEAK_TFLOPS` below (null for a chip not in the table). The full run is
+planned to take under 10 minutes on one accelerator host; `--quick` (tiny
+models, seconds) is what the tests run on the CPU.
+"""
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Any, Optional
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+
+# Dense peak TFLOP/s per chip by compute dtype, from the vendors' data
+# sheets (no sparsity). float32 on TPUs runs as several bfloat16 passes and
+# has no published peak: MFU of float32 steps is given against bfloat16.
+# Keys are matched as substrings of jax's `device_kind`, most specific first.
+PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("TPU v6", {"bfloat16": 918.0}),  # v6e (Trillium), Cloud TPU docs
+    ("TPU v5p", {"bfloat16": 459.0}),  # Cloud TPU docs
+    ("TPU v5 lite", {"bfloat16": 197.0}),  # v5e, Cloud TPU docs
+    ("TPU v5e", {"bfloat16": 197.0}),
+    ("TPU v5", {"bfloat16": 459.0}),  # v5p reports "TPU v5"
+    ("TPU v4", {"bfloat16": 275.0}),  # Cloud TPU docs
+    ("H200", {"bfloat16": 989.0, "float32": 67.0}),  # same SMs as H100 SXM
+    ("H100", {"bfloat16": 989.0, "float32": 67.0}),  # H100 SXM data sheet
+    ("A100", {"bfloat16": 312.0, "float32": 19.5}),  # A100 data sheet
+    ("L4", {"bfloat16": 121.0, "float32": 30.3}),  # L4 data sheet
+)
+
+# (model, stem, image size, batch sizes per device, seconds allowed per
+# dtype): with the self-check's 60 s and the pipeline's 90 s, at most
+# 590 s in all.
+FULL_STEPS = (
+    ("resnet18", "cifar", 32, (128, 512), 90),
+    ("resnet50", "imagenet", 224, (64, 128), 130),
+)
+QUICK_STEPS = (("resnet_tiny", "cifar", 8, (8,), 120),)
+
+
+def chip_peak(device_kind: str, dtype: str) -> Optional[float]:
+  """Peak FLOP/s of one chip for `dtype` (bfloat16's for float32 on TPU)."""
+  for key, peaks in PEAK_TFLOPS:
+    if key.lower() in device_kind.lower():
+      return 1e12 * peaks.get(dtype, peaks["bfloat16"])
+  return None
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+  records = []
+  for line in text.splitlines():
+    if line.startswith("{"):
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        pass
+  return records
+
+
+def _run(name: str, command: list[str], timeout_s: float) -> dict[str, Any]:
+  """Runs one part; its JSON lines, its status and its last output lines."""
+  start = time.monotonic()
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+  try:
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=timeout_s, check=False)
+    status = "ok" if result.returncode == 0 else f"exit {result.returncode}"
+    output = result.stdout + result.stderr
+  except subprocess.TimeoutExpired as timeout:
+    status = f"timed out after {timeout_s:.0f} s"
+    output = ((timeout.stdout or b"").decode(errors="replace")
+              + (timeout.stderr or b"").decode(errors="replace"))
+  print(f"[accelerator] {name}: {status} ({time.monotonic() - start:.0f} s)",
+        flush=True)
+  return {"name": name, "status": status,
+          "seconds": round(time.monotonic() - start, 1),
+          "records": _json_lines(output),
+          "output_tail": output.strip().splitlines()[-15:]}
+
+
+def _device() -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = jax.local_devices()
+  return {"platform": devices[0].platform,
+          "device_kind": devices[0].device_kind,
+          "local_devices": len(devices), "jax": jax.__version__}
+
+
+def _with_mfu(records: list[dict[str, Any]], device_kind: str) -> None:
+  """Adds achieved TFLOP/s, the devices' peak and MFU to train-step records."""
+  for record in records:
+    if record.get("benchmark") != "train_step":
+      continue
+    peak = chip_peak(device_kind, record.get("dtype", "bfloat16"))
+    achieved = record["flops_per_step"] / record["step_s"]
+    record["achieved_tflop_per_s"] = round(achieved / 1e12, 3)
+    record["peak_tflop_per_s"] = (None if peak is None
+                                  else peak * record["devices"] / 1e12)
+    record["mfu"] = (None if peak is None
+                     else round(achieved / (peak * record["devices"]), 4))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", default="accelerator.json")
+  parser.add_argument("--quick", action="store_true",
+                      help="tiny models and data: seconds, for the CPU test")
+  args = parser.parse_args()
+  device = _device()
+  python = sys.executable
+  num_devices = device["local_devices"]
+  parts = [("selfcheck", [python, "-m", "mio_jax.cli.selfcheck",
+                          f"--images_per_device={4 if args.quick else 16}"],
+            60)]
+  for model, stem, size, per_device, seconds in (QUICK_STEPS if args.quick
+                                                 else FULL_STEPS):
+    batches = ",".join(str(b * num_devices) for b in per_device)
+    for dtype in ("bfloat16", "float32"):
+      command = [python, str(HERE / "train_step.py"), f"--model={model}",
+                 f"--stem={stem}", f"--image_size={size}",
+                 f"--batch_sizes={batches}", f"--dtype={dtype}",
+                 f"--devices={num_devices}", "--repeats=3",
+                 "--steps_per_repeat=5"]
+      if args.quick:
+        command = [python, str(HERE / "train_step.py"), "--quick",
+                   f"--dtype={dtype}"]
+      parts.append((f"train_step {model} {size}px {dtype}", command, seconds))
+  parts.append(("input_pipeline", [python, str(HERE / "input_pipeline.py")]
+                + (["--quick", "--sizes=32"] if args.quick
+                   else ["--sizes=32,224", "--steps=10"]), 90))
+
+  started = time.monotonic()
+  results = [_run(name, command, timeout) for name, command, timeout in parts]
+  for result in results:
+    _with_mfu(result["records"], device["device_kind"])
+  report = {"device": device, "quick": args.quick,
+            "seconds": round(time.monotonic() - started, 1),
+            "peaks_tflops": {k: v for k, v in PEAK_TFLOPS}, "parts": results}
+  pathlib.Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+  print(f"[accelerator] wrote {args.out} ({report['seconds']:.0f} s)")
+  if any(r["status"] != "ok" for r in results):
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  main()
