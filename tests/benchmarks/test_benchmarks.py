@@ -11,7 +11,7 @@ import pytest
 
 import mio_jax
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
 COMMON_FIELDS = frozenset({"benchmark", "load_avg_1m", "cpu_count", "backend"})
 
 
