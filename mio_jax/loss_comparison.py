@@ -1,10 +1,6 @@
 r"""The losses compared in miniature: equal budget and seeds, on digits.
 
-    python -m mio_jax.cli.compare --out=runs/compare \
-        [--losses=mio,bce,nt_xent,dcl] [--seeds=0,1,2] [--steps=30] \
-        [--eval_every=10] [--temperature=0.5] [--hessian_params=projector,all] \
-        [--hessian_batch_size=64] [--config=configs/digits.py] \
-        [--config.key=value ...]
+Command: `python -m mio_jax.cli.compare` (its docstring has the flags).
 
 For every (loss, seed) it pretrains the config with that loss and seed
 (`experiment.train_and_evaluate`, mode "all": online kNN every `eval_every`

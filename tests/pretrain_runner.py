@@ -60,6 +60,15 @@ def tiny_run(**overrides):
   return build_tiny_run(tiny_config(**overrides))
 
 
+def assert_trees_equal(a, b) -> None:
+  """Same structure and bit-identical leaves."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def open_checkpointer(workdir, config: ml_collections.ConfigDict):
   """A Checkpointer of `workdir` as pretraining `config` would open it."""
   from mio_jax import checkpointing  # pylint: disable=g-import-not-at-top

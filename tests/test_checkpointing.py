@@ -7,17 +7,12 @@ import pytest
 from mio_jax import checkpointing
 from mio_jax import mesh as mesh_lib
 from mio_jax import train
-from pretrain_runner import build_tiny_run, open_checkpointer, tiny_config, tiny_run
+from pretrain_runner import (assert_trees_equal, build_tiny_run,
+                             open_checkpointer, tiny_config, tiny_run)
 
 
 def _state(**overrides):
   return train.init_state(tiny_run(**overrides))
-
-
-def _assert_trees_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_save_restore_roundtrip_is_exact(tmp_path):
@@ -34,7 +29,7 @@ def test_save_restore_roundtrip_is_exact(tmp_path):
   assert reopened.latest_step() == 7
   restored = reopened.restore(_state())
   reopened.close()
-  _assert_trees_equal(saved, restored)  # includes rng key data and opt_state
+  assert_trees_equal(saved, restored)  # includes rng key data and opt_state
   assert restored.rng.dtype == np.uint32
   assert restored.params["projector"]["dense1"]["kernel"].sharding \
       .is_fully_replicated
@@ -111,7 +106,7 @@ def test_restore_variables_of_any_saved_step(tmp_path):
         str(tmp_path), config, mesh, step=step)
     assert restored_step == (5 if step is None else 3)
     assert set(variables) == {"params", "batch_stats"}
-    _assert_trees_equal(variables, states[restored_step].variables)
+    assert_trees_equal(variables, states[restored_step].variables)
   with pytest.raises(checkpointing.NoCheckpointError,
                      match="step 4 is not saved.*saved steps: 3, 5"):
     checkpointing.restore_variables(str(tmp_path), config, mesh, step=4)

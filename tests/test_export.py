@@ -7,13 +7,8 @@ import pytest
 from mio_jax import export
 from mio_jax import mesh as mesh_lib
 from mio_jax import train
-from pretrain_runner import open_checkpointer, tiny_config, tiny_run
-
-
-def _leaves_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+from pretrain_runner import (assert_trees_equal, open_checkpointer, tiny_config,
+                             tiny_run)
 
 
 def test_export_and_load_back_the_backbone(tmp_path):
@@ -31,14 +26,14 @@ def test_export_and_load_back_the_backbone(tmp_path):
                    ) == description
   loaded_description, backbone = export.load_encoder(out)
   assert loaded_description == description
-  _leaves_equal(backbone, {"params": state.params["backbone"],
+  assert_trees_equal(backbone, {"params": state.params["backbone"],
                            "batch_stats": state.batch_stats["backbone"]})
 
   step, variables = export.encoder_variables(out, config,
                                              mesh_lib.make_data_mesh())
   assert step == 2
-  _leaves_equal(variables["params"]["backbone"], state.params["backbone"])
-  _leaves_equal(variables["batch_stats"]["backbone"],
+  assert_trees_equal(variables["params"]["backbone"], state.params["backbone"])
+  assert_trees_equal(variables["batch_stats"]["backbone"],
                 state.batch_stats["backbone"])
   assert all(x.sharding.is_fully_replicated
              for x in jax.tree.leaves(variables))
