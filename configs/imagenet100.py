@@ -4,8 +4,10 @@ r"""MIO on ImageNet-100 (the CMC 100-class subset), ResNet-50, 224 px, 200 epoch
         --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets
 
 Paper (arXiv 2111.12664): 78.4 % linear top-1. About 126k training images:
-250 steps/epoch at batch 512; on a v4-8 expect roughly a day for 200 epochs
-(our estimate, not measured). Where the public code has no ImageNet recipe,
+250 steps/epoch at batch 512; on a v4-8 about 2 hours of compute for 200
+epochs at 15 % MFU (an estimate from XLA's 47.4 GFLOP per image, not
+measured: README "Start here"), with `--config.augment.on_device=True` so the
+host keeps up (docs/performance.md). Where the public code has no ImageNet recipe,
 the SimCLR ImageNet recipe is used and marked as such.
 """
 from mio_jax import config_base
