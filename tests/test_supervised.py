@@ -203,3 +203,25 @@ def test_finetune_mode_end_to_end_writes_results_and_subset(tmp_path):
   assert any("eval/finetune_top1" in line for line in lines)
   # Rerun: resumes at the last step and only evaluates, same numbers.
   assert experiment.train_and_evaluate(config, str(workdir)) == results
+
+
+@pytest.mark.slow
+def test_linear_eval_mode_end_to_end_on_a_saved_step(setup, tmp_path):
+  """--mode=linear_eval restores the workdir's encoder and writes its results."""
+  config, mesh, variables = setup
+  config = config.copy_and_resolve_references()
+  config.mode = "linear_eval"
+  workdir = str(tmp_path)
+  state = train.TrainState(
+      step=jax.numpy.asarray(3, jax.numpy.int32), params=variables["params"],
+      batch_stats=variables["batch_stats"], opt_state={},
+      rng=jax.random.key_data(jax.random.key(0)))
+  checkpointer = checkpointing.Checkpointer(
+      workdir, settings=checkpointing.run_settings(config), keep=1)
+  checkpointer.save(state)
+  checkpointer.close()
+  results = experiment.train_and_evaluate(config, workdir)
+  assert set(results) == {"linear_eval_top1", "linear_eval_top5"}
+  stored = json.loads((tmp_path / experiment.RESULTS_FILE).read_text())
+  assert stored["step"] == 3
+  assert stored["linear_eval_top1"] == results["linear_eval_top1"]

@@ -84,7 +84,9 @@ def test_batches_depend_only_on_seed_and_step_on_any_device_count(tmp_path):
 @pytest.fixture
 def mocked_imagenet(monkeypatch):
   """tfds.testing.mock_data for imagenet2012 and imagenet2012_subset."""
-  monkeypatch.setattr(registry, "ensure_prepared", lambda config: None)
+  import mio_jax.data  # pylint: disable=g-import-not-at-top
+  for module in (registry, mio_jax.data):
+    monkeypatch.setattr(module, "ensure_prepared", lambda config: None)
   # TFDS 4.9.10's mock data source only answers __getitem__.
   monkeypatch.setattr(
       data_sources_base.BaseDataSource, "__getitems__",
@@ -116,3 +118,26 @@ def test_imagenet_1k_subsets_are_simclrs_tfds_lists(mocked_imagenet, fraction,
                                        per_class=None) is None
   assert labelled.imagenet_subset_name(config, fraction=0.01,
                                        per_class=13) is None
+
+
+@pytest.mark.slow
+def test_finetune_on_the_imagenet_1k_1pct_subset_end_to_end(mocked_imagenet,
+                                                             tmp_path):
+  """--mode=finetune on mock ImageNet-1K: SimCLR's 1% list, top-1/top-5."""
+  del mocked_imagenet
+  from mio_jax import experiment  # pylint: disable=g-import-not-at-top
+  config = config_base.load_config_file("configs/imagenet1k.py")
+  config.mode = "finetune"
+  config.dataset.image_size = 16
+  config.dataset.prefetch = 1
+  config.model.name = "resnet_tiny"
+  config.model.width_multiplier = 0.25
+  config.finetune.label_fraction = 0.01
+  config.finetune.batch_size = 8
+  config.finetune.epochs = 1.0  # 3 steps of the 24 mock records
+  config.eval.batch_size = 8
+  config.eval.embedding_plot_points = 0
+  results = experiment.train_and_evaluate(config, str(tmp_path))
+  assert set(results) == {"finetune_top1", "finetune_top5"}
+  subset = (tmp_path / "finetune" / "subset.json").read_text()
+  assert "imagenet2012_subset/1pct" in subset
