@@ -175,6 +175,7 @@ class Checkpointer:
             max_to_keep=keep, create=True, enable_async_checkpointing=True))
     self._settings = dict(settings)
     self._allowed_changes = list(allowed_changes)
+    self._metadata_written = False
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -183,19 +184,15 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def _write_metadata(self) -> None:
+    """Writes the settings (and any allowed changes) once per Checkpointer."""
     path = self.directory / METADATA_FILE
-    metadata = files.read_json(path) or {"settings": self._settings,
-                                         "changes": []}
-    if self._allowed_changes:
-      step = self.latest_step()
-      metadata = {"settings": self._settings, "changes": metadata.get(
-          "changes", []) + [{"key": k, "from": old, "to": new,
-                             "from_step": step}
-                            for k, old, new in self._allowed_changes]}
-      self._allowed_changes = []
-    elif path.exists():
+    stored = files.read_json(path)
+    if stored is not None and not self._allowed_changes:
       return
-    files.write_json(path, metadata)
+    changes = (stored or {}).get("changes", []) + [
+        {"key": key, "from": old, "to": new, "from_step": self.latest_step()}
+        for key, old, new in self._allowed_changes]
+    files.write_json(path, {"settings": self._settings, "changes": changes})
 
   def save(self, state: Any) -> bool:
     """Starts saving `state` at its step; False if that step is already saved."""
@@ -204,8 +201,9 @@ class Checkpointer:
       return False
     # Written with the first checkpoint: a run that saved nothing claims
     # nothing, so its workdir may be reused with another model.
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not self._metadata_written:
       self._write_metadata()
+      self._metadata_written = True
     # force: the caller decides when to save (Orbax would otherwise skip a
     # save while the previous asynchronous one is still being written).
     return self._manager.save(step, args=ocp.args.StandardSave(state),
