@@ -309,7 +309,7 @@ def fit(task: Task, state: SupervisedState, frozen, batches_fn: BatchesFn, *,
   return state
 
 
-def test_accuracy(task: Task, state: SupervisedState, frozen,
+def accuracy_on_test_split(task: Task, state: SupervisedState, frozen,
                   config: ml_collections.ConfigDict) -> dict[str, float]:
   """{"top1", "top5"} of the trained classifier on the test split."""
   # Imported here: the data package loads TensorFlow.
@@ -378,7 +378,7 @@ def _run(task: Task, config, workdir: str, variables, frozen, labelled_set,
               keep_checkpoints=int(config.keep_checkpoints))
   return int(state.step), {
       f"{task.name}_{k}": v
-      for k, v in test_accuracy(task, state, frozen, config).items()}
+      for k, v in accuracy_on_test_split(task, state, frozen, config).items()}
 
 
 def linear_eval(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
