@@ -159,7 +159,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Peak lr = base_lr * batch_size / 256 (linear scaling): SimCLR's linear
   # head command uses --learning_rate=0.1 with its default linear scaling.
   c.linear_eval.base_lr = 0.1
-  c.linear_eval.momentum = 0.9  # SimCLR: Nesterov momentum 0.9
+  # SimCLR's --optimizer=momentum is Nesterov (model_util.get_optimizer:
+  # MomentumOptimizer(..., use_nesterov=True)), with its cosine decay and,
+  # in the linear-head commands, --warmup_epochs=0.
+  c.linear_eval.momentum = 0.9
   c.linear_eval.nesterov = True
   c.linear_eval.weight_decay = 0.0  # SimCLR's CIFAR-10 linear head: 0
   # Random resized crop area range; per data set in configs/ (Inception's
@@ -181,7 +184,10 @@ def base_config() -> ml_collections.ConfigDict:
   # None: SimCLR's 60 epochs at <= 1% of the labels, else 30.
   c.finetune.epochs = config_dict.placeholder(float)
   c.finetune.batch_size = 256  # global (SimCLR: 4096)
-  c.finetune.base_lr = 0.05  # SimCLR B.5: lr = 0.05 * batch_size / 256
+  # SimCLR B.5: lr = 0.05 * batch_size / 256 (as remembered: the appendix
+  # could not be opened from here; the linear scaling rule itself is the
+  # simclr repo's model_util.learning_rate_schedule).
+  c.finetune.base_lr = 0.05
   c.finetune.momentum = 0.9  # SimCLR B.5
   c.finetune.nesterov = True  # SimCLR B.5
   c.finetune.weight_decay = 0.0  # SimCLR B.5: no regularisation
