@@ -1,9 +1,11 @@
-"""The offline CPU demo (`make demo`): MIO on digits against a random encoder.
+r"""The offline CPU demo (`make demo`): MIO on digits against a random encoder.
 
     python -m mio_jax.cli.demo [--workdir=runs/demo] [--seeds=0,1,2]
+    python -m mio_jax.cli.demo --config=configs/image_folder.py \
+        --config.dataset.path=DIR --workdir=runs/my_images
 
-Builds the digits dataset, and for each seed pretrains the digits config
-with MIO, evaluates the frozen encoder (kNN, few-label, feature probe),
+Builds the digits dataset (or the config's), and for each seed pretrains the
+config with MIO, evaluates the frozen encoder (kNN, few-label, feature probe),
 evaluates a randomly initialised encoder of the same architecture and seed
 the same way, then prints mean ± standard deviation over the seeds and
 writes runs/demo/summary.json. Rerunning resumes from (or reuses) the
@@ -13,6 +15,7 @@ import pathlib
 import time
 
 from absl import flags
+from ml_collections import config_flags
 import numpy as np
 
 from mio_jax.cli import common
@@ -20,7 +23,10 @@ from mio_jax.cli import common
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the demo writes.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"],
                            "Seeds (initialisation and data order).")
-_CONFIG_PATH = pathlib.Path(__file__).resolve().parents[2] / "configs" / "digits.py"
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(pathlib.Path(__file__).resolve().parents[2] / "configs"
+                  / "digits.py"),
+    "The config to pretrain and compare with a random encoder.")
 _PROTOCOLS = (("linear_top1", "feature probe (all labels)"), ("knn_top1", "kNN"),
               ("fewshot_top1", "few-label"))
 
@@ -50,7 +56,6 @@ def summary_table(summary, config, seeds) -> str:
 def main(argv) -> None:
   del argv
   # pylint: disable=g-import-not-at-top
-  from mio_jax import config_base
   from mio_jax import experiment
   from mio_jax import files
   from mio_jax import mesh as mesh_lib
@@ -65,9 +70,11 @@ def main(argv) -> None:
     common.usage_error(f"--seeds={','.join(_SEEDS.value)} must be integers")
   start = time.time()
   per_seed = {"mio": [], "random_init": []}
+  base = common.config_value(_CONFIG)
+  if base.dataset.data_dir is None:
+    base.dataset.data_dir = str(workdir / "tensorflow_datasets")
   for seed in seeds:
-    config = config_base.load_config_file(_CONFIG_PATH)
-    config.dataset.data_dir = str(workdir / "tensorflow_datasets")
+    config = base.copy_and_resolve_references()
     config.seed = seed
     # train_and_evaluate builds the digits dataset (offline) on first use.
     per_seed["mio"].append(experiment.train_and_evaluate(

@@ -129,3 +129,16 @@ def test_help_needs_no_heavy_imports():
               result.stderr.splitlines() if line.startswith("import time:")}
   assert "mio_jax.cli.main" in imported
   assert not imported & {"jax", "tensorflow", "mio_jax.experiment"}
+
+
+def test_unprepared_dataset_is_one_line_with_the_prepare_command(tmp_path):
+  start = time.monotonic()
+  result = run_main(f"--config={REPO / 'configs' / 'cifar10.py'}",
+                    f"--workdir={tmp_path / 'run'}",
+                    f"--config.dataset.data_dir={tmp_path / 'tfds'}")
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "python -m mio_jax.cli.prepare --dataset=cifar10" \
+      in lines[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert time.monotonic() - start < 60  # no network retries (10 s when idle)
