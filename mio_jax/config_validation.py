@@ -24,6 +24,7 @@ from mio_jax import losses
 from mio_jax import metric_logging
 from mio_jax import models
 from mio_jax import optim
+from mio_jax import supervised
 from mio_jax import train
 from mio_jax.data import augment
 
@@ -87,6 +88,10 @@ def validate_config(config: ml_collections.ConfigDict, *,
     models.check_config(config.model)
   with _section("optimizer."):
     optim.check_config(config.optimizer)
+  with _section("linear_eval."):
+    supervised.check_linear_eval_config(config.linear_eval)
+  with _section("finetune."):
+    supervised.check_finetune_config(config.finetune)
   with _section("eval."):
     errors.check_positive("batch_size", config.eval.batch_size)
     errors.check_positive("knn_k", config.eval.knn_k)
@@ -96,8 +101,10 @@ def validate_config(config: ml_collections.ConfigDict, *,
     checkpointing.allowed_changes(config)
 
   _divisible("batch_size", config.batch_size, device_count, "the device count")
-  _divisible("eval.batch_size", config.eval.batch_size, device_count,
-             "the device count")
+  for key in ("eval.batch_size", "linear_eval.batch_size",
+              "finetune.batch_size"):
+    section, name = key.split(".")
+    _divisible(key, config[section][name], device_count, "the device count")
   with _section(renamed={"block_size": "loss_block_size"}):
     losses.check_block_size(config.loss_block_size,
                             num_images=config.batch_size,

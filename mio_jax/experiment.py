@@ -8,7 +8,7 @@ the supervised protocols (`supervised`: augmented linear evaluation,
 fine-tuning).
 """
 import os
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import ml_collections
 from absl import logging
@@ -58,20 +58,28 @@ def _pretrain(config, workdir, mesh, logger) -> tuple[int, Dict[str, Any]]:
   return int(state.step), state.variables
 
 
-def _evaluate(config, workdir, mesh, step, variables) -> Dict[str, float]:
-  """The frozen encoder under config.mode's protocols; SIGTERM-safe."""
-  model = models.build_model(config.model, dtype=config.dtype)
+def _preemptible(work: Callable[[], Any], workdir: str) -> Any:
+  """work(), abandoned within seconds on SIGTERM (exit 0).
+
+  For evaluations and the supervised protocols after pretraining: what they
+  need is saved already (the pretrained step; their own checkpoints).
+  """
   try:
     with train.PreemptionWatch() as preemption, preemption.interruptible():
-      return evaluator.evaluate(
-          variables, model=model, config=config, mesh=mesh,
-          protocols=MODE_PROTOCOLS[config.mode],
-          embedding_png=os.path.join(workdir, "embedding_tsne.png"))
+      return work()
   except train.Preempted:
-    print(f"Preempted during evaluation; step {step} is saved in "
-          f"{checkpointing.checkpoint_dir(workdir)}. Rerun with "
-          "--mode=<eval mode> to evaluate it.", flush=True)
+    print(f"Preempted; what was saved is in {workdir}. Rerun the same "
+          "command to continue.", flush=True)
     raise SystemExit(0) from None
+
+
+def _evaluate(config, workdir, mesh, variables) -> Dict[str, float]:
+  """The frozen encoder under config.mode's protocols; SIGTERM-safe."""
+  model = models.build_model(config.model, dtype=config.dtype)
+  return _preemptible(lambda: evaluator.evaluate(
+      variables, model=model, config=config, mesh=mesh,
+      protocols=MODE_PROTOCOLS[config.mode],
+      embedding_png=os.path.join(workdir, "embedding_tsne.png")), workdir)
 
 
 def _encoder(config, workdir, mesh, logger) -> tuple[int, Dict[str, Any]]:
@@ -97,15 +105,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   try:
     if config.mode == "finetune":
       # "step": fine-tuning steps (the encoder is config.finetune.init_from).
-      step, results = supervised.finetune(config, workdir, mesh, logger=logger)
+      step, results = _preemptible(lambda: supervised.finetune(
+          config, workdir, mesh, logger=logger), workdir)
     else:
       step, variables = _encoder(config, workdir, mesh, logger)
       logger.total_steps = max(logger.total_steps, step)
       if MODE_PROTOCOLS[config.mode]:
-        results = _evaluate(config, workdir, mesh, step, variables)
+        results = _evaluate(config, workdir, mesh, variables)
       if config.mode == "linear_eval":
-        results = supervised.linear_eval(config, workdir, mesh, variables,
-                                         encoder_step=step, logger=logger)
+        results = _preemptible(lambda: supervised.linear_eval(
+            config, workdir, mesh, variables, encoder_step=step,
+            logger=logger), workdir)
     if results:
       logger.log_eval(step, results)
       if main_process:

@@ -181,12 +181,6 @@ def _logits(task: Task, params, batch_stats, frozen, images: jax.Array, *,
   return features @ head["kernel"] + head["bias"], batch_stats
 
 
-def _all_finite(tree: Any) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
-                            for x in jax.tree.leaves(tree)]))
-
-
-@functools.cache  # per Task (hashed by identity): compiled once per task
 def make_train_step(task: Task) -> Callable[..., tuple[SupervisedState, Metrics]]:
   """Jitted (state, frozen, batch) -> (state, metrics); state is donated.
 
@@ -214,7 +208,7 @@ def make_train_step(task: Task) -> Callable[..., tuple[SupervisedState, Metrics]
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": task.schedule(state.step),
-        "params_finite": _all_finite(params).astype(jnp.float32),
+        "params_finite": train.all_finite(params).astype(jnp.float32),
         "train_top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
     }
     return state.replace(step=state.step + 1, params=params,

@@ -161,7 +161,8 @@ def training_objective(model: models.Encoder, params: Any, batch_stats: Any,
   return loss_fn(u1, u2), (batch_stats, u1, u2, features)
 
 
-def _all_finite(tree: Any) -> jax.Array:
+def all_finite(tree: Any) -> jax.Array:
+  """True (a scalar) when every leaf of `tree` is finite."""
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
                             for x in jax.tree.leaves(tree)]))
 
@@ -203,7 +204,7 @@ def make_train_step(run: Run
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": run.schedule(state.step),
-        "params_finite": _all_finite(params).astype(jnp.float32),
+        "params_finite": all_finite(params).astype(jnp.float32),
         **run.pair_metrics_fn(u1, u2),
     }
     return new_state, metrics

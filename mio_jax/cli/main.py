@@ -20,8 +20,9 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory (local or gs://) for checkpoints, metrics and plots.")
 _MODE = flags.DEFINE_string(
     "mode", None, "Overrides config.mode: pretrain, all (pretrain then "
-    "evaluate), or an evaluation of a saved step (linear_eval, knn_eval, "
-    "fewshot_eval). An unknown mode is an error listing the valid ones.")
+    "evaluate), an evaluation of a saved step (knn_eval, fewshot_eval, "
+    "feature_probe_eval, linear_eval: the augmented linear evaluation), or "
+    "finetune. An unknown mode is an error listing the valid ones.")
 distributed_flags.define_flags()
 
 

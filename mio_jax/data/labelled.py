@@ -237,7 +237,7 @@ def labelled_batches(config: ml_collections.ConfigDict,
   source = labelled.source
   # The pipeline's batch reader and row check, shared with pretraining.
   # pylint: disable=protected-access
-  rows = pipeline._local_rows(mesh, batch_size)
+  rows = pipeline.local_rows(mesh, batch_size)
   read = functools.partial(step_records, source, seed=int(config.seed),
                            indices=labelled.indices,
                            global_batch_size=batch_size, rows=rows)
@@ -247,7 +247,7 @@ def labelled_batches(config: ml_collections.ConfigDict,
       hflip=bool(config.augment.hflip), mean=spec.mean, std=spec.std,
       encoded=source.encoded)
   steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-  ds = pipeline._local_batches(
+  ds = pipeline.local_batches(
       read, (source.image_spec,) + (tf.TensorSpec((None,), tf.int64),) * 3,
       steps, rows.stop - rows.start, example_fn)
   # pylint: enable=protected-access

@@ -200,7 +200,7 @@ def process_slice(global_batch_size: int, process_index: int,
   return slice(process_index * per_process, (process_index + 1) * per_process)
 
 
-def _local_rows(mesh: jax.sharding.Mesh, global_batch_size: int) -> slice:
+def local_rows(mesh: jax.sharding.Mesh, global_batch_size: int) -> slice:
   """This process's rows, checked against what its devices hold."""
   if global_batch_size % mesh.size:
     raise ValueError(f"Batch size {global_batch_size} is not divisible by "
@@ -231,7 +231,7 @@ def _decoded_rgb(image: tf.Tensor, encoded: bool) -> tf.Tensor:
   return image
 
 
-def _local_batches(read: Callable[[int], tuple], record_spec: tuple,
+def local_batches(read: Callable[[int], tuple], record_spec: tuple,
                    batches: tf.data.Dataset, local_batch: int,
                    example_fn) -> tf.data.Dataset:
   """tf.data over `read(b)` for each batch number b of `batches`.
@@ -348,7 +348,7 @@ def pretrain_dataset(source, config: ml_collections.ConfigDict, *,
                            seed=int(config.seed), mean=spec.mean, std=spec.std,
                            encoded=source.encoded)
   steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-  return _local_batches(read, _record_spec(source),
+  return local_batches(read, _record_spec(source),
                         steps, rows.stop - rows.start, example_fn)
 
 
@@ -367,7 +367,7 @@ def pretrain_batches(config: ml_collections.ConfigDict,
   registry.ensure_prepared(config)
   spec = registry.dataset_spec(config)
   source = _source(config, spec.pretrain_split)
-  rows = _local_rows(mesh, int(config.batch_size))
+  rows = local_rows(mesh, int(config.batch_size))
   ds = pretrain_dataset(source, config, rows=rows, start_step=start_step)
   return global_batches(tfds.as_numpy(ds), mesh, int(config.batch_size),
                          int(config.dataset.prefetch))
@@ -405,7 +405,7 @@ def eval_dataset(source, config: ml_collections.ConfigDict, *,
                            global_batch_size=global_batch_size, rows=rows)
   batches = tf.data.Dataset.range(
       num_eval_batches(len(source), global_batch_size))
-  return _local_batches(read, _record_spec(source),
+  return local_batches(read, _record_spec(source),
                         batches, rows.stop - rows.start, example_fn)
 
 
@@ -423,7 +423,7 @@ def eval_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                      f"{', '.join(spec.eval_splits)}.")
   registry.ensure_prepared(config)
   source = _source(config, spec.eval_splits[split])
-  rows = _local_rows(mesh, int(config.eval.batch_size))
+  rows = local_rows(mesh, int(config.eval.batch_size))
   ds = eval_dataset(source, config, rows=rows)
   return global_batches(tfds.as_numpy(ds), mesh, int(config.eval.batch_size),
                          int(config.dataset.prefetch))
