@@ -49,10 +49,4 @@ def get_config():
   c.online_eval_every_steps = 10_000  # our choice: kNN every ~25 epochs
 
   c.eval.knn_k = 200  # solo-learn / lightly kNN monitor
-  # Augmented linear evaluation and fine-tuning crops: Inception's area range
-  # (0.08, 1), as solo-learn's linear evaluation uses for CIFAR, STL-10 and
-  # ImageNet (solo/data/classification_dataloader.py) and SimCLR's
-  # fine-tuning crop; with a flip (augment.hflip).
-  c.linear_eval.crop_scale = (0.08, 1.0)
-  c.finetune.crop_scale = (0.08, 1.0)
   return c

@@ -53,10 +53,4 @@ def get_config():
   c.eval.batch_size = 512
   c.eval.linear_epochs = 100
   c.eval.knn_k = 200
-  # Augmented linear evaluation and fine-tuning crops: Inception's area range
-  # (0.08, 1), as solo-learn's linear evaluation uses for CIFAR, STL-10 and
-  # ImageNet (solo/data/classification_dataloader.py) and SimCLR's
-  # fine-tuning crop; with a flip (augment.hflip).
-  c.linear_eval.crop_scale = (0.08, 1.0)
-  c.finetune.crop_scale = (0.08, 1.0)
   return c

@@ -40,10 +40,4 @@ def get_config():
   c.log_every_steps = 100
   c.online_eval_every_steps = 20_000  # our choice
   c.eval.knn_k = 200
-  # Augmented linear evaluation and fine-tuning crops: Inception's area range
-  # (0.08, 1), as solo-learn's linear evaluation uses for CIFAR, STL-10 and
-  # ImageNet (solo/data/classification_dataloader.py) and SimCLR's
-  # fine-tuning crop; with a flip (augment.hflip).
-  c.linear_eval.crop_scale = (0.08, 1.0)
-  c.finetune.crop_scale = (0.08, 1.0)
   return c

@@ -17,10 +17,4 @@ def get_config():
   c = config_base.load_config_file(pathlib.Path(__file__).with_name("stl10.py"))
   c.dataset.name = "tiny_imagenet"
   c.dataset.image_size = 64
-  # Augmented linear evaluation and fine-tuning crops: Inception's area range
-  # (0.08, 1), as solo-learn's linear evaluation uses for CIFAR, STL-10 and
-  # ImageNet (solo/data/classification_dataloader.py) and SimCLR's
-  # fine-tuning crop; with a flip (augment.hflip).
-  c.linear_eval.crop_scale = (0.08, 1.0)
-  c.finetune.crop_scale = (0.08, 1.0)
   return c

@@ -165,8 +165,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.linear_eval.momentum = 0.9
   c.linear_eval.nesterov = True
   c.linear_eval.weight_decay = 0.0  # SimCLR's CIFAR-10 linear head: 0
-  # Random resized crop area range; per data set in configs/ (Inception's
-  # (0.08, 1) on ImageNet, as SimCLR's linear evaluation crops).
+  # Random resized crop area range, with a flip (augment.hflip): Inception's
+  # (0.08, 1), which solo-learn's linear evaluation uses for CIFAR, STL-10
+  # and ImageNet (solo/data/classification_dataloader.py) and SimCLR's
+  # fine-tuning crops; a config overrides it for its data (digits).
   c.linear_eval.crop_scale = (0.08, 1.0)
 
   # ---- semi-supervised fine-tuning (--mode=finetune) -----------------------
@@ -191,7 +193,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.finetune.momentum = 0.9  # SimCLR B.5
   c.finetune.nesterov = True  # SimCLR B.5
   c.finetune.weight_decay = 0.0  # SimCLR B.5: no regularisation
-  c.finetune.crop_scale = (0.08, 1.0)  # per data set in configs/
+  c.finetune.crop_scale = (0.08, 1.0)  # as linear_eval.crop_scale
   # Where the encoder comes from: a pretraining workdir (its step init_step,
   # None: the latest) or an exported encoder file (python -m
   # mio_jax.cli.export); "" : random initialisation, the baseline.
