@@ -12,6 +12,10 @@ def get_config():
   c = config_base.base_config()
   c.dataset.name = "stl10"
   c.dataset.image_size = 96
+  # Departs from the public code, whose STL10DataModule pretrains on a random
+  # 90 % of the 5k labelled train images only (unlabeled.bin is never read):
+  # here train + unlabelled (105k), as STL-10 is meant to be used. The
+  # public code's choice: --config.dataset.pretrain_split="train[:90%]".
 
   # Public code, images above 32 px: crop (0.8, 1), flip, jitter s=0.5,
   # grayscale 0.2, Gaussian blur p=0.5, solarise p=0.2.
