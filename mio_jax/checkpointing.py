@@ -8,7 +8,7 @@ or schedule stops with one line naming the key instead of silently changing
 the run (or failing with a shape error deep inside Orbax). No pickle
 anywhere: the state is a pytree of arrays (the rng as its uint32 key data).
 """
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import jax
 import ml_collections
@@ -32,13 +32,15 @@ ARCHITECTURE_KEYS = (
     "model.projector_num_layers", "model.projector_hidden_dim",
     "model.projector_output_dim", "model.projector_last_bn")
 # What decides the update of step i: changed only when the user says so
-# (config.resume_allow_changes), and then recorded in the metadata.
-RECIPE_KEYS = (
+# (config.resume_allow_changes), and then recorded in the metadata. Config
+# keys, then the run length, known once the data set is read.
+CONFIG_RECIPE_KEYS = (
     "dataset.name", "dataset.path", "dataset.pretrain_split",
     "dataset.image_size", "batch_size", "seed", "loss",
     "temperature", "negative_temperature", "reg_weight", "optimizer.name",
-    "optimizer.base_lr", "online_probe.enabled", "total_steps",
-    "steps_per_epoch")
+    "optimizer.base_lr", "online_probe.enabled")
+RUN_LENGTH_KEYS = ("total_steps", "steps_per_epoch")
+RECIPE_KEYS = CONFIG_RECIPE_KEYS + RUN_LENGTH_KEYS
 
 
 class CheckpointMismatchError(errors.UserError):
@@ -72,7 +74,7 @@ def run_settings(config: ml_collections.ConfigDict, *,
   the data set is read); None leaves them out.
   """
   settings = {key: _config_value(config, key)
-              for key in ARCHITECTURE_KEYS + RECIPE_KEYS[:-2]}
+              for key in ARCHITECTURE_KEYS + CONFIG_RECIPE_KEYS}
   if steps_per_epoch is not None:
     settings["steps_per_epoch"] = int(steps_per_epoch)
   if total_steps is not None:
@@ -122,6 +124,24 @@ def changed_settings(workdir: str, current: Mapping[str, Any],
           if key in stored and key in current and stored[key] != current[key]]
 
 
+def refuse_changes(workdir: str, current: Mapping[str, Any],
+                   keys: Iterable[str], *,
+                   describe: Callable[[str, Any, Any], str],
+                   allowed: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
+  """Raises CheckpointMismatchError if workdir's checkpoints differ in `keys`.
+
+  Changes of keys in `allowed` pass and are returned. describe(key, stored,
+  new): the one-line message (with its fix) for the first refused change.
+  """
+  changes = changed_settings(workdir, current, keys)
+  refused = [change for change in changes if change[0] not in allowed]
+  if refused:
+    more = (f" ({len(refused) - 1} more settings differ too)"
+            if len(refused) > 1 else "")
+    raise CheckpointMismatchError(describe(*refused[0]) + more)
+  return changes
+
+
 def check_resume(workdir: str, config: ml_collections.ConfigDict, *,
                  steps_per_epoch: Optional[int] = None,
                  total_steps: Optional[int] = None,
@@ -132,26 +152,23 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict, *,
   training), so must the recipe keys, except those in
   config.resume_allow_changes. Returns the allowed changes found.
   """
-  current = run_settings(config, steps_per_epoch=steps_per_epoch,
-                         total_steps=total_steps)
-  keys = ARCHITECTURE_KEYS if architecture_only else (ARCHITECTURE_KEYS
-                                                      + RECIPE_KEYS)
-  changes = changed_settings(workdir, current, keys)
-  allowed = () if architecture_only else allowed_changes(config)
-  refused = [c for c in changes if c[0] not in allowed]
-  if refused:
-    key, stored, new = refused[0]
-    fix = ("use a new --workdir or the checkpoint's model" if key in
-           ARCHITECTURE_KEYS else
-           f"use a new --workdir, set config.{key} back, or pass "
+
+  def describe(key, stored, new):
+    architecture = key in ARCHITECTURE_KEYS
+    fix = ("use a new --workdir or the checkpoint's model" if architecture
+           else f"use a new --workdir, set config.{key} back, or pass "
            f"--config.resume_allow_changes={key} to change it on purpose")
-    what = "another model" if key in ARCHITECTURE_KEYS else "another recipe"
-    raise CheckpointMismatchError(
-        f"the checkpoints in {checkpoint_dir(workdir)} are of {what}: made "
-        f"with config.{key}={stored!r}, this run has {new!r}"
-        + (f" (and {len(refused) - 1} more differences)"
-           if len(refused) > 1 else "") + f"; {fix}")
-  return changes
+    return (f"the checkpoints in {checkpoint_dir(workdir)} are of another "
+            f"{'model' if architecture else 'recipe'}: made with "
+            f"config.{key}={stored!r}, this run has {new!r}; {fix}")
+
+  return refuse_changes(
+      workdir, run_settings(config, steps_per_epoch=steps_per_epoch,
+                            total_steps=total_steps),
+      ARCHITECTURE_KEYS if architecture_only else (ARCHITECTURE_KEYS
+                                                   + RECIPE_KEYS),
+      describe=describe,
+      allowed=() if architecture_only else allowed_changes(config))
 
 
 class Checkpointer:

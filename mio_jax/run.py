@@ -96,16 +96,9 @@ def build_run(config: ml_collections.ConfigDict, mesh: Mesh, *,
                        "normalization (mean, std) in build_run")
     # Imported here: the data package loads TensorFlow, which a run on
     # synthetic batches (tests, benchmarks) does not need.
-    # pylint: disable=g-import-not-at-top
-    from mio_jax.data import augment
-    from mio_jax.data import device_augment
-    # pylint: enable=g-import-not-at-top
-    params = augment.AugmentParams.from_config(config)
+    from mio_jax.data import device_augment  # pylint: disable=g-import-not-at-top
     mean, std = normalization
-
-    def augment_fn(batch, step):
-      return device_augment.augment_batch(batch, seed=config.seed, step=step,
-                                          params=params, mean=mean, std=std)
+    augment_fn = device_augment.batch_augmenter(config, mean=mean, std=std)
 
   return Run(config=ml_collections.FrozenConfigDict(config), mesh=mesh,
              model=models.build_model(config.model, dtype=config.dtype),

@@ -41,6 +41,7 @@ from mio_jax import export
 from mio_jax import files
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
+from mio_jax import optim
 from mio_jax import train
 from mio_jax.evaluation import accuracy
 
@@ -147,9 +148,7 @@ def make_optimizer(section: ml_collections.ConfigDict, *, total_steps: int
   peak = section.base_lr * section.batch_size / 256
   schedule = optax.cosine_decay_schedule(peak, decay_steps=max(total_steps, 1))
   return optax.chain(
-      optax.add_decayed_weights(section.weight_decay,
-                                mask=lambda p: jax.tree.map(
-                                    lambda x: x.ndim > 1, p)),
+      optax.add_decayed_weights(section.weight_decay, mask=optim.decay_mask),
       optax.sgd(schedule, momentum=section.momentum,
                 nesterov=bool(section.nesterov))), schedule
 
@@ -262,14 +261,12 @@ def fit(task: Task, state: SupervisedState, frozen, batches_fn: BatchesFn, *,
   SIGTERM, checkpointing.CheckpointMismatchError when `directory` holds
   checkpoints made with other settings.
   """
-  changes = checkpointing.changed_settings(directory, task.settings,
-                                           task.settings.keys())
-  if changes:
-    key, stored, new = changes[0]
-    raise checkpointing.CheckpointMismatchError(
-        f"{checkpointing.checkpoint_dir(directory)} holds a {task.name} run "
-        f"made with {key}={stored!r}, this one has {new!r}; delete that "
-        f"folder or use another --workdir")
+  checkpointing.refuse_changes(
+      directory, task.settings, task.settings.keys(),
+      describe=lambda key, stored, new: (
+          f"{checkpointing.checkpoint_dir(directory)} holds a {task.name} "
+          f"run made with {key}={stored!r}, this one has {new!r}; delete "
+          "that folder or use another --workdir"))
   checkpointer = checkpointing.Checkpointer(directory, settings=task.settings,
                                             keep=keep_checkpoints)
   try:

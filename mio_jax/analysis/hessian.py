@@ -111,16 +111,14 @@ def _fixed_batch(config: ml_collections.ConfigDict, mesh: Mesh, step: int,
   if data_source == "pipeline":
     # pylint: disable=g-import-not-at-top
     from mio_jax import data
-    from mio_jax.data import augment
     from mio_jax.data import device_augment
     # pylint: enable=g-import-not-at-top
     batch = next(data.pretrain_batches(config, mesh, start_step=step))
     if config.augment.on_device:  # the host left the colour ops to the step
       info = data.dataset_info(config)
-      batch = jax.jit(lambda b: device_augment.augment_batch(
-          b, seed=config.seed, step=step,
-          params=augment.AugmentParams.from_config(config), mean=info.mean,
-          std=info.std))(batch)
+      augment_fn = device_augment.batch_augmenter(config, mean=info.mean,
+                                                  std=info.std)
+      batch = jax.jit(augment_fn)(batch, step)
   else:
     from mio_jax import synthetic  # pylint: disable=g-import-not-at-top
     batch = synthetic.synthetic_batch(config, mesh, step)

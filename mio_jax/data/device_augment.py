@@ -21,7 +21,7 @@ Rotation and translation (digits' small-image extras) stay host-only:
 `AugmentParams` refuses them together with `on_device`.
 """
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -254,3 +254,16 @@ def augment_batch(batch: dict[str, jax.Array], *, seed: int, step,
         _unit_float(batch[f"view{view}"]), keys)
     out[f"view{view}"] = (images - mean) / std
   return out
+
+
+def batch_augmenter(config, *, mean, std
+                   ) -> Callable[[dict[str, jax.Array], Any],
+                                 dict[str, jax.Array]]:
+  """(batch, step) -> `augment_batch` with config's seed and augmentation.
+
+  What the train step and the Hessian analysis call when
+  `config.augment.on_device` leaves the colour ops to the device.
+  """
+  params = augment.AugmentParams.from_config(config)
+  return lambda batch, step: augment_batch(batch, seed=config.seed, step=step,
+                                           params=params, mean=mean, std=std)
