@@ -69,7 +69,7 @@ from bench_util import emit, memory_bytes
 from mio_jax import mesh as mesh_lib
 from mio_jax.evaluation import features as features_lib
 from mio_jax.evaluation import knn
-from mio_jax.evaluation import linear
+from mio_jax.evaluation import feature_probe
 
 GIB = 2**30
 MIB = 2**20
@@ -113,20 +113,20 @@ def _programs(args, mesh):
       train, test, scalar(jnp.float32), k=args.knn_k,
       num_classes=args.num_classes, block_size=knn.DEFAULT_BLOCK_SIZE,
       chunk_size=knn.DEFAULT_CHUNK_SIZE, mesh=mesh)
-  yield "probe_stats", linear._standardization_stats.lower(  # pylint: disable=protected-access
+  yield "probe_stats", feature_probe._standardization_stats.lower(  # pylint: disable=protected-access
       train.x, train.valid)
   rows_per_step = -(-args.probe_batch_size // devices)
   steps_per_epoch = train.x.shape[0] // devices // rows_per_step
   carry = jax.eval_shape(functools.partial(
-      linear._initial_carry, feature_dim=args.dim,  # pylint: disable=protected-access
+      feature_probe._initial_carry, feature_dim=args.dim,  # pylint: disable=protected-access
       num_classes=args.num_classes, mesh=mesh))
   carry = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(
       leaf.shape, leaf.dtype, sharding=replicated), carry)
-  yield "probe_epoch", linear._train_epoch.lower(  # pylint: disable=protected-access
+  yield "probe_epoch", feature_probe._train_epoch.lower(  # pylint: disable=protected-access
       carry, train, *stats, key, scalar(jnp.float32), scalar(jnp.float32),
       total_steps=100 * steps_per_epoch,  # the schedule's length only
       rows_per_step=rows_per_step, mesh=mesh)
-  yield "probe_score", linear._hit_counts.lower(  # pylint: disable=protected-access
+  yield "probe_score", feature_probe._hit_counts.lower(  # pylint: disable=protected-access
       params, *stats, test, num_classes=args.num_classes)
   subset = -(-args.fewshot_examples // devices) * devices
   yield "fewshot_take", features_lib._take.lower(  # pylint: disable=protected-access

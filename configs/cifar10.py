@@ -48,5 +48,5 @@ def get_config():
   c.log_every_steps = 100
   c.online_eval_every_steps = 10_000  # our choice: kNN every ~25 epochs
 
-  c.eval.knn_k = 200  # solo-learn / lightly kNN monitor
+  c.knn.k = 200  # solo-learn / lightly kNN monitor
   return c

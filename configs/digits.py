@@ -45,9 +45,9 @@ def get_config():
   c.log_every_steps = 5
 
   c.eval.batch_size = 304  # divisible by 8 and 16
-  c.eval.knn_k = 20
-  c.eval.linear_epochs = 100
-  c.eval.linear_batch_size = 256
+  c.knn.k = 20
+  c.feature_probe.epochs = 100
+  c.feature_probe.batch_size = 256
 
   # Augmented linear evaluation and fine-tuning: the crop scale of this
   # config's pretraining views (the digits probe in STACK_NOTES: (0.5, 1)

@@ -22,8 +22,8 @@ recipe above 32 px (`configs/stl10.py`):
     --config.augment.blur_prob=0.5 --config.augment.solarize_prob=0.2
 
 The training split must hold at least batch_size (128) and
-eval.linear_batch_size (256) images; lower --config.batch_size and
---config.eval.linear_batch_size for smaller folders. Every other key can be
+feature_probe.batch_size (256) images; lower --config.batch_size and
+--config.feature_probe.batch_size for smaller folders. Every other key can be
 overridden as for the built-in datasets.
 """
 import pathlib
@@ -43,5 +43,5 @@ def get_config():
   c.online_eval_every_steps = 0
   # Our choice: k=20 (DINO's kNN monitor) works from folders of a few
   # hundred images up; the base 200 needs 200 training images.
-  c.eval.knn_k = 20
+  c.knn.k = 20
   return c

@@ -51,6 +51,6 @@ def get_config():
   c.online_eval_every_steps = 5000  # our choice: kNN every 20 epochs
 
   c.eval.batch_size = 512
-  c.eval.linear_epochs = 100
-  c.eval.knn_k = 200
+  c.feature_probe.epochs = 100
+  c.knn.k = 200
   return c

@@ -247,6 +247,12 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
 
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()  # waits for background saves, also on errors
+
 
 def saved_steps(workdir: str) -> list[int]:
   """The steps saved in workdir, ascending (no folder is created)."""

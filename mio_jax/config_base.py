@@ -133,16 +133,25 @@ def base_config() -> ml_collections.ConfigDict:
   # An exported encoder (python -m mio_jax.cli.export) to evaluate instead
   # of the workdir's checkpoints.
   c.eval.encoder_file = config_dict.placeholder(str)
-  c.eval.batch_size = 512
-  c.eval.linear_epochs = 100
-  c.eval.linear_lr = 0.1
-  c.eval.linear_weight_decay = 0.0
-  c.eval.linear_batch_size = 256
-  c.eval.knn_k = 200
-  c.eval.knn_temperature = 0.07
-  c.eval.fewshot_shots = 5
-  c.eval.fewshot_trials = 5
+  c.eval.batch_size = 512  # feature extraction, global
   c.eval.embedding_plot_points = 2000  # 0 disables the t-SNE plot
+
+  # Each frozen-feature protocol's own section (mio_jax.evaluation.protocols).
+  # kNN: cosine similarity, votes weighted by exp(sim / temperature).
+  c.knn = ml_collections.ConfigDict()
+  c.knn.k = 200
+  c.knn.temperature = 0.07
+  # Few-label: the feature probe on `shots` labels per class, mean of `trials`.
+  c.fewshot = ml_collections.ConfigDict()
+  c.fewshot.shots = 5
+  c.fewshot.trials = 5
+  # The feature probe: a linear classifier (SGD, Nesterov, cosine) on the
+  # standardised centre-crop features of every labelled training image.
+  c.feature_probe = ml_collections.ConfigDict()
+  c.feature_probe.epochs = 100
+  c.feature_probe.lr = 0.1
+  c.feature_probe.weight_decay = 0.0
+  c.feature_probe.batch_size = 256
 
   # ---- augmented linear evaluation (--mode=linear_eval) --------------------
   # A linear head on the frozen backbone (BatchNorm running statistics),

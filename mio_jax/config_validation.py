@@ -19,14 +19,16 @@ from etils import epath
 from mio_jax import checkpointing
 from mio_jax import data
 from mio_jax import errors
-from mio_jax import experiment
+from mio_jax import loop
 from mio_jax import losses
 from mio_jax import metric_logging
 from mio_jax import models
+from mio_jax import modes
 from mio_jax import optim
 from mio_jax import supervised
 from mio_jax import train
 from mio_jax.data import augment
+from mio_jax.evaluation import protocols
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -59,7 +61,7 @@ def validate_config(config: ml_collections.ConfigDict, *,
                     device_count: int) -> None:
   """Raises ConfigError on the first impossible value."""
   with _section():
-    errors.check_one_of("mode", config.mode, experiment.MODES)
+    errors.check_one_of("mode", config.mode, modes.MODES)
   with _section(renamed={"block_size": "loss_block_size"}):
     losses.make_loss(config.loss, temperature=config.temperature,
                      negative_temperature=config.negative_temperature,
@@ -75,6 +77,7 @@ def validate_config(config: ml_collections.ConfigDict, *,
           "leave {key} unset to train config.num_epochs epochs, or set it "
           "to a positive number of steps")
     models.check_dtype(config.dtype)
+    loop.check_config(config)
     train.check_config(config)
   with _section("dataset."):
     data.check_config(config.dataset)
@@ -94,9 +97,8 @@ def validate_config(config: ml_collections.ConfigDict, *,
     supervised.check_finetune_config(config.finetune)
   with _section("eval."):
     errors.check_positive("batch_size", config.eval.batch_size)
-    errors.check_positive("knn_k", config.eval.knn_k)
-    errors.check_positive("fewshot_shots", config.eval.fewshot_shots)
-    errors.check_positive("linear_epochs", config.eval.linear_epochs)
+  with _section():
+    protocols.check_config(config)
   with _section():
     checkpointing.allowed_changes(config)
 
@@ -129,27 +131,61 @@ def validate_workdir(workdir: str,
     reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
     raise ConfigError(f"--workdir={workdir!r} is not writable ({reason.strip()}); "
                       "pass a directory you can write to") from None
-  if config is not None:
-    # Training must continue the stored recipe; evaluation only needs the
-    # architecture. Steps per epoch and run length are checked once the
-    # data set is read (train.pretrain).
-    training = config.mode in ("pretrain", "all")
-    saved = checkpointing.saved_steps(workdir)
-    if not training and config.eval.encoder_file:
-      return  # evaluates an exported encoder, not the workdir's checkpoints
-    if not training and not saved:
+  if config is None:
+    return
+  source = modes.encoder_source(config, workdir)
+  if source is None:
+    # Training must continue the stored recipe. Steps per epoch and run
+    # length are checked once the data set is read (train.pretrain).
+    _check_checkpoints(f"--workdir={workdir!r}", lambda: (
+        checkpointing.check_resume(workdir, config,
+                                   total_steps=config.total_steps)))
+  elif source.kind == modes.FILE:
+    if not epath.Path(source.path).exists():
+      raise ConfigError(
+          f"{_source_key(config)}={source.path!r}: no such encoder file; "
+          "write one with python -m mio_jax.cli.export, or name a "
+          "pretraining workdir")
+  elif source.kind == modes.WORKDIR:
+    _check_saved_encoder(config, workdir, source)
+
+
+def _source_key(config: ml_collections.ConfigDict) -> str:
+  """The config key that names config.mode's encoder."""
+  if modes.MODES[config.mode].encoder == modes.FINETUNE_INIT:
+    return "config.finetune.init_from"
+  return "config.eval.encoder_file"
+
+
+def _check_checkpoints(label: str, check) -> None:
+  try:
+    check()
+  except checkpointing.CheckpointMismatchError as e:
+    raise ConfigError(f"{label}: {e}") from None
+
+
+def _check_saved_encoder(config: ml_collections.ConfigDict, workdir: str,
+                         source: modes.EncoderSource) -> None:
+  """The step `source` names is saved, and of config's architecture."""
+  here = source.path == workdir
+  step_key = "config.eval.step" if here else "config.finetune.init_step"
+  saved = checkpointing.saved_steps(source.path)
+  if not saved:
+    if here:
       raise ConfigError(
           f"--mode={config.mode} evaluates a saved step, but --workdir="
           f"{workdir!r} holds no checkpoint; pretrain first (--mode=pretrain "
-          "or all with this --workdir)")
-    if not training and config.eval.step is not None and (
-        config.eval.step not in saved):
-      raise ConfigError(
-          f"config.eval.step={config.eval.step} is not saved in {workdir!r}; "
-          f"saved steps: {', '.join(map(str, saved))}")
-    try:
-      checkpointing.check_resume(workdir, config, total_steps=(
-          config.total_steps if training else None),
-                                 architecture_only=not training)
-    except checkpointing.CheckpointMismatchError as e:
-      raise ConfigError(f"--workdir={workdir!r}: {e}") from None
+          "or all with this --workdir), or set --config.eval.encoder_file")
+    raise ConfigError(
+        f"config.finetune.init_from={source.path!r} holds no checkpoint and "
+        "no exported encoder; name a pretraining workdir or an exported "
+        "file (python -m mio_jax.cli.export), or leave it empty to start "
+        "from a random initialisation")
+  if source.step is not None and source.step not in saved:
+    raise ConfigError(
+        f"{step_key}={source.step} is not saved in {source.path!r}; saved "
+        f"steps: {', '.join(map(str, saved))}")
+  _check_checkpoints(
+      f"--workdir={workdir!r}" if here else f"{_source_key(config)}="
+      f"{source.path!r}", lambda: checkpointing.check_resume(
+          source.path, config, architecture_only=True))

@@ -4,7 +4,7 @@ Command: `python -m mio_jax.cli.compare` (its docstring has the flags).
 
 For every (loss, seed) it pretrains the config with that loss and seed
 (`experiment.train_and_evaluate`, mode "all": online kNN every `eval_every`
-steps, then kNN, few-label and linear probes of the frozen encoder) in
+steps, then kNN, few-label and feature probes of the frozen encoder) in
 `<out>/<loss>/seed<k>`, then takes the top Hessian eigenvalue of that run's
 own loss at its final checkpoint (`hessian.analyze_checkpoint`, on the
 training batch of the final step, which depends only on the seed, so every
@@ -21,7 +21,6 @@ import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import ml_collections
-import numpy as np
 from etils import epath
 
 from mio_jax import data
@@ -30,11 +29,9 @@ from mio_jax import experiment
 from mio_jax import files
 from mio_jax import losses as losses_lib
 from mio_jax import mesh as mesh_lib
-from mio_jax import models
 from mio_jax import plots
-from mio_jax import train
+from mio_jax import seed_statistics
 from mio_jax.analysis import hessian
-from mio_jax.evaluation import evaluator
 
 # The settings every run of an output directory shares; a rerun with other
 # settings would silently mix runs, so it is refused.
@@ -50,10 +47,10 @@ GAINS = "gain_over_random_init"
 PROBE_COLUMNS = (
     ("knn_top1", "kNN top-1"),
     ("fewshot_top1", "few-label top-1"),
-    ("linear_top1", "linear top-1 (all labels)"),
+    ("feature_probe_top1", "feature probe top-1 (all labels)"),
 )
 ONLINE_KNN = "online_knn_top1"
-EVAL_PROTOCOLS = ("knn", "fewshot", "linear")
+EVAL_PROTOCOLS = ("knn", "fewshot", "feature_probe")
 # λ_max only: one eigenvalue, and the shortest SLQ the analysis accepts
 # (its density is not used here).
 DEFAULT_HESSIAN_OPTIONS = {"top_k": 1, "lanczos_steps": 1, "num_probes": 1,
@@ -113,7 +110,7 @@ def _online_curve(workdir: epath.Path) -> dict[str, list[float]]:
   return {"steps": [int(s) for s in steps], "values": [float(v) for v in values]}
 
 
-def train_run(config: ml_collections.ConfigDict, workdir: epath.Path, *,
+def measure_trained(config: ml_collections.ConfigDict, workdir: epath.Path, *,
               hessian_options: Mapping[str, Any],
               hessian_subsets: Sequence[str], mesh,
               log: Callable[[str], None]) -> dict[str, Any]:
@@ -155,7 +152,7 @@ def train_run(config: ml_collections.ConfigDict, workdir: epath.Path, *,
   return run
 
 
-def random_init_run(config: ml_collections.ConfigDict, workdir: epath.Path, *,
+def measure_random_init(config: ml_collections.ConfigDict, workdir: epath.Path, *,
                     mesh, log: Callable[[str], None]) -> dict[str, Any]:
   """Probe accuracies of the seed's untrained encoder (step 0 of every loss)."""
   path = workdir / RUN_RESULTS_NAME
@@ -163,20 +160,10 @@ def random_init_run(config: ml_collections.ConfigDict, workdir: epath.Path, *,
   if done is not None:
     log(f"[compare] {workdir}: reusing the random-init evaluation.")
     return done
-  model = models.build_model(config.model, dtype=config.dtype)
-  variables = train.initial_variables(model, seed=config.seed,
-                                      image_size=config.dataset.image_size)
-  run = evaluator.evaluate(variables, model=model, config=config, mesh=mesh,
-                            protocols=EVAL_PROTOCOLS)
+  run = seed_statistics.random_init_results(config, mesh,
+                                            protocols=EVAL_PROTOCOLS)
   files.write_json(path, run)
   return run
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and sample standard deviation (ddof=1; 0 for a single seed)."""
-  values = np.asarray(values, np.float64)
-  std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-  return float(values.mean()), std
 
 
 def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -189,8 +176,7 @@ def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]],
     for key, _ in table_columns(hessian_subsets):
       values = [run[key] for run in seed_runs if key in run]
       if values:
-        mean, std = _mean_std(values)
-        summary[row][key] = {"mean": mean, "std": std, "n": len(values)}
+        summary[row][key] = seed_statistics.mean_std(values)
   return summary
 
 
@@ -202,12 +188,9 @@ def gains_over_random_init(runs: Mapping[str, Sequence[Mapping[str, Any]]],
   Paired by seed: the random-init accuracy varies between seeds about as
   much as the losses differ, and the pairing removes that part.
   """
-  return {
-      loss: {key: dict(zip(("mean", "std"), _mean_std(
-          [run[key] - init[key] for run, init in zip(seed_runs, random_init)])),
-                      n=len(seed_runs))
-             for key, _ in PROBE_COLUMNS}
-      for loss, seed_runs in runs.items()}
+  return {loss: {key: seed_statistics.paired_change(seed_runs, random_init, key)
+                 for key, _ in PROBE_COLUMNS}
+          for loss, seed_runs in runs.items()}
 
 
 def _format_cell(cell: Optional[Mapping[str, float]], key: str,
@@ -322,7 +305,7 @@ def run_comparison(base: ml_collections.ConfigDict, out: str, *,
   else:
     data.ensure_prepared(base)
   random_init = [
-      random_init_run(run_config(base, loss=base.loss, seed=seed, steps=steps,
+      measure_random_init(run_config(base, loss=base.loss, seed=seed, steps=steps,
                                  eval_every=eval_every),
                       out_path / RANDOM_INIT / f"seed{seed}", mesh=mesh, log=log)
       for seed in seeds]
@@ -333,7 +316,7 @@ def run_comparison(base: ml_collections.ConfigDict, out: str, *,
       log(f"[compare] {loss}, seed {seed}")
       config = run_config(base, loss=loss, seed=seed, steps=steps,
                           eval_every=eval_every)
-      runs[loss].append(train_run(config, out_path / loss / f"seed{seed}",
+      runs[loss].append(measure_trained(config, out_path / loss / f"seed{seed}",
                                   hessian_options=hessian_options,
                                   hessian_subsets=hessian_subsets, mesh=mesh,
                                   log=log))

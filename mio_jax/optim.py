@@ -1,9 +1,15 @@
-"""Optimizers and the learning-rate schedule, built from optax.
+"""Every optimizer of mio_jax and its learning-rate schedule, from optax.
 
-LARS (the SimCLR/MIO recipe), SGD with momentum and AdamW share one rule:
-biases and normalisation parameters (every parameter with fewer than two
-dimensions: Dense biases, BatchNorm scales and biases) get no weight decay
-and, for LARS, no trust-ratio adaptation.
+  * pretraining (`make_optimizer`, config.optimizer): LARS (the SimCLR/MIO
+    recipe), SGD with momentum or AdamW, warm-up + cosine;
+  * the classifiers trained on a backbone (`classifier_optimizer`: the
+    supervised protocols and the feature probe): SGD, Nesterov momentum,
+    cosine to 0, no warm-up (SimCLR's linear head and fine-tuning);
+  * the online probe inside the pretraining step (`online_probe_optimizer`).
+
+They share one rule: biases and normalisation parameters (every parameter
+with fewer than two dimensions: Dense biases, BatchNorm scales and biases)
+get no weight decay and, for LARS, no trust-ratio adaptation.
 """
 from typing import Any, Callable
 
@@ -109,3 +115,24 @@ def make_optimizer(opt: ml_collections.ConfigDict, *, batch_size: int,
   if opt.grad_clip_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
   return tx, schedule
+
+
+def classifier_optimizer(*, peak_lr: float, total_steps: int, momentum: float,
+                         nesterov: bool = True, weight_decay: float = 0.0
+                        ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """SGD with (Nesterov) momentum, cosine from peak_lr to 0 over total_steps.
+
+  SimCLR's recipe for a linear head and for fine-tuning (its
+  model_util.get_optimizer: momentum with use_nesterov, cosine decay,
+  warm-up 0 in those commands). Weight decay skips biases and norm scales.
+  """
+  schedule = optax.cosine_decay_schedule(peak_lr,
+                                         decay_steps=max(total_steps, 1))
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask=decay_mask),
+      optax.sgd(schedule, momentum=momentum, nesterov=nesterov)), schedule
+
+
+def online_probe_optimizer(learning_rate: float) -> optax.GradientTransformation:
+  """The online probe's SGD: constant lr, momentum 0.9 (solo-learn's)."""
+  return optax.sgd(learning_rate, momentum=0.9)

@@ -17,7 +17,6 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from mio_jax import errors
 from mio_jax import losses
 from mio_jax import models
 from mio_jax import optim
@@ -53,11 +52,6 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
   """`config.total_steps` when set, else `num_epochs * steps_per_epoch`."""
   if config.total_steps is not None:
     return int(config.total_steps)
-  if steps_per_epoch < 1:
-    raise errors.InvalidValueError(
-        "batch_size", config.batch_size,
-        "is larger than the data set (0 steps per epoch)",
-        "use a smaller batch or set total_steps")
   return int(config.num_epochs * steps_per_epoch)
 
 
@@ -75,14 +69,16 @@ def build_run(config: ml_collections.ConfigDict, mesh: Mesh, *,
   config.augment.on_device (the device normalises after its colour ops).
   Raises errors.InvalidValueError for a bad model, loss or optimizer setting.
   """
-  loss_options = dict(temperature=config.temperature,
-                      negative_temperature=config.negative_temperature,
-                      block_size=config.loss_block_size, mesh=mesh)
-  loss_fn = losses.make_loss(config.loss, reg_weight=config.reg_weight,
-                             **loss_options)
+  loss_fn = losses.make_loss(config.loss, block_size=config.loss_block_size,
+                             mesh=mesh,
+                             **losses.config_options(config.loss, config))
 
   def pair_metrics_fn(u1, u2):
-    return losses.pair_metrics(u1, u2, **loss_options)
+    # The pair classifier's view of every loss: MIO's temperatures.
+    return losses.pair_metrics(
+        u1, u2, temperature=config.temperature,
+        negative_temperature=config.negative_temperature,
+        block_size=config.loss_block_size, mesh=mesh)
 
   length = total_steps(config, steps_per_epoch)
   optimizer, schedule = optim.make_optimizer(
@@ -105,7 +101,7 @@ def build_run(config: ml_collections.ConfigDict, mesh: Mesh, *,
              loss_fn=loss_fn, pair_metrics_fn=pair_metrics_fn,
              optimizer=optimizer, schedule=schedule,
              steps_per_epoch=int(steps_per_epoch), total_steps=length,
-             probe_optimizer=(optax.sgd(config.online_probe.lr, momentum=0.9)
-                              if probe else None),
+             probe_optimizer=(optim.online_probe_optimizer(
+                 config.online_probe.lr) if probe else None),
              num_classes=int(num_classes) if probe else None,
              augment_fn=augment_fn)

@@ -2,55 +2,57 @@
 
 Both train a linear classifier on the backbone's pooled features with
 labelled, augmented batches (`data.labelled`: random resized crop and
-flip only), SGD with Nesterov momentum and a cosine schedule, then report
-top-1 and top-5 on the centre-resized test split. They share one loop:
+flip only), SGD with Nesterov momentum and a cosine schedule
+(`optim.classifier_optimizer`), then report top-1 and top-5 on the
+centre-resized test split:
 
   * `linear_eval`: the backbone is frozen (BatchNorm running statistics,
     train=False) and only the head is trained: SimCLR's, BYOL's and
     solo-learn's linear evaluation, on views streamed from the pipeline
     rather than precomputed centre-crop features (that fast probe is the
-    evaluation protocol "linear").
+    evaluation protocol "feature_probe").
   * `finetune`: backbone and a new head (the projector dropped) trained
     together, BatchNorm in train mode, on a fixed labelled subset
     (SimCLR's semi-supervised fine-tuning), from a pretrained encoder or,
     as the baseline, from a random initialisation.
 
-State, step and loop follow `train.py`: a typed state, a jitted
-data-parallel step (replicated parameters, batch sharded over `data`,
-state donated), Orbax checkpoints in `<workdir>/<protocol>/checkpoints`
-(the batch of step i depends only on (seed, i), so a resumed run is
-bit-identical to an uninterrupted one), the non-finite guard and SIGTERM
-handling of `train.py`.
+The encoder comes from the orchestrator (`modes.load_encoder`). This
+module builds the task, its state and its jitted data-parallel step
+(replicated parameters, batch sharded over `data`, state donated); the
+loop is pretraining's (`loop.run`: resume, non-finite guard, logging,
+checkpoints in `<workdir>/<protocol>/checkpoints`, SIGTERM).
 """
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from etils import epath
 from jax.sharding import Mesh
 
 from mio_jax import checkpointing
 from mio_jax import errors
-from mio_jax import export
 from mio_jax import files
+from mio_jax import loop
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
+from mio_jax import modes
 from mio_jax import optim
-from mio_jax import train
 from mio_jax.evaluation import accuracy
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 SUBSET_FILE = "subset.json"
-# Settings of the pretraining config a supervised run depends on.
+# Settings of the config a supervised run depends on besides its section.
 _ENCODER_KEYS = checkpointing.ARCHITECTURE_KEYS + ("dataset.name",
                                                   "dataset.image_size", "seed")
+# What identifies the encoder without deciding it: the same variables
+# reached by another path (a moved workdir, an export of the same step).
+_ENCODER_ORIGIN = ("encoder.source", "encoder.path")
 
 # ---- config checks (each protocol's own section) ----------------------------
 
@@ -92,12 +94,15 @@ def check_finetune_config(section: ml_collections.ConfigDict) -> None:
         "set finetune.init_from=<pretraining workdir> or unset {key}")
 
 
-def finetune_epochs(section: ml_collections.ConfigDict) -> float:
-  """finetune.epochs, or SimCLR's: 60 at 1% of the labels or fewer, else 30."""
+def epochs(config: ml_collections.ConfigDict, name: str) -> float:
+  """Epochs of protocol `name`: its section's, or for finetune SimCLR's.
+
+  SimCLR v1, appendix B.5: 60 epochs for 1% of ImageNet's labels, 30 for
+  10%; fractions above 10% take the 10% value.
+  """
+  section = config[name]
   if section.epochs is not None:
     return float(section.epochs)
-  # SimCLR v1, appendix B.5: 60 epochs for 1% of ImageNet's labels, 30 for
-  # 10%; fractions above 10% take the 10% value.
   small = (not section.labels_per_class) and section.label_fraction <= 0.01
   return 60.0 if small else 30.0
 
@@ -118,10 +123,31 @@ class Task:
   optimizer: optax.GradientTransformation
   schedule: optax.Schedule
   batch_size: int
-  steps_per_epoch: int
   total_steps: int
-  # Recorded with the checkpoints; a resume with other values is refused.
-  settings: Mapping[str, Any]
+
+
+def make_task(config: ml_collections.ConfigDict, mesh: Mesh, name: str, *,
+              num_examples: int, num_classes: int) -> Task:
+  """The task of protocol `name` ("linear_eval" | "finetune") on n examples.
+
+  Its length is SimCLR's count: n * epochs // batch + 1 steps
+  (`indexing.labelled_num_steps`); the peak lr is base_lr * batch / 256.
+  """
+  from mio_jax.data import indexing  # pylint: disable=g-import-not-at-top
+  section = config[name]
+  batch_size = int(section.batch_size)
+  total_steps = indexing.labelled_num_steps(num_examples, epochs(config, name),
+                                            batch_size)
+  optimizer, schedule = optim.classifier_optimizer(
+      peak_lr=section.base_lr * batch_size / 256, total_steps=total_steps,
+      momentum=section.momentum, nesterov=bool(section.nesterov),
+      weight_decay=section.weight_decay)
+  return Task(name=name, mesh=mesh,
+              backbone=models.build_model(config.model,
+                                          dtype=config.dtype).backbone,
+              train_backbone=name == "finetune", num_classes=num_classes,
+              optimizer=optimizer, schedule=schedule, batch_size=batch_size,
+              total_steps=total_steps)
 
 
 @flax.struct.dataclass
@@ -137,20 +163,6 @@ class SupervisedState:
   params: Any
   batch_stats: Any
   opt_state: Any
-
-
-def make_optimizer(section: ml_collections.ConfigDict, *, total_steps: int
-                  ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """SGD with Nesterov momentum, cosine from base_lr * batch / 256 to 0.
-
-  Weight decay (if any) skips biases and normalisation parameters.
-  """
-  peak = section.base_lr * section.batch_size / 256
-  schedule = optax.cosine_decay_schedule(peak, decay_steps=max(total_steps, 1))
-  return optax.chain(
-      optax.add_decayed_weights(section.weight_decay, mask=optim.decay_mask),
-      optax.sgd(schedule, momentum=section.momentum,
-                nesterov=bool(section.nesterov))), schedule
 
 
 def _head(feature_dim: int, num_classes: int) -> dict[str, jax.Array]:
@@ -207,7 +219,7 @@ def make_train_step(task: Task) -> Callable[..., tuple[SupervisedState, Metrics]
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": task.schedule(state.step),
-        "params_finite": train.all_finite(params).astype(jnp.float32),
+        "params_finite": loop.all_finite(params).astype(jnp.float32),
         "train_top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
     }
     return state.replace(step=state.step + 1, params=params,
@@ -239,65 +251,66 @@ def init_state(task: Task, variables: Mapping[str, Any]) -> SupervisedState:
   return jax.device_put(state, mesh_lib.replicated_sharding(task.mesh))
 
 
-# ---- the loop -----------------------------------------------------------------
+def frozen_backbone(task: Task, variables: Mapping[str, Any]) -> Optional[dict]:
+  """The step's `frozen` argument: the backbone (linear_eval) or None."""
+  if task.train_backbone:
+    return None
+  return {"params": variables["params"]["backbone"],
+          "batch_stats": variables["batch_stats"]["backbone"]}
 
 
-BatchesFn = Callable[[int], Iterator[Batch]]
+# ---- training -----------------------------------------------------------------
 
 
-def _prefixed(task: Task, metrics: Mapping[str, Any]) -> dict[str, float]:
-  return {f"{task.name}_{k}": float(v) for k, v in metrics.items()}
+def run_settings(config: ml_collections.ConfigDict, task: Task,
+                 encoder_identity: Mapping[str, Any],
+                 **extra: Any) -> dict[str, Any]:
+  """What a supervised run's checkpoints record (flat "a.b" keys)."""
+  stored = checkpointing.run_settings(config)
+  return files.as_stored({
+      **{key: stored[key] for key in _ENCODER_KEYS},
+      **{f"{task.name}.{k}": v for k, v in config[task.name].to_dict().items()},
+      **{f"encoder.{k}": v for k, v in encoder_identity.items()},
+      "total_steps": task.total_steps, **extra})
 
 
-def fit(task: Task, state: SupervisedState, frozen, batches_fn: BatchesFn, *,
-        directory: str, logger: train.Logger, log_every_steps: int,
-        checkpoint_every_steps: int, keep_checkpoints: int) -> SupervisedState:
-  """Trains `state` to task.total_steps, resuming from `directory`.
-
-  batches_fn(start_step): the batches of steps start_step, start_step+1...
-  Checkpoints go to `<directory>/checkpoints`. Metrics are logged as
-  "<task.name>_<metric>". Raises train.NonFiniteLossError on a NaN/inf
-  step (the last good checkpoint is kept), SystemExit(0) after saving on
-  SIGTERM, checkpointing.CheckpointMismatchError when `directory` holds
-  checkpoints made with other settings.
-  """
+def guard_resume(directory: str, task: Task,
+                 settings: Mapping[str, Any]) -> None:
+  """Raises CheckpointMismatchError if `directory` holds another run's steps."""
   checkpointing.refuse_changes(
-      directory, task.settings, task.settings.keys(),
+      directory, settings,
+      [key for key in settings if key not in _ENCODER_ORIGIN],
       describe=lambda key, stored, new: (
           f"{checkpointing.checkpoint_dir(directory)} holds a {task.name} "
           f"run made with {key}={stored!r}, this one has {new!r}; delete "
           "that folder or use another --workdir"))
-  checkpointer = checkpointing.Checkpointer(directory, settings=task.settings,
-                                            keep=keep_checkpoints)
-  try:
-    if checkpointer.latest_step() is not None:
-      state = checkpointer.restore(state)
-      if jax.process_index() == 0:
-        print(f"Resumed {task.name} from {checkpointer.directory} at step "
-              f"{int(state.step)}.", flush=True)
-    step_fn = make_train_step(task)
-    batches = batches_fn(int(state.step))
-    every = lambda period, step: period > 0 and step % period == 0
-    with train.PreemptionWatch() as preemption:
-      for step in range(int(state.step), task.total_steps):
-        state, metrics = step_fn(state, frozen, next(batches))
-        done = step + 1
-        last = done == task.total_steps
-        preempted = preemption.reached(done)
-        if every(log_every_steps, done) or last:
-          train.check_finite(step, metrics)
-          logger.log(done, _prefixed(task, jax.device_get(metrics)))
-        if every(checkpoint_every_steps, done) or last or preempted:
-          train.check_finite(step, metrics)
-          checkpointer.save(state)
-        if preempted:
-          checkpointer.wait()
-          print(f"Preempted: saved {task.name} step {done} in "
-                f"{checkpointer.directory}; exiting.", flush=True)
-          raise SystemExit(0)
-  finally:
-    checkpointer.close()
-  return state
+
+
+def train(task: Task, state: SupervisedState, frozen,
+          batches_fn: loop.BatchesFn, *, directory: str,
+          settings: Mapping[str, Any], config: ml_collections.ConfigDict,
+          logger: loop.Logger,
+          preemption: Optional[loop.PreemptionWatch] = None
+         ) -> SupervisedState:
+  """Trains `state` to task.total_steps in the one loop, resuming from `directory`.
+
+  Checkpoints (with `settings`, see `run_settings`) go to
+  `<directory>/checkpoints`, every config.checkpoint_every_steps; metrics
+  are logged as "<task.name>_<metric>". Raises loop.NonFiniteLossError,
+  SystemExit(0) after saving on SIGTERM, and CheckpointMismatchError
+  (`guard_resume`) when `directory` holds checkpoints of another run.
+  """
+  guard_resume(directory, task, settings)
+  step_fn = make_train_step(task)
+  with checkpointing.Checkpointer(directory, settings=settings,
+                                  keep=int(config.keep_checkpoints)
+                                 ) as checkpointer:
+    return loop.run(state, lambda state, batch: step_fn(state, frozen, batch),
+                    batches_fn, num_steps=task.total_steps,
+                    images_per_step=task.batch_size,
+                    checkpointer=checkpointer,
+                    cadence=loop.Cadence.from_config(config), logger=logger,
+                    preemption=preemption, name=task.name)
 
 
 def accuracy_on_test_split(task: Task, state: SupervisedState, frozen,
@@ -327,127 +340,85 @@ def accuracy_on_test_split(task: Task, state: SupervisedState, frozen,
 # ---- the two protocols ---------------------------------------------------------
 
 
-def _task(config: ml_collections.ConfigDict, mesh: Mesh, *, name: str,
-          section: ml_collections.ConfigDict, num_examples: int,
-          epochs: float, train_backbone: bool,
-          settings: Mapping[str, Any]) -> Task:
-  from mio_jax.data import labelled  # pylint: disable=g-import-not-at-top
+def _protocol(name: str, config: ml_collections.ConfigDict, workdir: str,
+              mesh: Mesh, encoder: modes.Encoder, *, fraction=None,
+              per_class=None, logger: loop.Logger,
+              preemption: Optional[loop.PreemptionWatch]
+             ) -> tuple[int, dict[str, float]]:
+  """Trains protocol `name` on `encoder` and tests it: (steps, results)."""
+  # Imported here: the data package loads TensorFlow.
   from mio_jax import data  # pylint: disable=g-import-not-at-top
-  batch_size = int(section.batch_size)
-  steps_per_epoch = labelled.steps_per_epoch(num_examples, batch_size)
-  total_steps = max(1, int(round(epochs * steps_per_epoch)))
-  optimizer, schedule = make_optimizer(section, total_steps=total_steps)
-  model = models.build_model(config.model, dtype=config.dtype)
-  return Task(
-      name=name, mesh=mesh, backbone=model.backbone,
-      train_backbone=train_backbone,
-      num_classes=data.dataset_info(config).num_classes, optimizer=optimizer,
-      schedule=schedule, batch_size=batch_size,
-      steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-      settings=files.as_stored({
-          **{key: checkpointing.run_settings(config)[key]
-             for key in _ENCODER_KEYS},
-          **{f"{name}.{k}": v for k, v in section.to_dict().items()},
-          "total_steps": total_steps, **settings}))
-
-
-def _run(task: Task, config, workdir: str, variables, frozen, labelled_set,
-         section, logger) -> tuple[int, dict[str, float]]:
-  """(steps trained, {"<task>_top1", "<task>_top5"}) of a whole run."""
+  from mio_jax import distributed  # pylint: disable=g-import-not-at-top
   from mio_jax.data import labelled  # pylint: disable=g-import-not-at-top
-  directory = os.path.join(workdir, task.name)
+  section = config[name]
+  labelled_set = labelled.labelled_set(config, fraction=fraction,
+                                       per_class=per_class)
+  task = make_task(config, mesh, name,
+                   num_examples=len(labelled_set.indices),
+                   num_classes=data.dataset_info(config).num_classes)
+  directory = os.path.join(workdir, name)
+  settings = run_settings(config, task, encoder.identity(),
+                          num_labelled=len(labelled_set.indices))
+  # Checked before the subset is written: a refused resume must leave the
+  # record of the subset the kept checkpoints were trained on.
+  guard_resume(directory, task, settings)
+  if fraction is not None or per_class is not None:
+    if distributed.is_main_process():
+      files.write_json(os.path.join(directory, SUBSET_FILE),
+                       labelled_set.description)
 
   def batches_fn(start_step):
     return labelled.labelled_batches(
-        config, task.mesh, labelled=labelled_set, batch_size=task.batch_size,
-        crop_scale=tuple(section.crop_scale), start_step=start_step)
+        config, mesh, labelled=labelled_set, batch_size=task.batch_size,
+        crop_scale=tuple(section.crop_scale),
+        batch_key=f"config.{name}.batch_size", start_step=start_step)
 
-  state = fit(task, init_state(task, variables), frozen, batches_fn,
-              directory=directory, logger=logger,
-              log_every_steps=int(config.log_every_steps),
-              checkpoint_every_steps=int(config.checkpoint_every_steps),
-              keep_checkpoints=int(config.keep_checkpoints))
-  return int(state.step), {
-      f"{task.name}_{k}": v
-      for k, v in accuracy_on_test_split(task, state, frozen, config).items()}
+  frozen = frozen_backbone(task, encoder.variables)
+  state = train(task, init_state(task, encoder.variables), frozen, batches_fn,
+                directory=directory, settings=settings, config=config,
+                logger=logger, preemption=preemption)
+  results = accuracy_on_test_split(task, state, frozen, config)
+  return int(state.step), {f"{name}_{k}": v for k, v in results.items()}
 
 
 def linear_eval(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
-                variables: Mapping[str, Any], *, encoder_step: int,
-                logger: train.Logger) -> dict[str, float]:
-  """Augmented linear evaluation of the frozen encoder `variables`.
+                encoder: modes.Encoder, *, logger: loop.Logger,
+                preemption: Optional[loop.PreemptionWatch] = None
+               ) -> tuple[int, dict[str, float]]:
+  """Augmented linear evaluation of the frozen `encoder`.
 
   A linear head on the frozen backbone's features (BatchNorm running
   statistics) is trained on augmented views of the whole labelled train
   split for config.linear_eval.epochs, checkpointed in
-  `<workdir>/linear_eval/`. encoder_step: the pretraining step of
-  `variables`, recorded so that a resume on another encoder is refused.
-  Returns {"linear_eval_top1", "linear_eval_top5"} on the test split.
+  `<workdir>/linear_eval/`; a resume on another encoder (another digest of
+  its variables) is refused. Returns (the encoder's pretraining step,
+  {"linear_eval_top1", "linear_eval_top5"} on the test split).
   """
-  from mio_jax.data import labelled  # pylint: disable=g-import-not-at-top
-  section = config.linear_eval
-  check_linear_eval_config(section)
-  labelled_set = labelled.labelled_set(config)
-  task = _task(config, mesh, name="linear_eval", section=section,
-               num_examples=len(labelled_set.indices),
-               epochs=float(section.epochs), train_backbone=False,
-               settings={"encoder_step": int(encoder_step)})
-  frozen = {"params": variables["params"]["backbone"],
-            "batch_stats": variables["batch_stats"]["backbone"]}
-  return _run(task, config, workdir, variables, frozen, labelled_set, section,
-              logger)[1]
+  check_linear_eval_config(config.linear_eval)
+  _, results = _protocol("linear_eval", config, workdir, mesh, encoder,
+                         logger=logger, preemption=preemption)
+  return encoder.step, results
 
 
-def initial_encoder(config: ml_collections.ConfigDict, mesh: Mesh
-                   ) -> tuple[str, dict[str, Any]]:
-  """(description, encoder variables) fine-tuning starts from.
-
-  finetune.init_from: an exported encoder file (with its .json beside it),
-  or a pretraining workdir (its step finetune.init_step, default the
-  latest); empty: a random initialisation seeded by config.seed.
-  Raises checkpointing.NoCheckpointError / CheckpointMismatchError /
-  export.ExportError for a source that cannot be used.
-  """
-  source = config.finetune.init_from
-  if not source:
-    model = models.build_model(config.model, dtype=config.dtype)
-    variables = train.initial_variables(
-        model, seed=int(config.seed), image_size=config.dataset.image_size)
-    return "random", jax.device_put(variables,
-                                    mesh_lib.replicated_sharding(mesh))
-  if epath.Path(f"{source}.json").exists():
-    step, variables = export.encoder_variables(source, config, mesh)
-  else:
-    step, variables = checkpointing.restore_variables(
-        source, config, mesh, step=config.finetune.init_step)
-  return f"{source}@{step}", variables
-
-
-def finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
-             logger: train.Logger) -> tuple[int, dict[str, float]]:
-  """Fine-tunes backbone + a new linear head on a fixed labelled subset.
+def finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
+             encoder: modes.Encoder, *, logger: loop.Logger,
+             preemption: Optional[loop.PreemptionWatch] = None
+            ) -> tuple[int, dict[str, float]]:
+  """Fine-tunes `encoder`'s backbone + a new linear head on a labelled subset.
 
   The subset (config.finetune.label_fraction or labels_per_class) is
   written to `<workdir>/finetune/subset.json`; checkpoints go to
   `<workdir>/finetune/checkpoints`. Returns (fine-tuning steps,
   {"finetune_top1", "finetune_top5"} on the test split).
   """
-  from mio_jax import distributed  # pylint: disable=g-import-not-at-top
-  from mio_jax.data import labelled  # pylint: disable=g-import-not-at-top
   section = config.finetune
   check_finetune_config(section)
   per_class = int(section.labels_per_class or 0) or None
-  fraction = None if per_class else float(section.label_fraction)
-  labelled_set = labelled.labelled_set(config, fraction=fraction,
-                                       per_class=per_class)
-  if distributed.is_main_process():
-    files.write_json(os.path.join(workdir, "finetune", SUBSET_FILE),
-                     labelled_set.description)
-  init, variables = initial_encoder(config, mesh)
-  task = _task(config, mesh, name="finetune", section=section,
-               num_examples=len(labelled_set.indices),
-               epochs=finetune_epochs(section), train_backbone=True,
-               settings={"init": init,
-                         "num_labelled": len(labelled_set.indices)})
-  return _run(task, config, workdir, variables, None, labelled_set, section,
-              logger)
+  return _protocol("finetune", config, workdir, mesh, encoder,
+                   fraction=None if per_class else float(section.label_fraction),
+                   per_class=per_class, logger=logger, preemption=preemption)
+
+
+# Name (modes.Mode.trains) -> fn(config, workdir, mesh, encoder, *, logger,
+# preemption) -> (the step its results belong to, results).
+PROTOCOLS = {"linear_eval": linear_eval, "finetune": finetune}

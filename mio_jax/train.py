@@ -1,11 +1,9 @@
-"""Pretraining, top to bottom: state, update step, guard, loop, checkpoints.
+"""Pretraining, top to bottom: state, objective, update step, the run.
 
-`pretrain(run, workdir)` resumes from the latest checkpoint in
-`<workdir>/checkpoints` (the batch of step i is the first of
-`batches_fn(i)`, so data continue exactly where they stopped), runs the
-jitted update step up to `run.total_steps`, logs, runs hooks (online
-evaluation), saves every `checkpoint_every_steps` and at the end, and on
-SIGTERM (a preempted TPU VM) saves the current step and exits with status 0.
+`pretrain(run, workdir)` guards and opens `<workdir>/checkpoints`, and
+hands the state, the jitted update step and the batches to the one
+training loop (`loop.run`: resume, non-finite guard, logging, hooks such
+as the online kNN, checkpoints, SIGTERM).
 
 The step runs unchanged on 1 CPU, 8 fake CPU devices or a TPU pod slice:
 parameters and optimizer state are replicated, the batch is split over the
@@ -13,29 +11,23 @@ mesh's `data` axis, and XLA inserts the collectives (BatchNorm statistics,
 the gradient all-reduce); the pair loss splits its anchors over the devices
 itself (`losses.make_loss(..., mesh=)`). The old state is donated.
 """
-import contextlib
 import functools
-import signal
-import threading
-import time
-from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.experimental import multihost_utils
 
 from mio_jax import checkpointing
 from mio_jax import errors
+from mio_jax import loop
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
 from mio_jax.run import Run
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
-BatchesFn = Callable[[int], Iterator[Batch]]
 
 # ---- state --------------------------------------------------------------------
 
@@ -58,34 +50,18 @@ class TrainState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def initial_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-  """(parameter key, state key) of a run seeded by `seed`."""
-  params_key, state_key = jax.random.split(jax.random.key(seed))
-  return params_key, state_key
-
-
-def initial_variables(model: models.Encoder, *, seed: int,
-                      image_size: int) -> dict[str, Any]:
-  """The encoder variables a run seeded by `seed` starts from.
-
-  Also the random-init baseline of the demo and the loss comparison.
-  """
-  return models.init_variables(model, initial_keys(seed)[0],
-                               image_size=image_size)
-
-
 @functools.cache  # per Run (hashed by identity): compiled once per run
 def _init_fn(run: Run) -> Callable[[], TrainState]:
   config = run.config
 
   def init() -> TrainState:
-    variables = initial_variables(run.model, seed=config.seed,
-                                  image_size=config.dataset.image_size)
+    variables = models.initial_variables(run.model, seed=config.seed,
+                                         image_size=config.dataset.image_size)
     return TrainState(step=jnp.zeros((), jnp.int32),
                       params=variables["params"],
                       batch_stats=variables["batch_stats"],
                       opt_state=run.optimizer.init(variables["params"]),
-                      rng=jax.random.key_data(initial_keys(config.seed)[1]),
+                      rng=jax.random.key_data(models.initial_keys(config.seed)[1]),
                       probe=_init_probe(run))
 
   return jax.jit(init, out_shardings=mesh_lib.replicated_sharding(run.mesh))
@@ -161,12 +137,6 @@ def training_objective(model: models.Encoder, params: Any, batch_stats: Any,
   return loss_fn(u1, u2), (batch_stats, u1, u2, features)
 
 
-def all_finite(tree: Any) -> jax.Array:
-  """True (a scalar) when every leaf of `tree` is finite."""
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
-                            for x in jax.tree.leaves(tree)]))
-
-
 @functools.cache  # per Run (hashed by identity): compiled once per run
 def make_train_step(run: Run
                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
@@ -204,7 +174,7 @@ def make_train_step(run: Run
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": run.schedule(state.step),
-        "params_finite": all_finite(params).astype(jnp.float32),
+        "params_finite": loop.all_finite(params).astype(jnp.float32),
         **run.pair_metrics_fn(u1, u2),
     }
     return new_state, metrics
@@ -247,122 +217,17 @@ def _probe_update(run: Run, probe: Optional[dict[str, Any]],
            "online_probe_top1": jnp.sum(hits) / count})
 
 
-# ---- the non-finite guard ---------------------------------------------------
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The loss, gradient norm or updated parameters of a step were NaN/inf."""
-
-
-def check_finite(step: int, metrics: Mapping[str, Any]) -> None:
-  """Raises NonFiniteLossError naming `step` unless the step stayed finite."""
-  loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-  params_finite = float(metrics.get("params_finite", 1.0)) == 1.0
-  if not (np.isfinite(loss) and np.isfinite(grad_norm) and params_finite):
-    raise NonFiniteLossError(
-        f"Non-finite training at step {step}: loss={loss}, "
-        f"grad_norm={grad_norm}, updated parameters "
-        f"{'finite' if params_finite else 'NOT finite'}. Training stopped; "
-        "the last checkpoint (before this step) is kept. Lower the learning "
-        "rate, raise the temperature, or set optimizer.grad_clip_norm.")
-
-
-# ---- the loop: logging, hooks, preemption -------------------------------------
+# ---- the run ------------------------------------------------------------------
 
 
 def check_config(config) -> None:
-  """Raises errors.InvalidValueError for a bad loop setting (top-level keys)."""
-  errors.check_positive("checkpoint_every_steps", config.checkpoint_every_steps)
-  errors.check_positive("keep_checkpoints", config.keep_checkpoints)
-  errors.check_positive("log_every_steps", config.log_every_steps)
+  """Raises errors.InvalidValueError for a bad pretraining setting."""
   errors.check_positive("online_eval_every_steps",
                         config.online_eval_every_steps, allow_zero=True)
   errors.check_one_of("bn_views", config.bn_views, BN_VIEWS)
 
 
-Hook = Callable[[int, TrainState], Optional[dict[str, Any]]]
-
-
-class Logger(Protocol):
-
-  def log(self, step: int, metrics: dict[str, float]) -> None:
-    ...
-
-  def close(self) -> None:
-    ...
-
-
-def _print_once(message: str) -> None:
-  if jax.process_index() == 0:
-    print(message, flush=True)
-
-
-class PrintLogger:
-  """The default logger: one line per log step on process 0."""
-
-  def log(self, step: int, metrics: dict[str, float]) -> None:
-    values = ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items()))
-    _print_once(f"step {step}: {values}")
-
-  def close(self) -> None:
-    pass
-
-
-class Preempted(Exception):
-  """SIGTERM arrived while a long hook or an evaluation was running."""
-
-
-class PreemptionWatch:
-  """Tells the loop when to save and stop because the VM is being preempted.
-
-  One process: a SIGTERM handler sets a flag, checked between steps; inside
-  `interruptible()` (hooks, evaluations: minutes on ImageNet) it raises
-  `Preempted` at once, so the current step is saved within seconds.
-  Several processes: JAX's preemption sync point, so every host stops at
-  the same step (hosts may receive SIGTERM at different steps, and saving
-  is collective).
-  """
-
-  def __init__(self):
-    self._received = False
-    self._interruptible = False
-    self._previous_handler = None
-
-  def __enter__(self) -> "PreemptionWatch":
-    if (jax.process_count() == 1
-        and threading.current_thread() is threading.main_thread()):
-      self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    if self._previous_handler is not None:
-      signal.signal(signal.SIGTERM, self._previous_handler)
-
-  def _on_sigterm(self, signum, frame) -> None:
-    del signum, frame
-    self._received = True
-    if self._interruptible:
-      self._interruptible = False
-      raise Preempted()
-
-  @contextlib.contextmanager
-  def interruptible(self):
-    """Code in this block is abandoned (Preempted) when SIGTERM arrives."""
-    if self._received:
-      raise Preempted()
-    self._interruptible = True
-    try:
-      yield
-    finally:
-      self._interruptible = False
-
-  def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._received
-
-
-def _default_batches(run: Run) -> BatchesFn:
+def _default_batches(run: Run) -> loop.BatchesFn:
   # Imported lazily: tests and benchmarks run without TensorFlow data.
   from mio_jax import data  # pylint: disable=g-import-not-at-top
   return lambda start_step: data.pretrain_batches(run.config, run.mesh,
@@ -370,96 +235,33 @@ def _default_batches(run: Run) -> BatchesFn:
 
 
 def pretrain(run: Run, workdir: str, *,
-             batches_fn: Optional[BatchesFn] = None,
-             logger: Optional[Logger] = None,
-             hooks: Sequence[Hook] = ()) -> TrainState:
+             batches_fn: Optional[loop.BatchesFn] = None,
+             logger: Optional[loop.Logger] = None,
+             hooks: Sequence[loop.Hook] = (),
+             preemption: Optional[loop.PreemptionWatch] = None) -> TrainState:
   """Pretrains (or resumes pretraining) and returns the final TrainState.
 
   batches_fn(start_step): the batches of steps start_step, start_step+1, ...
   (default: the data set's pipeline). The caller owns `logger` (and closes
-  it). Raises NonFiniteLossError (naming the step) on a NaN/inf loss,
+  it). Raises loop.NonFiniteLossError (naming the step) on a NaN/inf loss,
   gradient norm or parameter, keeping the last good checkpoint; raises
   SystemExit(0) after saving when preempted (SIGTERM); raises
   CheckpointMismatchError when workdir holds checkpoints made with other
   settings (see checkpointing.check_resume).
   """
   config = run.config
-  batches_fn = _default_batches(run) if batches_fn is None else batches_fn
-  logger = PrintLogger() if logger is None else logger
   allowed_changes = checkpointing.check_resume(
       workdir, config, steps_per_epoch=run.steps_per_epoch,
       total_steps=run.total_steps)
-  checkpointer = checkpointing.Checkpointer(
+  with checkpointing.Checkpointer(
       workdir, keep=config.keep_checkpoints, allowed_changes=allowed_changes,
       settings=checkpointing.run_settings(
           config, steps_per_epoch=run.steps_per_epoch,
-          total_steps=run.total_steps))
-  state = init_state(run)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
-    _print_once(f"Resumed from {checkpointer.directory} at step "
-                f"{int(state.step)}.")
-  try:
-    with PreemptionWatch() as preemption:
-      state = _train_loop(run, state, batches_fn(int(state.step)),
-                          checkpointer=checkpointer, logger=logger,
-                          hooks=hooks, preemption=preemption)
-  finally:
-    checkpointer.close()  # waits for background saves, also on errors
-  return state
-
-
-def _train_loop(run: Run, state: TrainState, batches: Iterator[Batch], *,
-                checkpointer: checkpointing.Checkpointer, logger: Logger,
-                hooks: Sequence[Hook],
-                preemption: PreemptionWatch) -> TrainState:
-  config, num_steps = run.config, run.total_steps
-  train_step = make_train_step(run)
-  # The finiteness check of step i runs after step i + 1 is dispatched, so
-  # the host never stalls the device; steps that log or save (always the
-  # last one) are checked at once, so a non-finite state is never saved.
-  unchecked: Optional[tuple[int, Metrics]] = None
-  every = lambda period, step: period > 0 and step % period == 0
-  # Throughput over the steps since the last log line; the first interval
-  # includes compilation, and time spent in hooks (evaluations) is excluded.
-  interval_start = (int(state.step), time.monotonic())
-  for step in range(int(state.step), num_steps):
-    state, metrics = train_step(state, next(batches))
-    if unchecked is not None:
-      check_finite(*unchecked)
-    unchecked = (step, metrics)
-    done = step + 1  # logs and checkpoints are numbered by completed steps
-    if every(config.log_every_steps, done) or done == num_steps:
-      check_finite(*unchecked)
-      unchecked = None
-      values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      now = time.monotonic()
-      values["images_per_sec"] = ((done - interval_start[0]) * config.batch_size
-                                  / max(now - interval_start[1], 1e-9))
-      interval_start = (done, now)
-      logger.log(done, values)
-    preempted = False
-    try:
-      with preemption.interruptible():
-        for hook in hooks:
-          hook_metrics = hook(done, state)
-          if hook_metrics:
-            logger.log(done, hook_metrics)
-            interval_start = (done, time.monotonic())
-    except Preempted:
-      preempted = True
-    # Checked after the hooks, which may be slow (online kNN), so that a
-    # SIGTERM received meanwhile is acted on at once.
-    preempted = preempted or preemption.reached(done)
-    if (every(config.checkpoint_every_steps, done) or done == num_steps
-        or preempted):
-      if unchecked is not None:
-        check_finite(*unchecked)
-        unchecked = None
-      checkpointer.save(state)
-    if preempted:
-      checkpointer.wait()
-      _print_once(f"Preempted: saved step {done} in {checkpointer.directory};"
-                  " exiting.")
-      raise SystemExit(0)
-  return state
+          total_steps=run.total_steps)) as checkpointer:
+    return loop.run(
+        init_state(run), make_train_step(run),
+        _default_batches(run) if batches_fn is None else batches_fn,
+        num_steps=run.total_steps, images_per_step=int(config.batch_size),
+        checkpointer=checkpointer, cadence=loop.Cadence.from_config(config),
+        logger=loop.PrintLogger() if logger is None else logger,
+        preemption=preemption, hooks=hooks)

@@ -1,4 +1,4 @@
-"""experiment: SIGTERM during the final evaluation ends it within seconds."""
+"""experiment: the modes table drives one run; SIGTERM ends an evaluation at once."""
 import os
 import signal
 import time
@@ -7,6 +7,7 @@ import pytest
 
 from mio_jax import config_base
 from mio_jax import experiment
+from mio_jax import modes
 
 
 def test_sigterm_during_the_final_evaluation_exits_cleanly_at_once(
@@ -22,13 +23,39 @@ def test_sigterm_during_the_final_evaluation_exits_cleanly_at_once(
       abandoned.append(True)
 
   monkeypatch.setattr(experiment.evaluator, "evaluate", slow_evaluation)
+  monkeypatch.setattr(experiment.data, "ensure_prepared", lambda config: None)
+  monkeypatch.setattr(
+      experiment.modes, "load_encoder",
+      lambda source, config, mesh: modes.Encoder(source, 3, {}))
   config = config_base.base_config()
   config.model.name = "resnet_tiny"
   config.mode = "knn_eval"
   start = time.monotonic()
   with pytest.raises(SystemExit) as exit_info:
-    experiment._evaluate(config, str(tmp_path), None, {})  # pylint: disable=protected-access
+    experiment.train_and_evaluate(config, str(tmp_path))
   assert exit_info.value.code == 0
   assert time.monotonic() - start < 10 and abandoned == [True]
   assert f"Preempted; what was saved is in {tmp_path}" in capsys.readouterr().out
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+  assert not (tmp_path / experiment.RESULTS_FILE).exists()
+
+
+@pytest.mark.parametrize("mode", sorted(modes.MODES))
+def test_every_mode_names_where_its_encoder_comes_from(mode, tmp_path):
+  config = config_base.base_config()
+  config.mode = mode
+  source = modes.encoder_source(config, str(tmp_path))
+  expected = {"pretrain": None, "all": None, "finetune": modes.RANDOM}
+  if mode in expected:
+    assert (source if source is None else source.kind) == expected[mode]
+  else:  # the evaluations: this workdir's latest step
+    assert source == modes.EncoderSource(modes.WORKDIR, str(tmp_path), None)
+  config.eval.encoder_file = "/x/encoder.msgpack"
+  config.finetune.init_from = str(tmp_path / "pretrained")
+  config.finetune.init_step = 40
+  source = modes.encoder_source(config, str(tmp_path))
+  if mode == "finetune":
+    assert source == modes.EncoderSource(modes.WORKDIR,
+                                         str(tmp_path / "pretrained"), 40)
+  elif mode not in expected:
+    assert source == modes.EncoderSource(modes.FILE, "/x/encoder.msgpack")

@@ -26,8 +26,8 @@ def tiny_digits_config(data_dir):
   config.dataset.image_size = 16
   config.batch_size = 64
   config.eval.batch_size = 128
-  config.eval.linear_epochs = 2
-  config.eval.fewshot_trials = 2
+  config.feature_probe.epochs = 2
+  config.fewshot.trials = 2
   return config
 
 
@@ -36,7 +36,7 @@ def fake_results(losses, seeds):
   rng = np.random.default_rng(0)
   def run(trained):
     values = {k: float(rng.uniform()) for k in ("knn_top1", "fewshot_top1",
-                                                 "linear_top1")}
+                                                 "feature_probe_top1")}
     if trained:
       values.update({LAMBDA: float(rng.uniform(1, 100))},
                     online_knn={"steps": [5, 10],
@@ -112,7 +112,7 @@ def test_writes_table_json_and_plot(comparison):
       json.dumps(results))
   for loss in LOSSES:
     run = results["runs"][loss]["0"]
-    for key in ("knn_top1", "fewshot_top1", "linear_top1"):
+    for key in ("knn_top1", "fewshot_top1", "feature_probe_top1"):
       assert 0.0 <= run[key] <= 1.0
     assert np.isfinite(run[LAMBDA]) and run[LAMBDA] > 0
     # One online kNN point per step, the last one equal to the final kNN.
@@ -158,10 +158,10 @@ def test_bad_requests_fail_before_any_work(tmp_path, kwargs, match):
 
 
 def test_gains_are_paired_by_seed():
-  runs = {"mio": [{"knn_top1": 0.8, "fewshot_top1": 0.5, "linear_top1": 0.9},
-                  {"knn_top1": 0.9, "fewshot_top1": 0.5, "linear_top1": 0.9}]}
-  init = [{"knn_top1": 0.7, "fewshot_top1": 0.6, "linear_top1": 0.9},
-          {"knn_top1": 0.9, "fewshot_top1": 0.6, "linear_top1": 0.9}]
+  runs = {"mio": [{"knn_top1": 0.8, "fewshot_top1": 0.5, "feature_probe_top1": 0.9},
+                  {"knn_top1": 0.9, "fewshot_top1": 0.5, "feature_probe_top1": 0.9}]}
+  init = [{"knn_top1": 0.7, "fewshot_top1": 0.6, "feature_probe_top1": 0.9},
+          {"knn_top1": 0.9, "fewshot_top1": 0.6, "feature_probe_top1": 0.9}]
   gains = compare.gains_over_random_init(runs, init)["mio"]
   assert gains["knn_top1"]["mean"] == pytest.approx(0.05)
   assert gains["knn_top1"]["std"] == pytest.approx(np.std([0.1, 0.0], ddof=1))

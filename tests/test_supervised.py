@@ -4,6 +4,7 @@ import os
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -12,8 +13,10 @@ from mio_jax import checkpointing
 from mio_jax import config_base
 from mio_jax import errors
 from mio_jax import experiment
+from mio_jax import loop
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
+from mio_jax import modes
 from mio_jax import supervised
 from mio_jax import train
 from mio_jax.data import labelled
@@ -65,53 +68,97 @@ class ListLogger:
     pass
 
 
+def _encoder(variables, step=7):
+  return modes.Encoder(modes.EncoderSource(modes.RANDOM), step, variables)
+
+
 def test_linear_eval_trains_the_head_only_and_reports_top1_top5(setup,
                                                                 tmp_path):
   config, mesh, variables = setup
-  before = jax.device_get(variables)
   logger = ListLogger()
-  results = supervised.linear_eval(config, str(tmp_path), mesh, variables,
-                                   encoder_step=7, logger=logger)
+  step, results = supervised.linear_eval(config, str(tmp_path), mesh,
+                                         _encoder(variables), logger=logger)
+  assert step == 7  # the results belong to the encoder's step
   assert set(results) == {"linear_eval_top1", "linear_eval_top5"}
   assert 0.0 <= results["linear_eval_top1"] <= results["linear_eval_top5"] <= 1
-  # The frozen encoder (BatchNorm statistics too) is untouched.
-  jax.tree.map(np.testing.assert_array_equal, before,
-               jax.device_get(variables))
   steps = [step for step, _ in logger.lines]
-  assert steps == [2, 4, 5]
+  assert steps == [2, 4, 5]  # SimCLR's count: 1500 * 0.2 // 64 + 1
   assert all(np.isfinite(m["linear_eval_loss"]) for _, m in logger.lines)
   assert (tmp_path / "linear_eval" / "checkpoints" / "5").exists()
-  # A rerun on another encoder step is refused instead of mixing heads.
+  # A rerun on another encoder is refused instead of reporting a head
+  # trained on the first one: another step of it, or other variables.
   with pytest.raises(checkpointing.CheckpointMismatchError,
-                     match="encoder_step=7"):
-    supervised.linear_eval(config, str(tmp_path), mesh, variables,
-                           encoder_step=8, logger=logger)
+                     match="encoder.step=7"):
+    supervised.linear_eval(config, str(tmp_path), mesh,
+                           _encoder(variables, step=8), logger=logger)
+  other = jax.tree.map(lambda x: x * 1.01, variables)
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match="encoder.digest="):
+    supervised.linear_eval(config, str(tmp_path), mesh, _encoder(other),
+                           logger=logger)
+  # The same variables reached by another path resume the finished head.
+  moved = modes.Encoder(modes.EncoderSource(modes.FILE, "elsewhere"), 7,
+                        variables)
+  assert supervised.linear_eval(config, str(tmp_path), mesh, moved,
+                                logger=logger) == (step, results)
+
+
+def test_linear_eval_step_uses_the_frozen_backbone_in_eval_mode(setup):
+  """Running statistics, not the batch's, and no update of them."""
+  config, mesh, variables = setup
+  task = supervised.make_task(config, mesh, "linear_eval", num_examples=64,
+                              num_classes=10)
+  frozen = supervised.frozen_backbone(task, variables)
+  # Statistics far from a batch's, so a train-mode pass would differ.
+  frozen["batch_stats"] = jax.tree.map(lambda x: x + 0.5,
+                                       frozen["batch_stats"])
+  images = jax.random.normal(jax.random.key(1), (64, 8, 8, 3))
+  labels = jnp.arange(64) % 10
+  state = supervised.init_state(task, variables)
+  assert state.batch_stats is None  # nothing of the backbone is trained
+  head = {"kernel": jax.random.normal(jax.random.key(2),
+                                      state.params["kernel"].shape),
+          "bias": jnp.zeros_like(state.params["bias"])}
+  logits, stats = supervised._logits(  # pylint: disable=protected-access
+      task, head, None, frozen, images, train=True)
+  features = task.backbone.apply(frozen, images, train=False)
+  np.testing.assert_allclose(logits, features @ head["kernel"], rtol=1e-5,
+                             atol=1e-5)
+  assert stats is None
+  # One step moves the head only.
+  sharding = mesh_lib.batch_sharding(mesh)
+  batch = {"image": jax.device_put(images, sharding),
+           "label": jax.device_put(labels.astype(jnp.int32), sharding)}
+  before = jax.device_get(frozen)
+  new_state, _ = supervised.make_train_step(task)(
+      supervised.init_state(task, variables), frozen, batch)
+  assert not np.allclose(jax.device_get(new_state.params["kernel"]), 0)
+  jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(frozen))
 
 
 def _finetune_task(config, mesh, num_examples):
-  return supervised._task(  # pylint: disable=protected-access
-      config, mesh, name="finetune", section=config.finetune,
-      num_examples=num_examples, epochs=config.finetune.epochs,
-      train_backbone=True, settings={})
+  return supervised.make_task(config, mesh, "finetune",
+                              num_examples=num_examples, num_classes=10)
 
 
 def _fit(task, config, variables, labelled_set, directory, logger):
   def batches_fn(start_step):
     return labelled.labelled_batches(
         config, task.mesh, labelled=labelled_set, batch_size=task.batch_size,
-        crop_scale=(0.5, 1.0), start_step=start_step)
+        crop_scale=(0.5, 1.0), batch_key="config.finetune.batch_size",
+        start_step=start_step)
 
-  return supervised.fit(
+  return supervised.train(
       task, supervised.init_state(task, variables), None, batches_fn,
-      directory=str(directory), logger=logger, log_every_steps=2,
-      checkpoint_every_steps=2, keep_checkpoints=5)
+      directory=str(directory), settings={"test": 1}, config=config,
+      logger=logger)
 
 
 def test_finetune_resume_after_a_crash_is_bit_identical(setup, tmp_path):
   config, mesh, variables = setup
   labelled_set = labelled.labelled_set(config, fraction=0.1)
   task = _finetune_task(config, mesh, len(labelled_set.indices))
-  assert task.total_steps == 6
+  assert task.total_steps == 7  # SimCLR's count: 149 * 1.5 // 32 + 1
   whole = _fit(task, config, variables, labelled_set, tmp_path / "whole",
                ListLogger())
   with pytest.raises(RuntimeError, match="crash"):  # after step 4's log,
@@ -120,7 +167,7 @@ def test_finetune_resume_after_a_crash_is_bit_identical(setup, tmp_path):
   assert checkpointing.saved_steps(str(tmp_path / "crashed")) == [2]
   resumed = _fit(task, config, variables, labelled_set, tmp_path / "crashed",
                  ListLogger())
-  assert int(resumed.step) == 6
+  assert int(resumed.step) == 7
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole.params),
                jax.device_get(resumed.params))
   jax.tree.map(np.testing.assert_array_equal,
@@ -149,7 +196,8 @@ def test_sigterm_saves_the_current_step_and_exits_0(setup, tmp_path):
   with pytest.raises(SystemExit) as exit_info:
     _fit(task, config, variables, labelled_set, tmp_path, SigtermAtStep2())
   assert exit_info.value.code == 0
-  assert checkpointing.saved_steps(str(tmp_path)) == [2, 3]
+  # Received while step 2 was logged: step 2 is saved, nothing after it.
+  assert checkpointing.saved_steps(str(tmp_path)) == [2]
 
 
 def test_a_non_finite_step_stops_the_run(setup, tmp_path):
@@ -158,7 +206,7 @@ def test_a_non_finite_step_stops_the_run(setup, tmp_path):
   config.finetune.base_lr = 1e30
   labelled_set = labelled.labelled_set(config, fraction=0.1)
   task = _finetune_task(config, mesh, len(labelled_set.indices))
-  with pytest.raises(train.NonFiniteLossError):
+  with pytest.raises(loop.NonFiniteLossError):
     _fit(task, config, variables, labelled_set, tmp_path, ListLogger())
   assert checkpointing.saved_steps(str(tmp_path)) == []
 
@@ -175,13 +223,13 @@ def test_bad_finetune_settings_name_the_key(key, value):
 
 
 def test_finetune_epochs_follow_simclr_unless_set():
-  section = config_base.base_config().finetune
-  section.label_fraction = 0.01
-  assert supervised.finetune_epochs(section) == 60
-  section.label_fraction = 0.1
-  assert supervised.finetune_epochs(section) == 30
-  section.epochs = 5.0
-  assert supervised.finetune_epochs(section) == 5
+  config = config_base.base_config()
+  config.finetune.label_fraction = 0.01
+  assert supervised.epochs(config, "finetune") == 60
+  config.finetune.label_fraction = 0.1
+  assert supervised.epochs(config, "finetune") == 30
+  config.finetune.epochs = 5.0
+  assert supervised.epochs(config, "finetune") == 5
 
 
 @pytest.mark.slow
@@ -194,7 +242,7 @@ def test_finetune_mode_end_to_end_writes_results_and_subset(tmp_path):
   assert set(results) == {"finetune_top1", "finetune_top5"}
   stored = json.loads((workdir / experiment.RESULTS_FILE).read_text())
   assert stored["finetune_top1"] == results["finetune_top1"]
-  assert stored["step"] == 6
+  assert stored["step"] == 7
   subset = json.loads((workdir / "finetune" / "subset.json").read_text())
   assert subset["label_fraction"] == 0.1 and len(subset["indices"]) == 149
   lines = [json.loads(line) for line in

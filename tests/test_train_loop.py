@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mio_jax import checkpointing
+from mio_jax import loop
 from mio_jax import synthetic
 from mio_jax import train
 from pretrain_runner import open_checkpointer, tiny_config, tiny_run
@@ -110,7 +111,7 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, bad_step):
         batch["view1"] = batch["view1"] * np.nan
       yield batch
 
-  with pytest.raises(train.NonFiniteLossError, match=f"at step {bad_step}:"):
+  with pytest.raises(loop.NonFiniteLossError, match=f"at step {bad_step}:"):
     _pretrain(tmp_path, run=run, batches_fn=batches_with_nan)
   # The last good checkpoint (step 2) is kept; no NaN state was saved.
   checkpointer = open_checkpointer(tmp_path, config)

@@ -56,15 +56,8 @@ def _choice(kind: str, value: str, valid: Sequence[str]) -> str:
 
 def make_pair_loss(config: ml_collections.ConfigDict,
                    name: str) -> tuple[Callable[..., jax.Array], dict[str, Any]]:
-  """The loss `name` with the config's options, and the options used.
-
-  nt_xent and dcl have one temperature and no regulariser (`make_loss`
-  refuses the others), so they get `config.temperature` only.
-  """
-  options = {"temperature": config.temperature}
-  if name in ("mio", "bce"):
-    options.update(negative_temperature=config.negative_temperature,
-                   reg_weight=config.reg_weight)
+  """The loss `name` with the config's values of its options, and those."""
+  options = losses_lib.config_options(name, config)
   return losses_lib.make_loss(name, **options), options
 
 

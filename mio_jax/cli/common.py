@@ -53,7 +53,7 @@ def config_value(holder: flags.FlagHolder, example: str = "configs/digits.py"):
   return config
 
 
-def run(main: Callable[[Sequence[str]], None]) -> None:
+def run_command(main: Callable[[Sequence[str]], None]) -> None:
   """absl's app.run with one-line errors for everything a user can fix."""
 
   def guarded_main(argv: Sequence[str]) -> None:

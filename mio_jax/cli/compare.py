@@ -62,4 +62,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run_command(main)

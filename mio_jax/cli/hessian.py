@@ -57,4 +57,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run_command(main)

@@ -43,9 +43,5 @@ def main(argv) -> None:
   experiment.train_and_evaluate(config, _WORKDIR.value)
 
 
-def run() -> None:
-  common.run(main)
-
-
 if __name__ == "__main__":
-  run()
+  common.run_command(main)

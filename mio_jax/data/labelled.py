@@ -3,15 +3,15 @@
 `labelled_batches` feeds augmented linear evaluation and fine-tuning: one
 random resized crop (and, for mirror-symmetric data sets, a horizontal
 flip) per example, no colour ops, normalised, with its integer label. As
-in pretraining, which examples a step reads is plain NumPy arithmetic on
-(seed, step): step i of epoch e = i // steps_per_epoch takes positions
-[p*B, (p+1)*B) of a permutation of the examples (`indices`, or the whole
-split) drawn from (seed, e), and each crop is keyed by (seed, epoch,
+in pretraining, which examples a step reads depends only on (seed, step)
+(`indexing.labelled_step_examples`: the epochs' permutations read as one
+stream, SimCLR's count of steps), and each crop is keyed by (seed, epoch,
 example index). So a resumed run reads exactly the batches it would have
 read, on 1 or 8 devices and with 1 or several processes.
 
-`label_subset` picks the fixed labelled subset of fine-tuning: stratified
-and deterministic in (seed, fraction or labels per class). For ImageNet-1K
+`labelled_set` picks the examples: the whole train split, or the fixed
+labelled subset of fine-tuning (`stratified_subset`: stratified and
+deterministic in (seed, fraction or labels per class)). For ImageNet-1K
 at 1% and 10% the subsets are SimCLR's published lists, read from TFDS's
 `imagenet2012_subset/1pct` and `/10pct` builders (`imagenet_subset_source`).
 """
@@ -25,8 +25,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mio_jax import errors
 from mio_jax.data import augment
+from mio_jax.data import indexing
 from mio_jax.data import pipeline
 from mio_jax.data import registry
 
@@ -39,32 +39,6 @@ CROP_RATIO = (3 / 4, 4 / 3)
 # ImageNet-1K label fractions SimCLR published subsets for, by TFDS config.
 IMAGENET_SUBSETS = {0.01: "imagenet2012_subset/1pct",
                     0.1: "imagenet2012_subset/10pct"}
-
-
-# ---- which examples each step reads -----------------------------------------
-
-
-def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-  """Full batches per epoch (the remainder of each epoch is dropped).
-
-  Raises errors.InvalidValueError when the batch exceeds the examples.
-  """
-  if num_examples < global_batch_size:
-    raise errors.InvalidValueError(
-        "batch_size", global_batch_size,
-        f"is larger than the {num_examples} labelled training examples",
-        "use a batch of at most that many")
-  return num_examples // global_batch_size
-
-
-def step_indices(step: int, *, seed: int, indices: np.ndarray,
-                 global_batch_size: int) -> tuple[np.ndarray, int]:
-  """(split indices of the global batch of `step`, its epoch)."""
-  epoch, position = divmod(step, steps_per_epoch(len(indices),
-                                                 global_batch_size))
-  order = pipeline.epoch_permutation(seed, epoch, len(indices))
-  start = position * global_batch_size
-  return indices[order[start:start + global_batch_size]], epoch
 
 
 # ---- the labelled subset of fine-tuning --------------------------------------
@@ -185,12 +159,13 @@ def labelled_set(config: ml_collections.ConfigDict, *,
 def step_records(source, step: int, *, seed: int, indices: np.ndarray,
                  global_batch_size: int, rows: slice) -> tuple:
   """This process's (images, labels, example indices, epochs) of `step`."""
-  batch, epoch = step_indices(int(step), seed=seed, indices=indices,
-                              global_batch_size=global_batch_size)
+  batch, epochs = indexing.labelled_step_examples(
+      int(step), seed=seed, examples=indices,
+      global_batch_size=global_batch_size)
   batch = batch[rows]
   images, labels = source.get(batch)
   return (images, np.asarray(labels, np.int64), batch.astype(np.int64),
-          np.full_like(batch, epoch, dtype=np.int64))
+          epochs[rows].astype(np.int64))
 
 
 def crop_flip_fn(*, seed: int, size: int, crop_scale: tuple[float, float],
@@ -223,6 +198,7 @@ def crop_flip_fn(*, seed: int, size: int, crop_scale: tuple[float, float],
 def labelled_batches(config: ml_collections.ConfigDict,
                      mesh: jax.sharding.Mesh, *, labelled: LabelledSet,
                      batch_size: int, crop_scale: tuple[float, float],
+                     batch_key: str,
                      start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
   """Endless augmented batches of `labelled` from step `start_step` on.
 
@@ -230,14 +206,14 @@ def labelled_batches(config: ml_collections.ConfigDict,
   (batch_size,)}, sharded over the mesh's `data` axis; S is
   config.dataset.image_size, the flip follows config.augment.hflip (off for
   data sets that are not mirror-symmetric, e.g. digits).
-  Raises errors.InvalidValueError when batch_size exceeds the examples.
+  Raises indexing.BatchTooLargeError (naming config `batch_key`) when
+  batch_size exceeds the examples.
   """
-  steps_per_epoch(len(labelled.indices), batch_size)  # checks the batch
+  indexing.check_batch(len(labelled.indices), batch_size, key=batch_key,
+                       what="labelled training examples")
   spec = registry.dataset_spec(config)
   source = labelled.source
-  # The pipeline's batch reader and row check, shared with pretraining.
-  # pylint: disable=protected-access
-  rows = pipeline.local_rows(mesh, batch_size)
+  rows = indexing.local_rows(mesh, batch_size)
   read = functools.partial(step_records, source, seed=int(config.seed),
                            indices=labelled.indices,
                            global_batch_size=batch_size, rows=rows)
@@ -247,9 +223,7 @@ def labelled_batches(config: ml_collections.ConfigDict,
       hflip=bool(config.augment.hflip), mean=spec.mean, std=spec.std,
       encoded=source.encoded)
   steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-  ds = pipeline.local_batches(
-      read, (source.image_spec,) + (tf.TensorSpec((None,), tf.int64),) * 3,
-      steps, rows.stop - rows.start, example_fn)
-  # pylint: enable=protected-access
+  ds = pipeline.local_batches(read, pipeline.record_spec(source), steps,
+                              rows.stop - rows.start, example_fn)
   return pipeline.global_batches(tfds.as_numpy(ds), mesh, batch_size,
                                  int(config.dataset.prefetch))

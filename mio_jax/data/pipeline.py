@@ -1,18 +1,11 @@
 """Deterministic tf.data input pipelines feeding global, sharded jax.Arrays.
 
-Which examples a step sees is decided by plain NumPy index arithmetic, not
-by tf.data shuffling, so it depends only on (seed, step):
-
-  * pretraining step i of epoch e = i // steps_per_epoch takes positions
-    [p*B, (p+1)*B), p = i % steps_per_epoch, of a permutation of the whole
-    pretraining split drawn from (seed, e) (the epoch's remainder is
-    dropped);
-  * each process reads only its contiguous slice of those B rows, the rows
-    its devices hold under `mesh.batch_sharding(mesh)`;
-  * every host augmentation draw is keyed by (seed, epoch, example index,
-    view); with `config.augment.on_device` the colour ops run in the train
-    step, keyed by (seed, step, example index, view)
-    (`mio_jax.data.device_augment`).
+Which examples a step sees depends only on (seed, step) (`indexing`), and
+each process reads only its contiguous slice of the global batch, the rows
+its devices hold. Every host augmentation draw is keyed by (seed, epoch,
+example index, view); with `config.augment.on_device` the colour ops run
+in the train step, keyed by (seed, step, example index, view)
+(`mio_jax.data.device_augment`).
 
 The global batch of a step is therefore identical on restart (the iterator
 starts at `start_step` without touching earlier steps), on 1 or 8 devices
@@ -45,10 +38,9 @@ import tensorflow_datasets as tfds
 
 from mio_jax import mesh as mesh_lib
 from mio_jax.data import augment
+from mio_jax.data import indexing
 from mio_jax.data import registry
 
-# Mixed into the permutation seed so it is not the augmentation stream.
-_PERMUTATION_STREAM = 0x5EED
 # Examples per chunk when decoding a split into memory.
 _LOAD_CHUNK = 4096
 
@@ -138,85 +130,13 @@ def _source(config: ml_collections.ConfigDict, split: str):
                      config.dataset.data_dir, int(config.dataset.image_size))
 
 
-# ---- which examples each step reads ---------------------------------------
-
-
-@functools.lru_cache(maxsize=2)
-def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-  """The order of the pretraining split in `epoch` (PCG64, platform-stable).
-
-  Cached (read-only): each step's reader asks for it, and drawing it for
-  1.28M examples takes tens of milliseconds.
-  """
-  rng = np.random.default_rng([seed, epoch, _PERMUTATION_STREAM])
-  order = rng.permutation(num_examples)
-  order.setflags(write=False)
-  return order
-
-
-def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-  """Full batches per epoch (the remainder of each epoch is dropped)."""
-  if num_examples < global_batch_size:
-    raise ValueError(f"The pretraining split has {num_examples} examples, "
-                     f"fewer than config.batch_size={global_batch_size}.")
-  return num_examples // global_batch_size
-
-
 def pretrain_steps_per_epoch(config: ml_collections.ConfigDict) -> int:
-  """Steps per epoch of `config`'s pretraining split at its global batch."""
-  return steps_per_epoch(registry.dataset_info(config).num_pretrain_examples,
-                         config.batch_size)
+  """Steps per epoch of `config`'s pretraining split at its global batch.
 
-
-def pretrain_step_indices(step: int, *, seed: int, num_examples: int,
-                          global_batch_size: int) -> tuple[np.ndarray, int]:
-  """(example indices of the global batch of `step`, its epoch)."""
-  epoch, position = divmod(step, steps_per_epoch(num_examples,
-                                                 global_batch_size))
-  order = epoch_permutation(seed, epoch, num_examples)
-  start = position * global_batch_size
-  return order[start:start + global_batch_size], epoch
-
-
-def eval_batch_indices(batch: int, *, num_examples: int,
-                       global_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(example indices, mask) of eval batch `batch`; padding rows masked out."""
-  positions = batch * global_batch_size + np.arange(global_batch_size)
-  mask = positions < num_examples
-  return np.where(mask, positions, 0), mask
-
-
-def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
-  return -(-num_examples // global_batch_size)
-
-
-def process_slice(global_batch_size: int, process_index: int,
-                  process_count: int) -> slice:
-  """Rows of each global batch that process `process_index` loads."""
-  if global_batch_size % process_count:
-    raise ValueError(f"Batch size {global_batch_size} is not divisible by "
-                     f"the {process_count} processes.")
-  per_process = global_batch_size // process_count
-  return slice(process_index * per_process, (process_index + 1) * per_process)
-
-
-def local_rows(mesh: jax.sharding.Mesh, global_batch_size: int) -> slice:
-  """This process's rows, checked against what its devices hold."""
-  if global_batch_size % mesh.size:
-    raise ValueError(f"Batch size {global_batch_size} is not divisible by "
-                     f"the {mesh.size} devices of the mesh.")
-  rows = process_slice(global_batch_size, jax.process_index(),
-                       jax.process_count())
-  index_map = mesh_lib.batch_sharding(mesh).addressable_devices_indices_map(
-      (global_batch_size,))
-  held = sorted(s[0].indices(global_batch_size)[:2] for s in index_map.values())
-  if (held[0][0], held[-1][1]) != (rows.start, rows.stop) or any(
-      a[1] != b[0] for a, b in zip(held, held[1:])):
-    raise ValueError(
-        f"Process {jax.process_index()} devices hold rows {held} of the "
-        f"batch, not the contiguous block {rows}: build the mesh with "
-        "mio_jax.mesh.make_data_mesh(), which orders devices by process.")
-  return rows
+  Raises indexing.BatchTooLargeError when config.batch_size exceeds it.
+  """
+  return indexing.steps_per_epoch(
+      registry.dataset_info(config).num_pretrain_examples, config.batch_size)
 
 
 # ---- tf.data stages ----------------------------------------------------------
@@ -261,7 +181,7 @@ def local_batches(read: Callable[[int], tuple], record_spec: tuple,
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _record_spec(source) -> tuple:
+def record_spec(source) -> tuple:
   """Specs of one batch's records: images, then three int64 columns."""
   return (source.image_spec,) + (tf.TensorSpec((None,), tf.int64),) * 3
 
@@ -294,7 +214,7 @@ def global_batches(local_batches: Iterator[dict[str, np.ndarray]],
 def pretrain_step_records(source, step: int, *, seed: int,
                           global_batch_size: int, rows: slice) -> tuple:
   """This process's (images, labels, example indices, epochs) of `step`."""
-  indices, epoch = pretrain_step_indices(
+  indices, epoch = indexing.pretrain_step_examples(
       int(step), seed=seed, num_examples=len(source),
       global_batch_size=global_batch_size)
   indices = indices[rows]
@@ -348,7 +268,7 @@ def pretrain_dataset(source, config: ml_collections.ConfigDict, *,
                            seed=int(config.seed), mean=spec.mean, std=spec.std,
                            encoded=source.encoded)
   steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-  return local_batches(read, _record_spec(source),
+  return local_batches(read, record_spec(source),
                         steps, rows.stop - rows.start, example_fn)
 
 
@@ -367,7 +287,7 @@ def pretrain_batches(config: ml_collections.ConfigDict,
   registry.ensure_prepared(config)
   spec = registry.dataset_spec(config)
   source = _source(config, spec.pretrain_split)
-  rows = local_rows(mesh, int(config.batch_size))
+  rows = indexing.local_rows(mesh, int(config.batch_size))
   ds = pretrain_dataset(source, config, rows=rows, start_step=start_step)
   return global_batches(tfds.as_numpy(ds), mesh, int(config.batch_size),
                          int(config.dataset.prefetch))
@@ -379,7 +299,7 @@ def pretrain_batches(config: ml_collections.ConfigDict,
 def eval_batch_records(source, batch: int, *, global_batch_size: int,
                        rows: slice) -> tuple:
   """This process's (images, labels, masks, indices) of eval batch `batch`."""
-  indices, mask = eval_batch_indices(int(batch), num_examples=len(source),
+  indices, mask = indexing.eval_batch_examples(int(batch), num_examples=len(source),
                                      global_batch_size=global_batch_size)
   indices, mask = indices[rows], mask[rows]
   images, labels = source.get(indices)
@@ -404,8 +324,8 @@ def eval_dataset(source, config: ml_collections.ConfigDict, *,
   read = functools.partial(eval_batch_records, source,
                            global_batch_size=global_batch_size, rows=rows)
   batches = tf.data.Dataset.range(
-      num_eval_batches(len(source), global_batch_size))
-  return local_batches(read, _record_spec(source),
+      indexing.num_eval_batches(len(source), global_batch_size))
+  return local_batches(read, record_spec(source),
                         batches, rows.stop - rows.start, example_fn)
 
 
@@ -423,7 +343,7 @@ def eval_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                      f"{', '.join(spec.eval_splits)}.")
   registry.ensure_prepared(config)
   source = _source(config, spec.eval_splits[split])
-  rows = local_rows(mesh, int(config.eval.batch_size))
+  rows = indexing.local_rows(mesh, int(config.eval.batch_size))
   ds = eval_dataset(source, config, rows=rows)
   return global_batches(tfds.as_numpy(ds), mesh, int(config.eval.batch_size),
                          int(config.dataset.prefetch))

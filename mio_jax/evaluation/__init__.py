@@ -4,10 +4,10 @@
                      embedding_png) -> {"knn_top1": ..., ...}
   evaluator.online_knn_hook(config, mesh, model) -> hook(step, state)
   make_encode_fn(model, mesh) -> (variables, images) -> features
-  PROTOCOLS, check_protocols(names): "knn", "fewshot", "linear" (the
-    feature probe: centre crops, fast)
+  PROTOCOLS, check_protocols(names): "knn", "fewshot", "feature_probe"
+    (a linear classifier on centre-crop features: fast)
   Features, extract_features, features_from_arrays: the sharded features
-  knn_classify, linear_probe, fewshot_probe: the protocols' numerics
+  knn_classify, feature_probe_classify, fewshot_probe: the protocols' numerics
 
 `evaluator` reads the data sets (and so imports TensorFlow); it is not
 imported here, so the numerics stay light: `from mio_jax.evaluation import
@@ -16,16 +16,16 @@ evaluator`.
 from mio_jax.evaluation.encoder import make_encode_fn
 from mio_jax.evaluation.features import Features
 from mio_jax.evaluation.features import extract_features
+from mio_jax.evaluation.feature_probe import feature_probe_classify
 from mio_jax.evaluation.features import from_arrays as features_from_arrays
 from mio_jax.evaluation.fewshot import fewshot_probe
 from mio_jax.evaluation.knn import knn_classify
-from mio_jax.evaluation.linear import linear_probe
 from mio_jax.evaluation.protocols import PROTOCOLS
 from mio_jax.evaluation.protocols import Protocol
 from mio_jax.evaluation.protocols import check_protocols
 
 __all__ = [
     "PROTOCOLS", "Features", "Protocol", "check_protocols",
-    "extract_features", "features_from_arrays", "fewshot_probe",
-    "knn_classify", "linear_probe", "make_encode_fn",
+    "extract_features", "feature_probe_classify", "features_from_arrays",
+    "fewshot_probe", "knn_classify", "make_encode_fn",
 ]

@@ -60,7 +60,7 @@ def _evaluate(encode_fn: EncodeFn, variables, *,
   for name in protocols:
     protocol = protocols_lib.PROTOCOLS[name]
     for key, value in protocol(train, test, num_classes=info.num_classes,
-                               eval_config=config.eval,
+                               settings=config[name],
                                seed=int(config.seed)).items():
       results[f"{name}_{key}"] = float(value)
   if embedding_png and config.eval.embedding_plot_points > 0:
@@ -79,14 +79,14 @@ def evaluate(variables: Mapping[str, Any], *, model: nn.Module,
   Args:
     variables: {"params", "batch_stats"} of the encoder (replicated).
     model: the `models.Encoder` they belong to.
-    config: the run's config (dataset, eval.*, seed).
+    config: the run's config (dataset, eval.*, each protocol's section, seed).
     mesh: the data mesh; features stay sharded over it.
     protocols: names in `protocols.PROTOCOLS`, run in this order.
     embedding_png: if set (and eval.embedding_plot_points > 0), where the
       main process writes a t-SNE of a sample of the test features.
 
   Returns:
-    {"<protocol>_<result>": value}, e.g. "knn_top1", "linear_top5",
+    {"<protocol>_<result>": value}, e.g. "knn_top1", "feature_probe_top5",
     "fewshot_top1_std".
 
   Raises:

@@ -1,6 +1,6 @@
 """Few-label evaluation: a linear classifier on `shots` labels per class.
 
-We reuse `linear_probe` rather than scikit-learn's LogisticRegression so
+We reuse `feature_probe_classify` rather than scikit-learn's LogisticRegression so
 that the few-shot and full-label numbers come from the same classifier,
 optimiser and standardisation (and run on the accelerator for ImageNet-size
 test sets), data-parallel on the sharded test features. Only the small
@@ -15,7 +15,7 @@ import numpy as np
 
 from mio_jax import errors
 from mio_jax.evaluation import features as features_lib
-from mio_jax.evaluation import linear
+from mio_jax.evaluation import feature_probe as feature_probe_lib
 from mio_jax.evaluation.features import Features
 
 
@@ -34,7 +34,7 @@ def sample_fewshot_indices(labels: np.ndarray, *, shots: int,
     if len(candidates) < shots:
       raise errors.InvalidValueError(
           "shots", shots, f"is too many: class {label} has "
-          f"{len(candidates)} training examples", "lower eval.fewshot_shots")
+          f"{len(candidates)} training examples", "lower fewshot.shots")
     chosen.append(rng.choice(candidates, size=shots, replace=False))
   return np.concatenate(chosen)
 
@@ -66,18 +66,18 @@ def fewshot_probe(train: Features, test: Features, *, num_classes: int,
   """
   if shots < 1:
     raise errors.InvalidValueError("shots", shots, "must be >= 1",
-                                   "raise eval.fewshot_shots")
+                                   "raise fewshot.shots")
   if trials < 1:
     raise errors.InvalidValueError("trials", trials, "must be >= 1",
-                                   "raise eval.fewshot_trials")
-  feature_stats = linear.standardization_stats(train)
+                                   "raise fewshot.trials")
+  feature_stats = feature_probe_lib.standardization_stats(train)
   labels, rows = features_lib.dataset_order(train)
   rng = np.random.default_rng(seed)
   top1s = []
   for trial in range(trials):
     subset = sample_fewshot_indices(labels, shots=shots,
                                     num_classes=num_classes, rng=rng)
-    result = linear.linear_probe(
+    result = feature_probe_lib.feature_probe_classify(
         features_lib.take(train, rows[subset]), test,
         num_classes=num_classes, epochs=epochs, learning_rate=learning_rate,
         weight_decay=weight_decay, batch_size=min(batch_size, len(subset)),

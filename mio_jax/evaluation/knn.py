@@ -143,7 +143,7 @@ def _check_k(k: int, train: Features) -> None:
   if not 1 <= k <= train.num_examples:
     raise errors.InvalidValueError(
         "k", k, f"must be in [1, {train.num_examples}] (the number of "
-        "training examples)", "lower eval.knn_k")
+        "training examples)", "lower knn.k")
 
 
 def knn_class_votes(train: Features, test: Features, *, num_classes: int,
@@ -193,7 +193,7 @@ def knn_classify(train: Features, test: Features, *, num_classes: int, k: int,
   _check_k(k, train)
   if not temperature > 0:
     raise errors.InvalidValueError("temperature", temperature, "must be > 0",
-                                   "set eval.knn_temperature > 0")
+                                   "set knn.temperature > 0")
   counts = _hit_counts(train, test, np.float32(temperature), k=k,
                        num_classes=num_classes, block_size=block_size,
                        chunk_size=chunk_size, mesh=train.mesh)

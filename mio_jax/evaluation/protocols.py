@@ -1,13 +1,15 @@
-"""The evaluation protocols by name, all with one signature.
+"""The frozen-feature protocols by name, all with one signature.
 
 A protocol is
 
     fn(train: Features, test: Features, *, num_classes: int,
-       eval_config: ml_collections.ConfigDict, seed: int) -> dict[str, float]
+       settings: ml_collections.ConfigDict, seed: int) -> dict[str, float]
 
-It reads its hyperparameters from `eval_config` (the run's `config.eval`)
-and returns its results without a prefix ({"top1": ...}); `evaluate` names
-them "<protocol>_<result>" ("knn_top1", "linear_top5", ...). The mesh is
+`settings` is its own config section (`config.knn`, `config.fewshot`,
+`config.feature_probe`: `SETTINGS[name]` names it), as big_vision gives
+each evaluator its own `config.evals.<name>`. It returns its results
+without a prefix ({"top1": ...}); `evaluate` names them
+"<protocol>_<result>" ("knn_top1", "feature_probe_top5", ...). The mesh is
 that of the features (`Features.mesh`).
 """
 from typing import Callable, Iterable
@@ -15,51 +17,48 @@ from typing import Callable, Iterable
 import ml_collections
 
 from mio_jax import errors
+from mio_jax.evaluation import feature_probe
 from mio_jax.evaluation import fewshot
 from mio_jax.evaluation import knn
-from mio_jax.evaluation import linear
 from mio_jax.evaluation.features import Features
 
 Protocol = Callable[..., dict[str, float]]
 
 
 def knn_protocol(train: Features, test: Features, *, num_classes: int,
-                 eval_config: ml_collections.ConfigDict,
+                 settings: ml_collections.ConfigDict,
                  seed: int) -> dict[str, float]:
-  """Weighted kNN (eval.knn_k, capped at the training set; eval.knn_temperature)."""
+  """Weighted kNN (knn.k, capped at the training set; knn.temperature)."""
   del seed  # deterministic
   return knn.knn_classify(train, test, num_classes=num_classes,
-                          k=min(eval_config.knn_k, train.num_examples),
-                          temperature=eval_config.knn_temperature)
+                          k=min(settings.k, train.num_examples),
+                          temperature=settings.temperature)
 
 
 def fewshot_protocol(train: Features, test: Features, *, num_classes: int,
-                     eval_config: ml_collections.ConfigDict,
+                     settings: ml_collections.ConfigDict,
                      seed: int) -> dict[str, float]:
-  """The feature probe on eval.fewshot_shots labels per class, eval.fewshot_trials draws."""
+  """The feature probe on fewshot.shots labels per class, fewshot.trials draws."""
   return fewshot.fewshot_probe(train, test, num_classes=num_classes,
-                               shots=eval_config.fewshot_shots,
-                               trials=eval_config.fewshot_trials, seed=seed)
+                               shots=settings.shots, trials=settings.trials,
+                               seed=seed)
 
 
-def linear_protocol(train: Features, test: Features, *, num_classes: int,
-                    eval_config: ml_collections.ConfigDict,
-                    seed: int) -> dict[str, float]:
-  """Feature probe (centre crops, fast): eval.linear_* on precomputed features."""
-  return linear.linear_probe(train, test, num_classes=num_classes,
-                             epochs=eval_config.linear_epochs,
-                             learning_rate=eval_config.linear_lr,
-                             weight_decay=eval_config.linear_weight_decay,
-                             batch_size=eval_config.linear_batch_size,
-                             seed=seed)
+def feature_probe_protocol(train: Features, test: Features, *,
+                           num_classes: int,
+                           settings: ml_collections.ConfigDict,
+                           seed: int) -> dict[str, float]:
+  """A linear classifier on precomputed centre-crop features (fast)."""
+  return feature_probe.feature_probe_classify(
+      train, test, num_classes=num_classes, epochs=settings.epochs,
+      learning_rate=settings.lr, weight_decay=settings.weight_decay,
+      batch_size=settings.batch_size, seed=seed)
 
 
-# "linear" is the feature probe; the name stays so that results keep their
-# keys (linear_top1, linear_top5).
 PROTOCOLS: dict[str, Protocol] = {
     "knn": knn_protocol,
     "fewshot": fewshot_protocol,
-    "linear": linear_protocol,
+    "feature_probe": feature_probe_protocol,
 }
 
 
@@ -70,3 +69,17 @@ def check_protocols(names: Iterable[str]) -> None:
                     f"{names!r}; pass ({names!r},).")
   for name in names:
     errors.check_one_of("protocol", name, PROTOCOLS)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises InvalidValueError (keys relative to config) for a bad section."""
+  errors.check_positive("knn.k", config.knn.k)
+  errors.check_positive("knn.temperature", config.knn.temperature)
+  errors.check_positive("fewshot.shots", config.fewshot.shots)
+  errors.check_positive("fewshot.trials", config.fewshot.trials)
+  errors.check_positive("feature_probe.epochs", config.feature_probe.epochs)
+  errors.check_positive("feature_probe.lr", config.feature_probe.lr)
+  errors.check_positive("feature_probe.weight_decay",
+                        config.feature_probe.weight_decay, allow_zero=True)
+  errors.check_positive("feature_probe.batch_size",
+                        config.feature_probe.batch_size)

@@ -5,11 +5,15 @@ The math contract is docs/loss.md. One file per loss (`mio`, `bce`,
 (`_pairs`) computes dense or streamed in blocks, on one device or with the
 anchors split over a mesh; `pair_metrics` watches the pair classifier.
 
-A loss is chosen by name (`config.loss`) through `make_loss`; each loss
+A loss is chosen by name (`config.loss`) through `make_loss`. `LOSSES` is
+the one registry: each loss's plain function, its per-anchor formula and
+the config keys it takes (`config_options` reads them from a config, so
+the train step and the Hessian analysis build every loss alike). Each loss
 module checks its own options, and `check_options` runs those checks
 without building anything (for the config validator).
 """
-from typing import Callable, Dict, Optional
+import dataclasses
+from typing import Any, Callable, Dict, Optional
 
 import jax
 from jax.sharding import Mesh
@@ -33,30 +37,43 @@ from mio_jax.losses.pair_metrics import pair_metrics
 
 Array = jax.Array
 
-# Name (config.loss) -> the loss function (u1, u2, *, its options).
-LOSSES: Dict[str, Callable[..., Array]] = {
-    "mio": mio_loss,
-    "bce": bce_loss,
-    "nt_xent": nt_xent_loss,
-    "dcl": dcl_loss,
+
+@dataclasses.dataclass(frozen=True)
+class LossEntry:
+  """One loss of the registry."""
+  loss: Callable[..., Array]  # (u1, u2, *, its options, block_size) -> scalar
+  formula: Callable[..., _pairs.PairFormula]  # its per-anchor formula
+  options: tuple[str, ...]  # the config keys (top-level) it takes
+
+
+_BINARY_OPTIONS = ("temperature", "negative_temperature", "reg_weight")
+_CONTRASTIVE_OPTIONS = ("temperature",)
+
+# Name (config.loss) -> its entry.
+LOSSES: Dict[str, LossEntry] = {
+    "mio": LossEntry(mio_loss, mio.formula, _BINARY_OPTIONS),
+    "bce": LossEntry(bce_loss, bce.formula, _BINARY_OPTIONS),
+    "nt_xent": LossEntry(nt_xent_loss, nt_xent.formula, _CONTRASTIVE_OPTIONS),
+    "dcl": LossEntry(dcl_loss, dcl.formula, _CONTRASTIVE_OPTIONS),
 }
 
-# Name -> the builder of its per-anchor formula, which checks the options.
-_FORMULAS: Dict[str, Callable[..., _pairs.PairFormula]] = {
-    "mio": mio.formula,
-    "bce": bce.formula,
-    "nt_xent": nt_xent.formula,
-    "dcl": dcl.formula,
-}
+
+def config_options(name: str, config: Any) -> dict[str, Any]:
+  """The options loss `name` takes, read from `config` (its top-level keys).
+
+  Raises InvalidValueError (key "loss") for an unknown name.
+  """
+  errors.check_one_of("loss", name, LOSSES)
+  return {key: config[key] for key in LOSSES[name].options}
 
 
 def _formula(name: str, *, temperature, negative_temperature,
              reg_weight, block_size) -> _pairs.PairFormula:
   errors.check_one_of("loss", name, LOSSES)
   _pairs.check_block_size_option(block_size)
-  return _FORMULAS[name](temperature=temperature,
-                         negative_temperature=negative_temperature,
-                         reg_weight=reg_weight)
+  return LOSSES[name].formula(temperature=temperature,
+                              negative_temperature=negative_temperature,
+                              reg_weight=reg_weight)
 
 
 def check_options(name: str, *, temperature: float,
@@ -114,7 +131,7 @@ def make_loss(name: str, *, temperature: float,
 
 
 __all__ = [
-    "LOSSES", "bce_loss", "bce_loss_grad", "check_block_size",
-    "check_options", "dcl_loss", "make_loss", "mio_loss", "mio_loss_grad",
+    "LOSSES", "LossEntry", "bce_loss", "bce_loss_grad", "check_block_size",
+    "check_options", "config_options", "dcl_loss", "make_loss", "mio_loss", "mio_loss_grad",
     "normalize_rows", "nt_xent_loss", "pair_metrics", "sharded_mio_loss",
 ]

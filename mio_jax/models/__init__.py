@@ -10,8 +10,11 @@ step at the same speed, so nothing is lost.
 """
 from mio_jax.models.resnet import (BACKBONES, DTYPES, STEMS, Encoder,
                                    Projector, ResNet, build_model,
-                                   check_config, check_dtype, feature_dim, init_variables)
+                                   check_config, check_dtype, feature_dim,
+                                   init_variables, initial_keys,
+                                   initial_variables)
 
 __all__ = ["BACKBONES", "DTYPES", "STEMS", "Encoder", "Projector", "ResNet",
            "build_model", "check_config", "check_dtype",
-           "feature_dim", "init_variables"]
+           "feature_dim", "init_variables", "initial_keys",
+           "initial_variables"]

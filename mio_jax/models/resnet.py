@@ -235,6 +235,21 @@ def init_variables(model: Encoder, key: jax.Array, *,
           "batch_stats": variables["batch_stats"]}
 
 
+def initial_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(parameter key, training-state key) of a run seeded by `seed`."""
+  params_key, state_key = jax.random.split(jax.random.key(seed))
+  return params_key, state_key
+
+
+def initial_variables(model: Encoder, *, seed: int,
+                      image_size: int) -> dict[str, Any]:
+  """The encoder variables a run seeded by `seed` starts from.
+
+  Also the random-init baseline every comparison sets MIO against.
+  """
+  return init_variables(model, initial_keys(seed)[0], image_size=image_size)
+
+
 def feature_dim(model_config: ml_collections.ConfigDict) -> int:
   """Width of the pooled backbone features (512 for ResNet-18 at width 1)."""
   return build_model(model_config).backbone.feature_dim

@@ -20,8 +20,8 @@ TINY = [
     "--config.dataset.image_size=16",
     "--config.batch_size=64",
     "--config.eval.batch_size=128",
-    "--config.eval.linear_epochs=3",
-    "--config.eval.fewshot_trials=2",
+    "--config.feature_probe.epochs=3",
+    "--config.fewshot.trials=2",
     "--config.eval.embedding_plot_points=100",
     "--config.checkpoint_every_steps=2",
     "--config.log_every_steps=1",
@@ -55,7 +55,7 @@ def test_main_pretrains_evaluates_and_resumes(tmp_path, data_dir):
   assert first.returncode == 0, first.stderr[-3000:]
   results = json.loads(pathlib.Path(workdir, "eval_results.json").read_text())
   assert results["step"] == 4
-  for key in ("linear_top1", "knn_top1", "fewshot_top1"):
+  for key in ("feature_probe_top1", "knn_top1", "fewshot_top1"):
     assert 0.0 <= results[key] <= 1.0
   train_lines = [m for m in read_metrics(workdir) if "loss" in m]
   assert [m["step"] for m in train_lines] == [1, 2, 3, 4]
@@ -82,6 +82,65 @@ def test_main_pretrains_evaluates_and_resumes(tmp_path, data_dir):
   assert third.returncode == 0, third.stderr[-3000:]
   results = json.loads(pathlib.Path(workdir, "eval_results.json").read_text())
   assert results["step"] == 4 and "knn_top1" in results
+
+
+# Supervised protocols of a few steps each.
+SUPERVISED = [
+    "--config.linear_eval.batch_size=64",
+    "--config.linear_eval.epochs=0.05",  # 1500 * 0.05 // 64 + 1 = 2 steps
+    "--config.finetune.batch_size=32",
+    "--config.finetune.epochs=0.3",  # 149 labelled images: 2 steps
+]
+
+
+def _results(workdir):
+  return json.loads(pathlib.Path(workdir, "eval_results.json").read_text())
+
+
+def test_every_mode_runs_through_main_fresh_workdirs_included(tmp_path,
+                                                             data_dir):
+  """The README's commands, as a user types them, each on its own workdir."""
+  pretrained = str(tmp_path / "pretrained")
+  common = [f"--config={DIGITS}", f"--config.dataset.data_dir={data_dir}",
+            *TINY, *SUPERVISED]
+  first = run_main(*common, f"--workdir={pretrained}", "--mode=pretrain",
+                   "--config.total_steps=2")
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert not pathlib.Path(pretrained, "eval_results.json").exists()
+  for mode, key in (("fewshot_eval", "fewshot_top1"),
+                    ("feature_probe_eval", "feature_probe_top1"),
+                    ("linear_eval", "linear_eval_top1")):
+    result = run_main(*common, f"--workdir={pretrained}", f"--mode={mode}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert set(_results(pretrained)) == {"step", key,
+                                         key.replace("top1", "top5")
+                                         if mode != "fewshot_eval"
+                                         else "fewshot_top1_std"}
+  exported = str(tmp_path / "encoder.msgpack")
+  export = subprocess.run(
+      [sys.executable, "-m", "mio_jax.cli.export", f"--config={DIGITS}",
+       f"--workdir={pretrained}", f"--out={exported}", *TINY], cwd=REPO,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+      text=True, timeout=600)
+  assert export.returncode == 0, export.stderr[-3000:]
+  # Fresh workdirs: fine-tuning from the pretrained one, linear evaluation
+  # of the exported file.
+  finetuned = str(tmp_path / "finetuned")
+  result = run_main(*common, f"--workdir={finetuned}", "--mode=finetune",
+                    f"--config.finetune.init_from={pretrained}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _results(finetuned)["step"] == 2
+  assert pathlib.Path(finetuned, "finetune", "subset.json").exists()
+  evaluated = str(tmp_path / "evaluated")
+  result = run_main(*common, f"--workdir={evaluated}", "--mode=linear_eval",
+                    f"--config.eval.encoder_file={exported}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _results(evaluated)["step"] == 2  # the exported step
+  # A source that is not there: one line before any work.
+  missing = run_main(*common, f"--workdir={tmp_path / 'x'}", "--mode=finetune",
+                     f"--config.finetune.init_from={tmp_path / 'nothing'}")
+  assert missing.returncode == 2 and "finetune.init_from" in missing.stderr
+  assert "Traceback" not in missing.stderr
 
 
 @pytest.mark.parametrize("override, key", [

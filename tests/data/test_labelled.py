@@ -5,7 +5,6 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.data_sources import base as data_sources_base
 
 from mio_jax import config_base
-from mio_jax import errors
 from mio_jax import mesh as mesh_lib
 from mio_jax.data import labelled
 from mio_jax.data import pipeline
@@ -35,26 +34,11 @@ def test_stratified_subset_keeps_the_fraction_of_every_class():
   np.testing.assert_array_equal(np.bincount(labels[per_class]), [4, 4, 4, 3])
 
 
-def test_step_indices_cover_the_examples_once_per_epoch():
-  indices = np.arange(100, 150)  # 50 examples, batch 16: 3 steps, 2 dropped
-  seen = np.concatenate([
-      labelled.step_indices(step, seed=3, indices=indices,
-                            global_batch_size=16)[0] for step in range(3)])
-  assert len(set(seen)) == 48 and set(seen) <= set(indices)
-  first, epoch = labelled.step_indices(3, seed=3, indices=indices,
-                                       global_batch_size=16)
-  assert epoch == 1 and not np.array_equal(first, seen[:16])
-
-
-def test_a_batch_larger_than_the_subset_is_a_user_error():
-  with pytest.raises(errors.InvalidValueError, match="batch_size=64"):
-    labelled.steps_per_epoch(50, 64)
-
-
 def _batches(config, mesh, labelled_set, start_step, count):
   batches = labelled.labelled_batches(
       config, mesh, labelled=labelled_set, batch_size=16,
-      crop_scale=(0.5, 1.0), start_step=start_step)
+      crop_scale=(0.5, 1.0), batch_key="config.finetune.batch_size",
+      start_step=start_step)
   return [{k: np.asarray(v) for k, v in next(batches).items()}
           for _ in range(count)]
 
@@ -110,7 +94,7 @@ def test_imagenet_1k_subsets_are_simclrs_tfds_lists(mocked_imagenet, fraction,
   assert len(labelled_set.indices) == 24  # every row of the mock subset
   batch = next(labelled.labelled_batches(
       config, mesh_lib.make_data_mesh(), labelled=labelled_set, batch_size=8,
-      crop_scale=(0.08, 1.0)))
+      crop_scale=(0.08, 1.0), batch_key="config.finetune.batch_size"))
   assert batch["image"].shape == (8, 16, 16, 3)
   assert np.isfinite(np.asarray(batch["image"])).all()
   # Other fractions, or labels per class, draw a stratified subset instead.

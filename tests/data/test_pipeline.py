@@ -15,6 +15,7 @@ import mio_jax.data as data
 from mio_jax import config_base
 from mio_jax import mesh as mesh_lib
 from mio_jax.data import augment
+from mio_jax.data import indexing
 from mio_jax.data import pipeline
 from mio_jax.data import registry
 
@@ -58,48 +59,6 @@ def _assert_batches_equal(a, b):
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-# ---- index arithmetic ------------------------------------------------------
-
-
-def test_process_slices_cover_batch_without_overlap():
-  rows = [pipeline.process_slice(16, p, 2) for p in (0, 1)]
-  covered = np.concatenate([np.arange(16)[r] for r in rows])
-  np.testing.assert_array_equal(covered, np.arange(16))
-  with pytest.raises(ValueError, match="not divisible"):
-    pipeline.process_slice(15, 0, 2)
-
-
-def test_each_epoch_is_a_permutation_and_epochs_differ():
-  n, b = 50, 8
-  steps = pipeline.steps_per_epoch(n, b)
-  assert steps == 6
-  epochs = []
-  for epoch in range(2):
-    seen = [pipeline.pretrain_step_indices(epoch * steps + s, seed=0,
-                                           num_examples=n,
-                                           global_batch_size=b)
-            for s in range(steps)]
-    assert all(e == epoch for _, e in seen)
-    indices = np.concatenate([i for i, _ in seen])
-    assert len(np.unique(indices)) == steps * b  # no repeats in an epoch
-    epochs.append(indices)
-  assert not np.array_equal(epochs[0], epochs[1])
-  with pytest.raises(ValueError, match="fewer than"):
-    pipeline.steps_per_epoch(4, 8)
-
-
-def test_eval_indices_cover_every_example_once_across_processes():
-  n, b = 37, 8
-  seen = []
-  for batch in range(pipeline.num_eval_batches(n, b)):
-    indices, mask = pipeline.eval_batch_indices(batch, num_examples=n,
-                                                global_batch_size=b)
-    for p in (0, 1):
-      rows = pipeline.process_slice(b, p, 2)
-      seen.extend(indices[rows][mask[rows]])
-  np.testing.assert_array_equal(np.sort(seen), np.arange(n))
-
-
 # ---- pretraining ---------------------------------------------------------
 
 
@@ -121,7 +80,7 @@ def test_pretrain_batch_shapes_and_values(config):
 
 def test_restart_at_step_k_equals_kth_batch_across_epoch_boundary(config):
   mesh = mesh_lib.make_data_mesh()
-  steps = pipeline.steps_per_epoch(1500, config.batch_size)  # 93
+  steps = indexing.steps_per_epoch(1500, config.batch_size)  # 93
   fresh = _take(data.pretrain_batches(config, mesh), steps + 1)
   assert not np.array_equal(fresh[0]["view1"], fresh[1]["view1"])
   source = pipeline.load_source(registry.get_spec("digits"), "train", config.dataset.data_dir,
@@ -129,7 +88,7 @@ def test_restart_at_step_k_equals_kth_batch_across_epoch_boundary(config):
   for k in (1, steps - 1, steps):
     resumed = _take(data.pretrain_batches(config, mesh, start_step=k), 1)[0]
     _assert_batches_equal(resumed, fresh[k])
-    indices, epoch = pipeline.pretrain_step_indices(
+    indices, epoch = indexing.pretrain_step_examples(
         k, seed=config.seed, num_examples=1500,
         global_batch_size=config.batch_size)
     assert epoch == (k // steps)
@@ -153,7 +112,7 @@ def test_two_simulated_processes_together_equal_one_process(config):
   whole = next(iter(pipeline.pretrain_dataset(
       source, config, rows=slice(0, 16), start_step=3).as_numpy_iterator()))
   halves = [next(iter(pipeline.pretrain_dataset(
-      source, config, rows=pipeline.process_slice(16, p, 2),
+      source, config, rows=indexing.process_slice(16, p, 2),
       start_step=3).as_numpy_iterator())) for p in (0, 1)]
   for k in whole:
     np.testing.assert_array_equal(
@@ -226,7 +185,7 @@ def test_on_device_views_are_the_host_geometry_as_uint8_with_indices(config):
                                 config.dataset.image_size)
   floats, uint8s = (_first_batch(source, c, start_step=7)
                     for c in (host, device))
-  indices, _ = pipeline.pretrain_step_indices(
+  indices, _ = indexing.pretrain_step_examples(
       7, seed=config.seed, num_examples=1500,
       global_batch_size=config.batch_size)
   spec = registry.get_spec("digits")

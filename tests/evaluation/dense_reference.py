@@ -87,7 +87,7 @@ def train_linear(train_x, train_y, key, learning_rate, weight_decay, *,
   return params, mean, scale
 
 
-def linear_probe(train_x, train_y, test_x, test_y, *, num_classes, epochs,
+def feature_probe_classify(train_x, train_y, test_x, test_y, *, num_classes, epochs,
                  learning_rate, weight_decay, batch_size, seed):
   params, mean, scale = train_linear(
       jnp.asarray(train_x, jnp.float32), jnp.asarray(train_y),

@@ -24,9 +24,9 @@ def tiny_run(tmp_path_factory):
   config.model.name = "resnet_tiny"
   config.model.width_multiplier = 0.25
   config.eval.batch_size = 256  # 1,500 train: 6 batches, the last padded
-  config.eval.linear_epochs = 3
-  config.eval.fewshot_trials = 2
-  config.eval.knn_k = 20
+  config.feature_probe.epochs = 3
+  config.fewshot.trials = 2
+  config.knn.k = 20
   config.eval.embedding_plot_points = 40
   model = models.build_model(config.model)
   variables = random_variables(model, image_size=8, seed=0)
@@ -50,10 +50,11 @@ def test_evaluate_runs_every_protocol_and_matches_the_dense_knn(
   png = tmp_path / "tsne.png"
   results = evaluator.evaluate(variables, model=model, config=config,
                                mesh=mesh, protocols=("knn", "fewshot",
-                                                     "linear"),
+                                                     "feature_probe"),
                                embedding_png=str(png))
   assert set(results) == {"knn_top1", "knn_top5", "fewshot_top1",
-                          "fewshot_top1_std", "linear_top1", "linear_top5"}
+                          "fewshot_top1_std", "feature_probe_top1",
+                          "feature_probe_top5"}
   assert all(isinstance(v, float) for v in results.values())
   assert 0.2 < results["knn_top1"] <= 1.0  # 10 classes: chance is 0.1
   assert png.stat().st_size > 0
@@ -62,7 +63,7 @@ def test_evaluate_runs_every_protocol_and_matches_the_dense_knn(
   assert (len(train_x), len(test_x)) == (1500, 297)
   dense = dense_reference.knn_classify(
       train_x, train_y, test_x, test_y, num_classes=10, k=20,
-      temperature=config.eval.knn_temperature)
+      temperature=config.knn.temperature)
   assert {"top1": results["knn_top1"], "top5": results["knn_top5"]} == dense
 
 

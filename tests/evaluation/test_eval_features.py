@@ -126,7 +126,7 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
     from mio_jax import mesh as mesh_lib
     from mio_jax.evaluation import extract_features
     from mio_jax.evaluation import features as features_lib
-    from mio_jax.evaluation import fewshot_probe, knn_classify, linear_probe
+    from mio_jax.evaluation import feature_probe_classify, fewshot_probe, knn_classify
     mesh = mesh_lib.make_data_mesh()
     sharding = mesh_lib.batch_sharding(mesh)
     num_examples, batch_size = 13, 8
@@ -156,7 +156,7 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
     # probe step per epoch: the result does not depend on the shuffling).
     knn = knn_classify(features, features, num_classes=13, k=3,
                        temperature=0.1)
-    linear = linear_probe(features, features, num_classes=13, epochs=5,
+    linear = feature_probe_classify(features, features, num_classes=13, epochs=5,
                           learning_rate=0.5, weight_decay=0.0, batch_size=13,
                           seed=0)
     # One shot of each of 13 classes: the subset is the whole set.
@@ -198,7 +198,7 @@ def test_extract_features_on_two_processes_every_row_reaches_every_process(
   dense_knn = dense_reference.knn_classify(expected, labels, expected, labels,
                                            num_classes=13, k=3,
                                            temperature=0.1)
-  dense_linear = dense_reference.linear_probe(
+  dense_linear = dense_reference.feature_probe_classify(
       expected, labels, expected, labels, num_classes=13, epochs=5,
       learning_rate=0.5, weight_decay=0.0, batch_size=13, seed=0)
   for i in range(2):

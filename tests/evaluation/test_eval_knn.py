@@ -76,7 +76,7 @@ def test_knn_neighbour_search_is_not_a_full_sort():
 
 def test_knn_rejects_k_larger_than_train_set():
   x = np.ones((5, 3), np.float32)
-  with pytest.raises(ValueError, match="knn_k"):
+  with pytest.raises(ValueError, match="knn.k"):
     knn_classify(*sharded(x, np.zeros(5, int), x, np.zeros(5, int)),
                  num_classes=2, k=6, temperature=0.1)
 

@@ -1,5 +1,4 @@
 """The protocol registry: one signature, unknown names listed."""
-import ml_collections
 import numpy as np
 import pytest
 
@@ -11,34 +10,34 @@ from mio_jax.evaluation import check_protocols
 
 
 def test_registry_names_and_result_keys():
-  assert list(PROTOCOLS) == ["knn", "fewshot", "linear"]
+  assert list(PROTOCOLS) == ["knn", "fewshot", "feature_probe"]
   x, y = clusters(3, 40, 8, spread=0.1, seed=11)
   train, test = sharded(x[:90], y[:90], x[90:], y[90:])
-  eval_config = ml_collections.ConfigDict(config_base.base_config().eval)
-  eval_config.linear_epochs = 5
-  eval_config.fewshot_trials = 2
-  eval_config.linear_batch_size = 32
+  config = config_base.base_config()
+  config.feature_probe.epochs = 5
+  config.fewshot.trials = 2
+  config.feature_probe.batch_size = 32
   keys = {name: set(protocol(train, test, num_classes=3,
-                             eval_config=eval_config, seed=0))
+                             settings=config[name], seed=0))
           for name, protocol in PROTOCOLS.items()}
   assert keys == {"knn": {"top1", "top5"}, "fewshot": {"top1", "top1_std"},
-                  "linear": {"top1", "top5"}}
+                  "feature_probe": {"top1", "top5"}}
 
 
 def test_knn_protocol_caps_k_at_the_training_set():
   x, y = clusters(2, 10, 4, spread=0.1, seed=12)
-  eval_config = config_base.base_config().eval  # knn_k = 200 > 20 examples
+  settings = config_base.base_config().knn  # k = 200 > 20 examples
   result = PROTOCOLS["knn"](*sharded(x, y, x, y), num_classes=2,
-                            eval_config=eval_config, seed=0)
+                            settings=settings, seed=0)
   assert result["top1"] == 1.0
 
 
 def test_unknown_protocol_is_a_user_error_listing_the_known_ones():
-  check_protocols(("knn", "linear"))
+  check_protocols(("knn", "feature_probe"))
   with pytest.raises(errors.InvalidValueError) as error:
-    check_protocols(("knn", "linear_probe"))
+    check_protocols(("knn", "linear"))  # the feature probe's old name
   message = str(error.value)
-  assert "'linear_probe'" in message
+  assert "'linear'" in message
   for name in PROTOCOLS:
     assert repr(name) in message
   with pytest.raises(TypeError, match=r"\('knn',\)"):
@@ -48,12 +47,12 @@ def test_unknown_protocol_is_a_user_error_listing_the_known_ones():
 def test_digits_raw_pixels_sanity():
   """All three evaluations on sklearn's digits pixels (a fixed 1500/297 split)."""
   datasets = pytest.importorskip("sklearn.datasets")
-  from mio_jax.evaluation import fewshot_probe, knn_classify, linear_probe  # pylint: disable=g-import-not-at-top
+  from mio_jax.evaluation import feature_probe_classify, fewshot_probe, knn_classify  # pylint: disable=g-import-not-at-top
   x, y = datasets.load_digits(return_X_y=True)
   order = np.random.default_rng(0).permutation(len(x))
   x, y = x[order].astype(np.float32), y[order]
   train, test = sharded(x[:1500], y[:1500], x[1500:], y[1500:])
-  linear = linear_probe(train, test, num_classes=10, epochs=100,
+  linear = feature_probe_classify(train, test, num_classes=10, epochs=100,
                         learning_rate=0.1, weight_decay=0.0, batch_size=256,
                         seed=0)
   knn_result = knn_classify(train, test, num_classes=10, k=20,

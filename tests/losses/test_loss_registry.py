@@ -21,9 +21,9 @@ def test_registry_builds_each_loss():
       losses.bce_loss(u1, u2, temperature=0.3))
   np.testing.assert_allclose(call_loss("dcl", u1, u2, temperature=0.3),
                              losses.dcl_loss(u1, u2, temperature=0.3))
-  for name, loss_fn in losses.LOSSES.items():
+  for name, entry in losses.LOSSES.items():
     np.testing.assert_allclose(call_loss(name, u1, u2, temperature=0.3),
-                               loss_fn(u1, u2, temperature=0.3), err_msg=name)
+                               entry.loss(u1, u2, temperature=0.3), err_msg=name)
 
 
 _BAD_OPTIONS = [
@@ -59,3 +59,14 @@ def test_check_options_accepts_what_make_loss_builds():
     losses.check_options(name, temperature=0.5, block_size=4)
   losses.check_options("mio", temperature=0.5, negative_temperature=0.2,
                        reg_weight=1.0)
+
+
+def test_config_options_are_the_options_each_loss_takes():
+  from mio_jax import config_base  # pylint: disable=g-import-not-at-top
+  config = config_base.base_config()
+  config.negative_temperature, config.reg_weight = 0.2, 0.1
+  assert losses.config_options("nt_xent", config) == {"temperature": 0.5}
+  assert losses.config_options("mio", config) == {
+      "temperature": 0.5, "negative_temperature": 0.2, "reg_weight": 0.1}
+  with pytest.raises(errors.InvalidValueError, match="loss='infonce'"):
+    losses.config_options("infonce", config)

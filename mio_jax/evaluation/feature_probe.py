@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mio_jax import errors
 from mio_jax import mesh as mesh_lib
+from mio_jax import optim
 from mio_jax.evaluation import accuracy
 from mio_jax.evaluation import features as features_lib
 from mio_jax.evaluation.features import Features
@@ -64,11 +65,9 @@ def _logits(params, x, mean, scale):
 
 
 def _optimizer(learning_rate, weight_decay, total_steps: int):
-  return optax.chain(
-      optax.add_decayed_weights(weight_decay,
-                                mask={"kernel": True, "bias": False}),
-      optax.sgd(optax.cosine_decay_schedule(learning_rate, total_steps),
-                momentum=_MOMENTUM, nesterov=True))
+  return optim.classifier_optimizer(
+      peak_lr=learning_rate, total_steps=total_steps, momentum=_MOMENTUM,
+      weight_decay=weight_decay)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("feature_dim", "num_classes",
@@ -147,11 +146,11 @@ def train_classifier(train: Features, *, num_classes: int, epochs: int,
   """
   if epochs < 1:
     raise errors.InvalidValueError("epochs", epochs, "must be >= 1",
-                                   "raise eval.linear_epochs")
+                                   "raise feature_probe.epochs")
   if not 1 <= batch_size <= train.num_examples:
     raise errors.InvalidValueError(
         "batch_size", batch_size, f"must be in [1, {train.num_examples}] (the "
-        "number of training examples)", "lower eval.linear_batch_size")
+        "number of training examples)", "lower feature_probe.batch_size")
   mean, scale = feature_stats
   mesh = train.mesh
   devices = mesh.shape[mesh_lib.DATA_AXIS]
@@ -173,11 +172,11 @@ def _hit_counts(params, mean, scale, test: Features, *, num_classes: int):
                              test.valid, num_classes=num_classes)
 
 
-def linear_probe(train: Features, test: Features, *, num_classes: int,
-                 epochs: int, learning_rate: float, weight_decay: float,
-                 batch_size: int, seed: int,
-                 feature_stats: Optional[tuple[jax.Array, jax.Array]] = None,
-                 ) -> dict[str, float]:
+def feature_probe_classify(
+    train: Features, test: Features, *, num_classes: int, epochs: int,
+    learning_rate: float, weight_decay: float, batch_size: int, seed: int,
+    feature_stats: Optional[tuple[jax.Array, jax.Array]] = None,
+) -> dict[str, float]:
   """Trains a linear classifier on train features, scores it on test features.
 
   Args:

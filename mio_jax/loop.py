@@ -1,0 +1,256 @@
+"""The one training loop: pretraining, `linear_eval` and `finetune` all run it.
+
+What differs between them is passed in: the state, the jitted step, the
+batches and the hooks. What does not differ lives here once:
+
+  * resume: the latest checkpoint of the given `Checkpointer` is restored
+    before the first batch is read, and batches start at its step (the
+    batch of step i depends only on (seed, i)), so a resumed run is
+    bit-identical to an uninterrupted one;
+  * the non-finite guard: a NaN/inf loss, gradient norm or parameter stops
+    the run naming the step, and a non-finite state is never saved;
+  * logging every `log_every_steps` (with images/s) and hooks (the online
+    kNN) after each step;
+  * checkpoints every `checkpoint_every_steps` and at the end;
+  * preemption: `PreemptionWatch`, one per process, opened by the command
+    (experiment.py) and handed down: on SIGTERM the loop saves the current
+    step and exits with status 0; work outside the loop (evaluations) runs
+    inside `preemption.interruptible()` and is abandoned within seconds.
+"""
+import contextlib
+import dataclasses
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from mio_jax import checkpointing
+from mio_jax import errors
+
+Metrics = Mapping[str, Any]
+StepFn = Callable[[Any, Any], tuple[Any, Metrics]]
+BatchesFn = Callable[[int], Iterator[Any]]
+# hook(completed steps, state) -> metrics to log, or None.
+Hook = Callable[[int, Any], Optional[dict[str, Any]]]
+
+# ---- the non-finite guard ---------------------------------------------------
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss, gradient norm or updated parameters of a step were NaN/inf."""
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """True (a scalar) when every leaf of `tree` is finite (inside a step)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree.leaves(tree)]))
+
+
+def check_finite(step: int, metrics: Metrics) -> None:
+  """Raises NonFiniteLossError naming `step` unless the step stayed finite.
+
+  metrics: a step's "loss", "grad_norm" and optional "params_finite" (1.0
+  when every updated parameter is finite).
+  """
+  loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+  params_finite = float(metrics.get("params_finite", 1.0)) == 1.0
+  if not (np.isfinite(loss) and np.isfinite(grad_norm) and params_finite):
+    raise NonFiniteLossError(
+        f"Non-finite training at step {step}: loss={loss}, "
+        f"grad_norm={grad_norm}, updated parameters "
+        f"{'finite' if params_finite else 'NOT finite'}. Training stopped; "
+        "the last checkpoint (before this step) is kept. Lower the learning "
+        "rate, raise the temperature, or set optimizer.grad_clip_norm.")
+
+
+# ---- logging ------------------------------------------------------------------
+
+
+class Logger(Protocol):
+
+  def log(self, step: int, metrics: dict[str, float]) -> None:
+    ...
+
+  def close(self) -> None:
+    ...
+
+
+def print_once(message: str) -> None:
+  """Prints on process 0 only (every process runs the same loop)."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+class PrintLogger:
+  """The default logger: one line per log step on process 0."""
+
+  def log(self, step: int, metrics: dict[str, float]) -> None:
+    values = ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items()))
+    print_once(f"step {step}: {values}")
+
+  def close(self) -> None:
+    pass
+
+
+# ---- preemption ----------------------------------------------------------------
+
+
+class Preempted(Exception):
+  """SIGTERM arrived while a long hook or an evaluation was running."""
+
+
+class PreemptionWatch:
+  """Tells the loop when to save and stop because the VM is being preempted.
+
+  One process: a SIGTERM handler sets a flag, checked between steps; inside
+  `interruptible()` (hooks, evaluations: minutes on ImageNet) it raises
+  `Preempted` at once, so the current step is saved within seconds.
+  Several processes: JAX's preemption sync point, so every host stops at
+  the same step (hosts may receive SIGTERM at different steps, and saving
+  is collective).
+  """
+
+  def __init__(self):
+    self._received = False
+    self._interruptible = False
+    self._previous_handler = None
+
+  def __enter__(self) -> "PreemptionWatch":
+    if (jax.process_count() == 1
+        and threading.current_thread() is threading.main_thread()):
+      self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    self._received = True
+    if self._interruptible:
+      self._interruptible = False
+      raise Preempted()
+
+  @contextlib.contextmanager
+  def interruptible(self):
+    """Code in this block is abandoned (Preempted) when SIGTERM arrives."""
+    if self._received:
+      raise Preempted()
+    self._interruptible = True
+    try:
+      yield
+    finally:
+      self._interruptible = False
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._received
+
+
+# ---- the loop -----------------------------------------------------------------
+
+
+def check_config(config) -> None:
+  """Raises errors.InvalidValueError for a bad loop setting (top-level keys)."""
+  errors.check_positive("checkpoint_every_steps", config.checkpoint_every_steps)
+  errors.check_positive("keep_checkpoints", config.keep_checkpoints)
+  errors.check_positive("log_every_steps", config.log_every_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+  """How often the loop logs and saves (config.log_every_steps, ...)."""
+  log_every_steps: int
+  checkpoint_every_steps: int
+
+  @classmethod
+  def from_config(cls, config) -> "Cadence":
+    return cls(int(config.log_every_steps), int(config.checkpoint_every_steps))
+
+
+def _every(period: int, step: int) -> bool:
+  return period > 0 and step % period == 0
+
+
+def run(state: Any, step_fn: StepFn, batches_fn: BatchesFn, *,
+        num_steps: int, images_per_step: int,
+        checkpointer: checkpointing.Checkpointer, cadence: Cadence,
+        logger: Logger, preemption: Optional[PreemptionWatch] = None,
+        hooks: Sequence[Hook] = (), name: str = "") -> Any:
+  """Trains `state` (a pytree with an int `.step`) to `num_steps`.
+
+  step_fn(state, batch) -> (state, metrics): jitted, donating its state;
+  metrics hold "loss", "grad_norm" and "params_finite" (the guard).
+  batches_fn(start_step): the batches of steps start_step, start_step + 1...
+  name: "" for pretraining, else the protocol ("finetune"): metrics are
+  logged as "<name>_<metric>". preemption: the process's watch (None: one
+  is opened for this call).
+
+  Raises NonFiniteLossError (naming the step; the last good checkpoint is
+  kept) and SystemExit(0) after saving when preempted.
+  """
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state)
+    print_once(f"Resumed{' ' + name if name else ''} from "
+               f"{checkpointer.directory} at step {int(state.step)}.")
+  watch = (contextlib.nullcontext(preemption) if preemption is not None
+           else PreemptionWatch())
+  prefix = f"{name}_" if name else ""
+  batches = batches_fn(int(state.step))
+  # The finiteness check of step i runs after step i + 1 is dispatched, so
+  # the host never stalls the device; steps that log or save (always the
+  # last one) are checked at once, so a non-finite state is never saved.
+  unchecked: Optional[tuple[int, Metrics]] = None
+  # Throughput over the steps since the last log line; the first interval
+  # includes compilation, and time spent in hooks (evaluations) is excluded.
+  interval_start = (int(state.step), time.monotonic())
+  with watch as preemption:
+    for step in range(int(state.step), num_steps):
+      state, metrics = step_fn(state, next(batches))
+      if unchecked is not None:
+        check_finite(*unchecked)
+      unchecked = (step, metrics)
+      done = step + 1  # logs and checkpoints are numbered by completed steps
+      if _every(cadence.log_every_steps, done) or done == num_steps:
+        check_finite(*unchecked)
+        unchecked = None
+        values = {prefix + k: float(v)
+                  for k, v in jax.device_get(metrics).items()}
+        now = time.monotonic()
+        values[prefix + "images_per_sec"] = (
+            (done - interval_start[0]) * images_per_step
+            / max(now - interval_start[1], 1e-9))
+        interval_start = (done, now)
+        logger.log(done, values)
+      preempted = False
+      try:
+        with preemption.interruptible():
+          for hook in hooks:
+            hook_metrics = hook(done, state)
+            if hook_metrics:
+              logger.log(done, hook_metrics)
+              interval_start = (done, time.monotonic())
+      except Preempted:
+        preempted = True
+      # Checked after the hooks, which may be slow (online kNN), so that a
+      # SIGTERM received meanwhile is acted on at once.
+      preempted = preempted or preemption.reached(done)
+      if (_every(cadence.checkpoint_every_steps, done) or done == num_steps
+          or preempted):
+        if unchecked is not None:
+          check_finite(*unchecked)
+          unchecked = None
+        checkpointer.save(state)
+      if preempted:
+        checkpointer.wait()
+        print_once(f"Preempted: saved{' ' + name if name else ''} step "
+                   f"{done} in {checkpointer.directory}; exiting.")
+        raise SystemExit(0)
+  return state
