@@ -322,3 +322,22 @@ def test_an_unknown_name_to_prepare_lists_the_names(tmp_path):
   message = str(error.value)
   assert "imagenet1k_subset_1pct" in message and "cifar10" in message
   assert "first use" in message  # where image folders are prepared
+
+
+def test_imagenet100_builder_finds_archives_in_a_bucket(monkeypatch):
+  """Its own archive check goes through epath too (gs:// manual_dir)."""
+  bucket = epath.Path("gs://bucket/archives")
+  monkeypatch.setattr(type(bucket), "exists", lambda path: True)
+  monkeypatch.setattr(builders.imagenet100.imagenet_common,
+                      "get_validation_labels", lambda path: {})
+
+  class DownloadManager:
+    manual_dir = bucket
+
+    def iter_archive(self, path):
+      assert str(path).startswith("gs://bucket/archives/")
+      return iter(())
+
+  generators = builders.Imagenet100._split_generators(  # pylint: disable=protected-access
+      builders.Imagenet100.__new__(builders.Imagenet100), DownloadManager())
+  assert set(generators) == {"train", "validation"}
