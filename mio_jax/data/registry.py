@@ -164,9 +164,10 @@ DATASETS: dict[str, DatasetSpec] = {
 # SimCLR's class-balanced ImageNet-1K subsets (TFDS imagenet2012_subset),
 # which fine-tuning at label_fraction 0.01 / 0.1 reads (data/labelled.py).
 # TFDS builds them from the same archives as imagenet2012 and downloads
-# only SimCLR's list of the subset's images (a text file, checksummed); the
-# validation split is imagenet2012's. Train sizes: the lines of
-# imagenet_subsets/1percent.txt and 10percent.txt in google-research/simclr.
+# only SimCLR's list of the subset's images (a text file, checksummed). Its
+# validation split repeats imagenet2012's, which fine-tuning evaluates on.
+# Train sizes: the lines of imagenet_subsets/1percent.txt and 10percent.txt
+# in google-research/simclr.
 LABEL_SUBSETS: dict[str, DatasetSpec] = {
     f"imagenet1k_subset_{size}": dataclasses.replace(
         DATASETS["imagenet1k"], tfds_name=f"imagenet2012_subset/{size}",
