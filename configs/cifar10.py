@@ -48,5 +48,9 @@ def get_config():
   c.log_every_steps = 100
   c.online_eval_every_steps = 10_000  # our choice: kNN every ~25 epochs
 
-  c.knn.k = 200  # solo-learn / lightly kNN monitor
+  # k = 200 with the base T = 0.07: InstDisc's weighted kNN (Wu et al. 2018;
+  # lemniscate.pytorch main.py). Not solo-learn's defaults (solo/utils/knn.py
+  # WeightedKNNClassifier: k = 20, T = 0.07) nor lightly's
+  # (lightly/utils/benchmarking/knn.py knn_predict: k = 200, T = 0.1).
+  c.knn.k = 200
   return c

@@ -45,6 +45,9 @@ def get_config():
   c.log_every_steps = 5
 
   c.eval.batch_size = 304  # divisible by 8 and 16
+  # solo-learn's WeightedKNNClassifier default k (solo/utils/knn.py), with
+  # the base T = 0.07 as there; the train split has 150 images per class,
+  # fewer than the base k = 200.
   c.knn.k = 20
   c.feature_probe.epochs = 100
   c.feature_probe.batch_size = 256

@@ -41,7 +41,8 @@ def get_config():
   # Ours: no online kNN by default (CIFAR-10's every 10,000 steps assumes
   # its size; the online probe still reports accuracy every log step).
   c.online_eval_every_steps = 0
-  # Our choice: k=20 (DINO's kNN monitor) works from folders of a few
-  # hundred images up; the base 200 needs 200 training images.
+  # Our choice: k=20 (solo-learn's WeightedKNNClassifier default; DINO's
+  # eval_knn.py finds 20 "usually working the best") works from folders of a
+  # few hundred images up; the base 200 needs 200 training images.
   c.knn.k = 20
   return c

@@ -138,6 +138,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Each frozen-feature protocol's own section (mio_jax.evaluation.protocols).
   # kNN: cosine similarity, votes weighted by exp(sim / temperature).
+  # k = 200, T = 0.07: InstDisc's weighted kNN (lemniscate.pytorch main.py);
+  # solo-learn's WeightedKNNClassifier defaults to k = 20, T = 0.07, lightly's
+  # knn_predict to k = 200, T = 0.1: set those to compare with their numbers.
   c.knn = ml_collections.ConfigDict()
   c.knn.k = 200
   c.knn.temperature = 0.07

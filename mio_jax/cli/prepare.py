@@ -3,23 +3,36 @@ r"""Prepares a dataset's TFDS files (run once per data_dir).
     python -m mio_jax.cli.prepare --dataset=cifar10 [--data_dir=DIR]
     python -m mio_jax.cli.prepare --dataset=imagenet100 \
         --manual_dir=DIR_WITH_ILSVRC2012_TARS [--data_dir=DIR]
+    python -m mio_jax.cli.prepare --dataset=imagenet1k_subset_1pct \
+        --manual_dir=DIR_WITH_ILSVRC2012_TARS [--data_dir=DIR]
 
 ImageNet-scale sets are written as ArrayRecord (read by index); the others
-as TFRecord (decoded into memory once per run).
+as TFRecord (decoded into memory once per run). The ImageNet-1K subsets are
+SimCLR's 1% / 10% label lists that fine-tuning reads at
+`--config.finetune.label_fraction=0.01` / `0.1`.
 """
 from absl import flags
 
 from mio_jax.cli import common
 
+# Written out, not read from mio_jax.data.registry.PREPARABLE_NAMES: --help
+# must not wait for TensorFlow. tests/cli/test_prepare.py keeps them equal.
+_NAMES_HELP = (
+    "cifar10, cifar100, stl10 (downloaded); tiny_imagenet "
+    "(tiny-imagenet-200.zip); imagenet100, imagenet1k, and "
+    "imagenet1k_subset_1pct / imagenet1k_subset_10pct (SimCLR's label "
+    "subsets for fine-tuning; their image lists are downloaded) from "
+    "ILSVRC2012_img_{train,val}.tar; digits (offline). Image folders are "
+    "prepared on first use.")
+
 _DATASET = flags.DEFINE_string(
-    "dataset", None, "Dataset to prepare (a config.dataset.name, e.g. cifar10).",
-    required=True)
+    "dataset", None, f"Dataset to prepare: {_NAMES_HELP}", required=True)
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "TFDS data_dir (default: $TFDS_DATA_DIR or "
-    "~/tensorflow_datasets).")
+    "data_dir", None, "TFDS data_dir, local or gs:// (default: "
+    "$TFDS_DATA_DIR or ~/tensorflow_datasets).")
 _MANUAL_DIR = flags.DEFINE_string(
-    "manual_dir", None, "Folder with the archives the dataset needs "
-    "(tiny-imagenet-200.zip, ILSVRC2012_img_{train,val}.tar).")
+    "manual_dir", None, "Folder (local or gs://) with the archives the "
+    "dataset needs (tiny-imagenet-200.zip, ILSVRC2012_img_{train,val}.tar).")
 
 
 def main(argv) -> None:

@@ -68,12 +68,26 @@ def stratified_subset(labels: np.ndarray, *, seed: int,
 
 
 def source_labels(source) -> np.ndarray:
-  """All labels of an ArraySource or EncodedSource (the latter reads records)."""
+  """All labels (int64) of an ArraySource or EncodedSource.
+
+  An EncodedSource's records are read as raw bytes and TF's example parser
+  pulls out the "label" feature only: `source.get` would parse whole
+  records into Python objects, JPEG bytes included (for labels_per_class on
+  ImageNet-1K, the whole train split). ArrayRecord stores each example
+  whole, so the bytes are still read from storage.
+  """
   if not source.encoded:
-    return np.asarray(source.labels)
-  return np.concatenate([
-      source.get(np.arange(start, min(start + _LABEL_CHUNK, len(source))))[1]
-      for start in range(0, len(source), _LABEL_CHUNK)])
+    return np.asarray(source.labels, np.int64)
+  raw = dataclasses.replace(
+      source.records, decoders=None,
+      deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+  label_only = {"label": raw.dataset_info.features.tf_example_spec["label"]}
+  chunks = []
+  for start in range(0, len(raw), _LABEL_CHUNK):
+    keys = list(range(start, min(start + _LABEL_CHUNK, len(raw))))
+    parsed = tf.io.parse_example(raw.__getitems__(keys), label_only)
+    chunks.append(parsed["label"].numpy())
+  return np.concatenate(chunks).astype(np.int64)
 
 
 def imagenet_subset_name(config: ml_collections.ConfigDict,
@@ -93,7 +107,10 @@ def imagenet_subset_source(name: str, data_dir: Optional[str]):
   """The train split of TFDS builder `name` (e.g. imagenet2012_subset/1pct).
 
   Its records are the subset's images (ArrayRecord, read by index).
+  Raises DatasetNotPreparedError (no network, the command in the message)
+  when the subset is not prepared in data_dir.
   """
+  registry.ensure_label_subset_prepared(name, data_dir)
   return pipeline.EncodedSource(tfds.data_source(
       name, split="train", data_dir=data_dir, download=False,
       decoders={"image": tfds.decode.SkipDecoding()}))

@@ -10,9 +10,16 @@ there is one and from the table here otherwise (e.g. under
 prepared copy, so `dataset_spec(config)` gives it, not the table. It is
 prepared offline on first use (see `builders.image_folder`).
 
-`ensure_prepared(config)` only looks at files (the builder's
-`data_path/dataset_info.json`), never at the network: an unguarded
-`tfds.load` of a missing dataset retries the network for minutes.
+`LABEL_SUBSETS` maps the name of each fixed labelled subset that
+fine-tuning reads (SimCLR's ImageNet-1K 1% and 10% lists) to its spec. They
+are prepared by name like the datasets (`PREPARABLE_NAMES`, the names
+`python -m mio_jax.cli.prepare --dataset=` takes) but are no
+config.dataset.name.
+
+`ensure_prepared(config)` and `ensure_label_subset_prepared` only look at
+files (the builder's `data_path/dataset_info.json`), never at the network:
+an unguarded `tfds.load` of a missing dataset retries the network for
+minutes.
 """
 import dataclasses
 import os
@@ -154,9 +161,26 @@ DATASETS: dict[str, DatasetSpec] = {
         manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")),
 }
 
+# SimCLR's class-balanced ImageNet-1K subsets (TFDS imagenet2012_subset),
+# which fine-tuning at label_fraction 0.01 / 0.1 reads (data/labelled.py).
+# TFDS builds them from the same archives as imagenet2012 and downloads
+# only SimCLR's list of the subset's images (a text file, checksummed). Its
+# validation split repeats imagenet2012's, which fine-tuning evaluates on.
+# Train sizes: the lines of imagenet_subsets/1percent.txt and 10percent.txt
+# in google-research/simclr.
+LABEL_SUBSETS: dict[str, DatasetSpec] = {
+    f"imagenet1k_subset_{size}": dataclasses.replace(
+        DATASETS["imagenet1k"], tfds_name=f"imagenet2012_subset/{size}",
+        split_sizes={"train": train, "validation": 50_000})
+    for size, train in (("1pct", 12_811), ("10pct", 128_116))
+}
+
 IMAGE_FOLDER = "image_folder"
 # Every valid config.dataset.name.
 DATASET_NAMES: tuple[str, ...] = tuple(sorted((*DATASETS, IMAGE_FOLDER)))
+# Every name `prepare_dataset` (python -m mio_jax.cli.prepare) takes; an
+# image folder is prepared on first use instead.
+PREPARABLE_NAMES: tuple[str, ...] = tuple(sorted((*DATASETS, *LABEL_SUBSETS)))
 
 # The file format each storage needs (random access needs ArrayRecord).
 STORAGE_FILE_FORMAT = {"memory": "tfrecord", "random_access": "array_record"}
@@ -189,6 +213,22 @@ def get_spec(name: str) -> DatasetSpec:
     raise ValueError(f"Unknown dataset {name!r} (config.dataset.name). "
                      f"Valid names: {', '.join(DATASET_NAMES)}.")
   return DATASETS[name]
+
+
+def _preparable_spec(name: str) -> DatasetSpec:
+  """The spec of a dataset or label subset `prepare_dataset` builds.
+
+  Raises:
+    InvalidValueError: (key "dataset") any other name; lists the names.
+  """
+  if name in DATASETS:
+    return DATASETS[name]
+  if name in LABEL_SUBSETS:
+    return LABEL_SUBSETS[name]
+  raise errors.InvalidValueError(
+      "dataset", name, "is not a dataset mio_jax prepares",
+      f"use one of {', '.join(PREPARABLE_NAMES)} ({IMAGE_FOLDER!r} is "
+      "prepared on first use)")
 
 
 def _check_image_folder_settings(dataset_config: ml_collections.ConfigDict
@@ -354,8 +394,8 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
 
 def prepare_command(name: str, data_dir: Optional[str] = None,
                     manual_dir: Optional[str] = None) -> str:
-  """The shell command that prepares `name`."""
-  spec = get_spec(name)
+  """The shell command that prepares `name` (one of PREPARABLE_NAMES)."""
+  spec = _preparable_spec(name)
   parts = ["python", "-m", "mio_jax.cli.prepare", f"--dataset={name}"]
   if data_dir:
     parts.append(f"--data_dir={data_dir}")
@@ -373,6 +413,9 @@ def _not_prepared_message(name: str, spec: DatasetSpec, builder,
   if spec.manual_files:
     lines.append("Put " + " and ".join(spec.manual_files) + " in a folder "
                  "(they cannot be downloaded automatically), then:")
+    if name in LABEL_SUBSETS:
+      lines.append("(this also downloads SimCLR's list of the subset's "
+                   "images, a text file from GitHub)")
   else:
     lines.append("Prepare it (downloads the data) with:")
   lines.append("  " + prepare_command(name, data_dir, manual_dir))
@@ -394,17 +437,43 @@ def ensure_prepared(config: ml_collections.ConfigDict) -> None:
   spec = get_spec(name)
   data_dir = config.dataset.data_dir
   builder = _builder(spec, data_dir)
+  if spec.auto_prepare and not _is_prepared(builder):
+    logging.info("Preparing %s offline in %s.", name, builder.data_dir_root)
+    tfds.disable_progress_bar()  # a sub-second build: no progress bars
+    try:
+      prepare_dataset(name, data_dir=data_dir)
+    finally:
+      tfds.enable_progress_bar()
+    return
+  _check_prepared(name, spec, builder, data_dir, config.dataset.manual_dir)
+
+
+def ensure_label_subset_prepared(tfds_name: str,
+                                 data_dir: Optional[str]) -> None:
+  """Raises DatasetNotPreparedError (fast, no network) unless the label
+  subset with TFDS name `tfds_name` (e.g. "imagenet2012_subset/1pct") is
+  prepared in data_dir as ArrayRecord; the message gives the command.
+
+  Raises:
+    ValueError: `tfds_name` is no spec's in LABEL_SUBSETS (a bug of ours).
+  """
+  names = [name for name, spec in LABEL_SUBSETS.items()
+           if spec.tfds_name == tfds_name]
+  if not names:
+    raise ValueError(f"{tfds_name!r} is not the TFDS name of a label subset "
+                     f"({', '.join(LABEL_SUBSETS)})")
+  spec = LABEL_SUBSETS[names[0]]
+  _check_prepared(names[0], spec, _builder(spec, data_dir), data_dir, None)
+
+
+def _check_prepared(name: str, spec: DatasetSpec,
+                    builder: tfds.core.DatasetBuilder, data_dir: Optional[str],
+                    manual_dir: Optional[str]) -> None:
+  """Raises DatasetNotPreparedError unless `builder`'s files are there, in
+  the format `spec.storage` reads."""
   if not _is_prepared(builder):
-    if spec.auto_prepare:
-      logging.info("Preparing %s offline in %s.", name, builder.data_dir_root)
-      tfds.disable_progress_bar()  # a sub-second build: no progress bars
-      try:
-        prepare_dataset(name, data_dir=data_dir)
-      finally:
-        tfds.enable_progress_bar()
-      return
     raise DatasetNotPreparedError(_not_prepared_message(
-        name, spec, builder, data_dir, config.dataset.manual_dir))
+        name, spec, builder, data_dir, manual_dir))
   wanted = STORAGE_FILE_FORMAT[spec.storage]
   have = builder.info.file_format
   if spec.storage == "random_access" and (have is None or
@@ -413,7 +482,7 @@ def ensure_prepared(config: ml_collections.ConfigDict) -> None:
         f"Dataset {name!r} in {builder.data_path} is stored as "
         f"{have.value if have else 'unknown'}, but mio_jax reads it by index "
         f"and needs {wanted} files. Rebuild it with\n  "
-        f"{prepare_command(name, data_dir, config.dataset.manual_dir)}\n"
+        f"{prepare_command(name, data_dir, manual_dir)}\n"
         f"into another data_dir (or convert the existing files with TFDS's "
         f"convert_format to {wanted}).")
 
@@ -421,12 +490,18 @@ def ensure_prepared(config: ml_collections.ConfigDict) -> None:
 def prepare_dataset(name: str, data_dir: Optional[str] = None,
                     manual_dir: Optional[str] = None
                     ) -> tfds.core.DatasetBuilder:
-  """Builds the TFDS files of `name` (downloads unless manual/offline)."""
-  spec = get_spec(name)
+  """Builds the TFDS files of `name`, one of PREPARABLE_NAMES (downloads
+  unless manual/offline), as ArrayRecord for random access.
+
+  Raises:
+    InvalidValueError: an unknown name (the message lists the names).
+    DatasetNotPreparedError: archives missing from `manual_dir` (local or
+      gs://).
+  """
+  spec = _preparable_spec(name)
   if spec.manual_files and not spec.auto_prepare:
     missing = [f for f in spec.manual_files
-               if not manual_dir or not os.path.exists(
-                   os.path.join(manual_dir, f))]
+               if not manual_dir or not (epath.Path(manual_dir) / f).exists()]
     if missing:
       raise DatasetNotPreparedError(
           f"preparing {name!r} needs {', '.join(missing)} in --manual_dir "

@@ -2,6 +2,7 @@
 import time
 
 import pytest
+from etils import epath
 
 from mio_jax import errors
 from mio_jax.data import registry
@@ -19,6 +20,20 @@ def test_unreachable_bucket_is_reported_within_the_timeout():
   assert "\n" not in str(error.value)
 
 
-def test_local_and_unset_data_dirs_are_not_probed(tmp_path):
+def test_local_and_unset_data_dirs_are_not_probed(tmp_path, monkeypatch):
+  probed = []
+
+  def probe(self):
+    probed.append(str(self))
+    return False
+
+  # The probe asks epath whether the data_dir exists (in a thread).
+  monkeypatch.setattr(type(epath.Path(tmp_path)), "exists", probe)
+  monkeypatch.setattr(type(epath.Path("gs://bucket/tfds")), "exists", probe)
   registry.check_data_dir(None)
   registry.check_data_dir(str(tmp_path / "not_yet_created"))
+  registry.check_data_dir(str(tmp_path / "a" / ".." / "b"))
+  assert not probed
+  # The same stand-in sees a bucket probed: the test can tell.
+  registry.check_data_dir("gs://bucket/tfds", timeout_s=2)
+  assert probed == ["gs://bucket/tfds"]

@@ -4,6 +4,8 @@ import tarfile
 import time
 import zipfile
 
+from etils import epath
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -233,3 +235,109 @@ def test_imagenet100_builder_filters_fake_imagenet_archives(tmp_path):
       config, mesh_lib.make_data_mesh(), "train")]
   assert sum(m.sum() for m in masks) == 2
   pipeline.load_source.cache_clear()
+
+
+def test_imagenet_1k_subset_is_prepared_from_the_imagenet_archives(
+    tmp_path, monkeypatch):
+  """SimCLR's 1% list, from fake archives: only the listed images, as
+  ArrayRecord, read by the fine-tuning source."""
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  wnids = ("n01440764", "n02869837")
+  (manual / "ILSVRC2012_img_train.tar").write_bytes(_tar_bytes({
+      f"{wnid}.tar": _tar_bytes({f"{wnid}_{k}.JPEG": _jpeg(k) for k in range(3)})
+      for wnid in wnids}))
+  (manual / "ILSVRC2012_img_val.tar").write_bytes(_tar_bytes({
+      f"ILSVRC2012_val_{i:08d}.JPEG": _jpeg(i) for i in range(1, 3)}))
+  listed = [f"{wnids[0]}_1.JPEG", f"{wnids[1]}_0.JPEG", f"{wnids[1]}_2.JPEG"]
+  subset_list = tmp_path / "1percent.txt"
+  subset_list.write_text("\n".join(listed) + "\n")
+
+  def download(self, url):
+    # The one download: SimCLR's list of the subset's images (no network).
+    del self
+    assert url.endswith("/imagenet_subsets/1percent.txt")
+    return str(subset_list)
+
+  monkeypatch.setattr(tfds.download.DownloadManager, "download", download)
+  builder = data.prepare_dataset("imagenet1k_subset_1pct",
+                                 data_dir=str(tmp_path),
+                                 manual_dir=str(manual))
+  assert builder.info.file_format.value == "array_record"
+  assert builder.info.splits["train"].num_examples == 3
+  names = builder.info.features["label"].names
+  records = tfds.data_source("imagenet2012_subset/1pct", split="train",
+                             data_dir=str(tmp_path))
+  assert sorted((r["file_name"].decode(), names[r["label"]])
+                for r in records) == (
+      sorted((name, name.split("_")[0]) for name in listed))
+
+  from mio_jax.data import labelled  # pylint: disable=g-import-not-at-top
+  source = labelled.imagenet_subset_source("imagenet2012_subset/1pct",
+                                           str(tmp_path))
+  assert len(source) == 3
+  assert sorted(labelled.source_labels(source)) == sorted(
+      names.index(name.split("_")[0]) for name in listed)
+
+
+def test_prepare_reads_a_bucket_manual_dir_through_epath(tmp_path,
+                                                         monkeypatch):
+  """The archives' check goes through etils.epath, as every path does:
+  os.path called a gs:// manual_dir missing."""
+  checked = []
+
+  def exists(path):
+    checked.append(str(path))
+    return True
+
+  monkeypatch.setattr(type(epath.Path("gs://bucket/archives")), "exists",
+                      exists)
+
+  class Prepared(Exception):
+    pass
+
+  def builder(*args, **kwargs):
+    raise Prepared  # past the archives' check: stop before TFDS runs
+
+  monkeypatch.setattr(registry.tfds, "builder", builder)
+  with pytest.raises(Prepared):
+    data.prepare_dataset("imagenet100", data_dir=str(tmp_path),
+                         manual_dir="gs://bucket/archives")
+  assert checked == ["gs://bucket/archives/ILSVRC2012_img_train.tar",
+                     "gs://bucket/archives/ILSVRC2012_img_val.tar"]
+
+
+@pytest.mark.parametrize("name", ["imagenet1k_subset_1pct",
+                                  "imagenet1k_subset_10pct"])
+def test_imagenet_1k_subset_needs_the_imagenet_archives(tmp_path, name):
+  with pytest.raises(data.DatasetNotPreparedError,
+                     match="ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar"):
+    data.prepare_dataset(name, data_dir=str(tmp_path),
+                         manual_dir=str(tmp_path))
+
+
+def test_an_unknown_name_to_prepare_lists_the_names(tmp_path):
+  with pytest.raises(errors.InvalidValueError) as error:
+    data.prepare_dataset("image_folder", data_dir=str(tmp_path))
+  message = str(error.value)
+  assert "imagenet1k_subset_1pct" in message and "cifar10" in message
+  assert "first use" in message  # where image folders are prepared
+
+
+def test_imagenet100_builder_finds_archives_in_a_bucket(monkeypatch):
+  """Its own archive check goes through epath too (gs:// manual_dir)."""
+  bucket = epath.Path("gs://bucket/archives")
+  monkeypatch.setattr(type(bucket), "exists", lambda path: True)
+  monkeypatch.setattr(builders.imagenet100.imagenet_common,
+                      "get_validation_labels", lambda path: {})
+
+  class DownloadManager:
+    manual_dir = bucket
+
+    def iter_archive(self, path):
+      assert str(path).startswith("gs://bucket/archives/")
+      return iter(())
+
+  generators = builders.Imagenet100._split_generators(  # pylint: disable=protected-access
+      builders.Imagenet100.__new__(builders.Imagenet100), DownloadManager())
+  assert set(generators) == {"train", "validation"}

@@ -203,7 +203,15 @@ def _unknown_test_class(root):
 
 def _unreadable(root):
   _make_folder(root)
-  (root / "train" / "dog" / "notes.txt").write_text("not an image")
+  # An image by its name that PIL cannot read: stops (a damaged image).
+  (root / "train" / "dog" / "broken.png").write_text("not an image")
+
+
+def _only_not_images(root):
+  _make_folder(root)
+  (root / "train" / "emu").mkdir()
+  (root / "train" / "emu" / "Thumbs.db").write_bytes(b"\0" * 512)
+  (root / "train" / "emu" / "README").write_text("emus to come")
 
 
 def _too_small_to_hold_out(root):
@@ -218,7 +226,8 @@ def _too_small_to_hold_out(root):
     (_loose_file, "train/stray.png"),
     (_empty_class, "train/emu"),
     (_unknown_test_class, "test/zebra"),
-    (_unreadable, "train/dog/notes.txt"),
+    (_unreadable, "train/dog/broken.png"),
+    (_only_not_images, "train/emu"),
     (_too_small_to_hold_out, "train"),
 ])
 def test_unusable_folder_stops_with_the_path(tmp_path, make, named):
@@ -263,3 +272,159 @@ def test_image_folder_is_a_valid_name_with_a_config_dependent_spec():
   dataset_config.name = "mnist"
   with pytest.raises(errors.InvalidValueError, match="'image_folder'"):
     registry.check_config(dataset_config)
+
+
+# ---- images PIL opens in modes convert("RGB") would clip -------------------
+
+
+def _write_array(path, array, **save_kwargs):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  PIL.Image.fromarray(array).save(path, **save_kwargs)
+
+
+def _float_range(low, high):
+  """TIFF tags SMinSampleValue / SMaxSampleValue: the stated sample range."""
+  return {"tiffinfo": {340: low, 341: high}}
+
+
+@pytest.mark.parametrize("array, save_kwargs, expected", [
+    # 16-bit: 0, mid-grey and white keep their place on the 8-bit scale.
+    (np.uint16([[0, 32768], [65535, 32768]]), {}, [[0, 128], [255, 128]]),
+    # Float with a stated range: scaled by it (0.5 of [0, 1] is mid-grey).
+    (np.float32([[0.0, 0.5], [1.0, 0.5]]), _float_range(0.0, 1.0),
+     [[0, 128], [255, 128]]),
+    (np.float32([[-1.0, 0.0], [1.0, 0.0]]), _float_range(-1.0, 1.0),
+     [[0, 128], [255, 128]]),
+])
+def test_high_bit_depth_images_are_scaled_to_8_bits_by_their_range(
+    tmp_path, array, save_kwargs, expected):
+  suffix = ".tif" if array.dtype == np.float32 else ".png"
+  path = tmp_path / f"image{suffix}"
+  _write_array(path, array, **save_kwargs)
+  # Fitting 2x2 pixels to 2x2 leaves them as they are.
+  image = image_folder.load_image(str(path), 2)
+  assert image.shape == (2, 2, 3)
+  np.testing.assert_array_equal(image[..., 0], expected)
+  np.testing.assert_array_equal(image[..., 1], image[..., 2])
+
+
+def test_a_float_image_without_a_stated_range_is_refused(tmp_path):
+  path = tmp_path / "float.tif"
+  _write_array(path, np.full((4, 4), 0.5, np.float32))
+  with pytest.raises(image_folder.ImageFolderError) as error:
+    image_folder.load_image(str(path), 4)
+  message = str(error.value)
+  assert str(path) in message and "range" in message and "\n" not in message
+
+
+def test_a_16_bit_folder_is_prepared_with_its_real_brightness(tmp_path):
+  root = tmp_path / "images"
+  for name, value in (("dark", 8192), ("light", 49152)):
+    for index in range(2):
+      _write_array(root / "train" / name / f"{index}.png",
+                   np.full((6, 6), value, np.uint16))
+      _write_array(root / "test" / name / f"{index}.png",
+                   np.full((6, 6), value, np.uint16))
+  info = data.dataset_info(_config(root, tmp_path / "tfds"))
+  # (8192 + 49152) / 2 / 65535: not the 1.0 of clipped white.
+  np.testing.assert_allclose(info.mean, [0.4375] * 3, atol=0.005)
+
+
+# ---- files that are not images -------------------------------------------
+
+
+def test_files_that_are_not_images_are_skipped_and_counted(tmp_path, caplog):
+  root = tmp_path / "images"
+  _make_folder(root)
+  (root / "train" / "cat" / "Thumbs.db").write_bytes(
+      bytes.fromhex("d0cf11e0a1b11ae1") + b"\0" * 504)  # an OLE file
+  (root / "train" / "dog" / "README").write_text("where the photos come from")
+  (root / "test" / "dog" / "notes.txt").write_text("not an image")
+  # No extension, but PIL knows the contents: an image.
+  _write_image(root / "train" / "dog" / "scan", "PNG", "RGB", 6, 6, (9, 9, 9))
+  with caplog.at_level("WARNING"):
+    info = data.dataset_info(_config(root, tmp_path / "tfds"))
+  assert info.num_eval_examples == {"train": 10, "test": 3}
+  reports = [r.getMessage() for r in caplog.records
+             if "not images" in r.getMessage()]
+  assert len(reports) == 1 and "\n" not in reports[0]
+  assert "skipped 3 files that are not images" in reports[0]
+  for name in ("Thumbs.db", "README", "notes.txt"):
+    assert name in reports[0]
+
+
+def test_skipped_files_do_not_change_the_prepared_copy(tmp_path):
+  root = tmp_path / "images"
+  _make_folder(root)
+  before = image_folder.list_folder(str(root))
+  (root / "train" / "cat" / "README.md").write_text("# cats")
+  after = image_folder.list_folder(str(root))
+  assert after.fingerprint == before.fingerprint
+  assert after.skipped == (os.path.join("train", "cat", "README.md"),)
+
+
+# ---- symbolic links: followed to files and folders; broken ones refused ---
+
+
+def test_symlinked_files_class_folders_and_sub_folders_are_followed(
+    tmp_path):
+  elsewhere = tmp_path / "elsewhere"
+  for name in ("bird", "more dogs"):
+    for index in range(2):
+      _write_image(elsewhere / name / f"{index}.png", "PNG", "RGB", 5, 5,
+                   (index, 2, 3))
+  _write_image(elsewhere / "single.png", "PNG", "RGB", 5, 5, (7, 7, 7))
+  root = tmp_path / "images"
+  _make_folder(root)
+  (root / "train" / "bird").symlink_to(elsewhere / "bird")  # class folder
+  (root / "train" / "dog" / "more").symlink_to(elsewhere / "more dogs")
+  (root / "train" / "cat" / "linked.png").symlink_to(elsewhere / "single.png")
+  listing = image_folder.list_folder(str(root))
+  assert listing.class_names == ("bird",) + _CLASSES
+  names = [path for path, _ in listing.files["train"]]
+  assert os.path.join("train", "bird", "1.png") in names
+  assert os.path.join("train", "dog", "more", "0.png") in names
+  assert os.path.join("train", "cat", "linked.png") in names
+  assert len(names) == 9 + 2 + 2 + 1
+
+
+def _broken_link_in_class(root):
+  _make_folder(root)
+  (root / "train" / "dog" / "gone.png").symlink_to(root / "nowhere.png")
+
+
+def _broken_class_link(root):
+  _make_folder(root)
+  (root / "train" / "emu").symlink_to(root / "no_emus")
+
+
+def _broken_test_link(root):
+  _make_folder(root, with_test=False)
+  (root / "test").symlink_to(root / "no_tests")
+
+
+def _broken_sub_folder_link(root):
+  _make_folder(root)
+  (root / "train" / "cat" / "old").symlink_to(root / "no_old_cats")
+
+
+def _link_loop(root):
+  _make_folder(root)
+  (root / "train" / "cat" / "again").symlink_to(root / "train" / "cat")
+
+
+@pytest.mark.parametrize("make, named", [
+    (_broken_link_in_class, "train/dog/gone.png"),
+    (_broken_class_link, "train/emu"),
+    (_broken_test_link, "test"),
+    (_broken_sub_folder_link, "train/cat/old"),
+    (_link_loop, "train/cat/again"),
+])
+def test_a_broken_or_looping_link_stops_with_its_path(tmp_path, make, named):
+  root = tmp_path / "images"
+  make(root)
+  with pytest.raises(image_folder.ImageFolderError) as error:
+    data.dataset_info(_config(root, tmp_path / "tfds"))
+  message = str(error.value)
+  assert str(root / named) in message and "\n" not in message
+  assert "symbolic link" in message

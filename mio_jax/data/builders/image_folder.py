@@ -6,18 +6,33 @@ Layout (`ROOT` is `config.dataset.path`):
     ROOT/test/<class>/<image>    optional; without it a stratified hold-out
                                  of `test_fraction` of each class is the test
 
-Any file PIL decodes counts (PNG, JPEG, GIF, BMP, TIFF, WebP; grey, palette,
-RGB or RGBA; any size), also in sub-folders of a class folder; names starting
-with "." (.DS_Store, .ipynb_checkpoints) are skipped. Labels are the
-positions of the class folder names in sorted order; the names are kept as
-the ClassLabel names.
+Images may also sit in sub-folders of a class folder. A file is an image
+when its extension is one PIL reads (.png, .jpg, .tif, .webp, ...; any case)
+or, for any other name, when PIL recognises its contents (a scan saved
+without an extension). Other files (Thumbs.db, README, notes.txt) are
+skipped and counted in one logged line; a class folder with no image stops
+with its path, and so does a file named as an image that PIL cannot decode
+(a damaged image is not dropped silently). Names starting with "."
+(.DS_Store, .ipynb_checkpoints) are hidden: skipped without a word.
+Labels are the positions of the class folder names in sorted order; the
+names are kept as the ClassLabel names.
 
-Preparing decodes every image once: EXIF-rotated, converted to RGB, the
-shorter side resized to `image_size` (bilinear, antialiased, as the
-pipeline resizes digits) and centre-cropped to a square, so that the split
-fits the in-memory pipeline and aspect ratios are kept. The per-channel
-mean and std of the training pixels (in [0, 1]) are stored in the dataset's
-metadata.json ("mean", "std").
+Symbolic links are followed wherever the folder is walked: the root, train/
+and test/, class folders, sub-folders and files may each be a link, and
+count as what they point to (under their own path). A broken link, or a
+link to a folder that contains it (a loop), stops with its path.
+
+Preparing decodes every image once: EXIF-rotated, scaled to 8 bits, converted
+to RGB, the shorter side resized to `image_size` (bilinear, antialiased, as
+the pipeline resizes digits) and centre-cropped to a square, so that the
+split fits the in-memory pipeline and aspect ratios are kept. 8-bit images
+(grey, palette, RGB, RGBA, CMYK) keep their values; 16-bit grey ones (PNG,
+TIFF) are divided by 257 (65535 -> 255); 32-bit integer and float ones are
+scaled by the sample range their file states (TIFF SMinSampleValue /
+SMaxSampleValue) and refused without one, as no convention (0-1, 0-255,
+sensor units) can be assumed. The per-channel mean and std of the training
+pixels (in [0, 1]) are stored in the dataset's metadata.json ("mean",
+"std").
 
 Each prepared copy is stored under the config name
 `<folder name>_<image_size>px_<fingerprint>`, where the fingerprint hashes
@@ -34,8 +49,10 @@ from typing import Iterator, Mapping, Optional
 
 import numpy as np
 import PIL.Image
+import PIL.ImageFile
 import PIL.ImageOps
 import tensorflow_datasets as tfds
+from absl import logging
 from sklearn import model_selection
 
 from mio_jax import errors
@@ -48,6 +65,32 @@ _DECODE_THREADS = min(32, os.cpu_count() or 1)
 # over its decompression-bomb limit).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError,
                   PIL.Image.DecompressionBombError)
+
+
+def _image_extensions() -> frozenset[str]:
+  """Lower-case extensions of the formats PIL can open and decode here.
+
+  Stub formats (HDF5, GRIB, BUFR, WMF) only identify a file; a stray .h5
+  model in a class folder is no image.
+  """
+  def decodes(image_format: str) -> bool:
+    factory = PIL.Image.OPEN[image_format][0]
+    return not (isinstance(factory, type) and
+                issubclass(factory, PIL.ImageFile.StubImageFile))
+  return frozenset(
+      extension for extension, image_format in
+      PIL.Image.registered_extensions().items()
+      if image_format in PIL.Image.OPEN and decodes(image_format))
+
+
+_IMAGE_EXTENSIONS = _image_extensions()
+# Grey 16-bit modes (PNG, TIFF; any byte order): range 0..65535.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# TIFF SMinSampleValue / SMaxSampleValue: the range a file states for its
+# samples, what 32-bit integer and float images are scaled by.
+_TIFF_SAMPLE_RANGE_TAGS = (340, 341)
+# Skipped files named in the one-line report; the rest are counted.
+_SKIPPED_NAMES_SHOWN = 3
 
 # (path relative to the root, label)
 LabelledFile = tuple[str, int]
@@ -66,32 +109,83 @@ class FolderListing:
   root: str  # absolute
   class_names: tuple[str, ...]  # label i is class_names[i]
   files: Mapping[str, Optional[tuple[LabelledFile, ...]]]
-  fingerprint: str  # sha256 of every file's relative path, size and mtime
+  fingerprint: str  # sha256 of every image's relative path, size and mtime
+  skipped: tuple[str, ...] = ()  # files that are not images, relative
 
 
 def _visible(name: str) -> bool:
   return not name.startswith(".")
 
 
+def _check_link(path: str) -> None:
+  """Raises ImageFolderError if `path` is a symbolic link to nothing."""
+  if os.path.islink(path) and not os.path.exists(path):
+    raise ImageFolderError(
+        f"{path} is a broken symbolic link (to {os.readlink(path)}): point it "
+        "at an existing file or folder, or remove it.")
+
+
 def _visible_entries(folder: str) -> list[os.DirEntry]:
+  """The visible entries of `folder`, sorted by name; links checked.
+
+  DirEntry.is_dir() follows links, so a link to a folder is a folder.
+  """
   with os.scandir(folder) as entries:
-    return sorted((e for e in entries if _visible(e.name)),
-                  key=lambda e: e.name)
+    visible = sorted((e for e in entries if _visible(e.name)),
+                     key=lambda e: e.name)
+  for entry in visible:
+    _check_link(entry.path)
+  return visible
 
 
-def _files_under(folder: str, root: str) -> Iterator[str]:
-  """Paths relative to `root` of the visible files below `folder`, sorted."""
+def _is_image(path: str) -> bool:
+  """By extension, else by whether PIL recognises the contents (header)."""
+  if os.path.splitext(path)[1].lower() in _IMAGE_EXTENSIONS:
+    return True
+  try:
+    with PIL.Image.open(path):
+      return True
+  except PIL.UnidentifiedImageError:
+    return False
+  except _DECODE_ERRORS:
+    # Recognised but unreadable (a damaged header, no permission): kept,
+    # so that decoding stops with the path instead of dropping it unseen.
+    return True
+
+
+def _walk(folder: str, root: str, ancestors: frozenset[str] = frozenset()
+          ) -> Iterator[tuple[str, bool]]:
+  """(path relative to `root`, is an image) of each visible file below
+  `folder`: the folder's files sorted, then each sub-folder's in turn.
+
+  Follows links to files and folders (see the module docstring).
+
+  Raises:
+    ImageFolderError: a broken link, or a folder reached again through a
+      link below itself (it would be walked forever).
+  """
+  real = os.path.realpath(folder)
+  if real in ancestors:
+    raise ImageFolderError(
+        f"{folder} leads back to {real}, which contains it, through a "
+        "symbolic link (a loop): remove the link or point it elsewhere.")
+  ancestors |= {real}
   start = len(os.path.join(root, ""))  # folder is below root
-  for parent, dirs, names in os.walk(folder):
-    dirs[:] = sorted(d for d in dirs if _visible(d))
-    for name in sorted(filter(_visible, names)):
-      yield os.path.join(parent, name)[start:]
+  entries = _visible_entries(folder)
+  for entry in entries:
+    if not entry.is_dir():
+      yield entry.path[start:], _is_image(entry.path)
+  for entry in entries:
+    if entry.is_dir():
+      yield from _walk(entry.path, root, ancestors)
 
 
 def _list_split(split_dir: str, root: str,
                 class_names: Optional[tuple[str, ...]]
-                ) -> tuple[tuple[str, ...], tuple[LabelledFile, ...]]:
-  """(class names, labelled files) of ROOT/<split>; checks the layout.
+                ) -> tuple[tuple[str, ...], tuple[LabelledFile, ...],
+                           list[str]]:
+  """(class names, labelled images, skipped files) of ROOT/<split>; checks
+  the layout.
 
   `class_names` None: the split defines the classes (train); else every
   class folder must be one of them (test).
@@ -115,19 +209,24 @@ def _list_split(split_dir: str, root: str,
           "the evaluators need at least 2 classes: add a second class "
           f"folder to {split_dir}.")
   label_of = {name: i for i, name in enumerate(class_names)}
-  files = []
+  files, skipped = [], []
   for name in folders:
     class_dir = os.path.join(split_dir, name)
     if name not in label_of:
       raise ImageFolderError(
           f"{class_dir} is a class the training images do not have: add "
           f"{os.path.join(root, 'train', name)}/ or remove {class_dir}.")
-    paths = list(_files_under(class_dir, root))
-    if not paths:
+    walked = list(_walk(class_dir, root))
+    images = [path for path, is_image in walked if is_image]
+    if not images:
+      others = (f" (only {len(walked)} files that are not images)" if walked
+                else "")
       raise ImageFolderError(
-          f"{class_dir} holds no images: add some or remove the folder.")
-    files.extend((path, label_of[name]) for path in paths)
-  return class_names, tuple(files)
+          f"{class_dir} holds no images{others}: add some or remove the "
+          "folder.")
+    files.extend((path, label_of[name]) for path in images)
+    skipped.extend(path for path, is_image in walked if not is_image)
+  return class_names, tuple(files), skipped
 
 
 def _fingerprint(root: str, files: Mapping[str, Optional[tuple]]) -> str:
@@ -147,12 +246,14 @@ def check_root(path: str) -> str:
     ImageFolderError: `path` or `path`/train is missing or not a folder.
   """
   root = os.path.abspath(os.path.expanduser(path))
+  _check_link(root)
   if not os.path.isdir(root):
     what = "is not a folder" if os.path.exists(root) else "does not exist"
     raise ImageFolderError(
         f"{root} {what}: set --config.dataset.path to a folder holding "
         "train/<class name>/<image>.")
   train_dir = os.path.join(root, "train")
+  _check_link(train_dir)
   if not os.path.isdir(train_dir):
     raise ImageFolderError(
         f"{root} has no train/ folder: put the training images in "
@@ -164,28 +265,41 @@ def check_root(path: str) -> str:
 def list_folder(path: str) -> FolderListing:
   """Lists and checks `path` (see the module docstring); decodes nothing.
 
+  Logs one line naming the skipped files that are not images, if any.
+
   Raises:
     ImageFolderError: see `check_root`; a split without class folders or
-      with an empty class folder, fewer than 2 classes, a file outside a
-      class folder, a test class without training images.
+      with a class folder without images, fewer than 2 classes, a file
+      outside a class folder, a test class without training images, a
+      broken symbolic link or a link loop.
   """
   root = check_root(path)
-  class_names, train = _list_split(os.path.join(root, "train"), root, None)
+  class_names, train, skipped = _list_split(os.path.join(root, "train"),
+                                            root, None)
   test = None
   test_dir = os.path.join(root, "test")
+  _check_link(test_dir)
   if os.path.exists(test_dir):
     if not os.path.isdir(test_dir):
       raise ImageFolderError(f"{test_dir} is not a folder: remove it or make "
                              "it a folder of class folders.")
-    _, test = _list_split(test_dir, root, class_names)
+    _, test, skipped_in_test = _list_split(test_dir, root, class_names)
+    skipped += skipped_in_test
     if not test:
       raise ImageFolderError(
           f"{test_dir} holds no class folders: put the test images in "
           f"{test_dir}/<class name>/<image>, or remove it to hold out part "
           "of the training images.")
+  if skipped:
+    shown = ", ".join(skipped[:_SKIPPED_NAMES_SHOWN])
+    more = ", ..." if len(skipped) > _SKIPPED_NAMES_SHOWN else ""
+    what = ("1 file that is not an image" if len(skipped) == 1 else
+            f"{len(skipped)} files that are not images")
+    logging.warning("%s: skipped %s (%s%s).", root, what, shown, more)
   files = {"train": train, "test": test}
   return FolderListing(root=root, class_names=class_names, files=files,
-                       fingerprint=_fingerprint(root, files))
+                       fingerprint=_fingerprint(root, files),
+                       skipped=tuple(skipped))
 
 
 def hold_out(files: tuple[LabelledFile, ...], *, test_fraction: float,
@@ -258,16 +372,68 @@ def builder_config(path: str, *, image_size: int,
       class_names=listing.class_names, split_files=split_files)
 
 
+def _sample_range(image: PIL.Image.Image,
+                  path: str) -> Optional[tuple[float, float]]:
+  """The (low, high) sample values that map to 0 and 255, or None for modes
+  convert("RGB") reads right (8-bit ones).
+
+  convert("RGB") clips the others instead of scaling them: a 16-bit
+  mid-grey (32768) became white and a float 0.5 black.
+
+  Raises:
+    ImageFolderError: a 32-bit integer or float image whose file states no
+      range (or an empty one).
+  """
+  if image.mode in _SIXTEEN_BIT_MODES:
+    return 0.0, 65535.0
+  if image.mode not in ("I", "F"):
+    return None
+  tags = getattr(image, "tag_v2", {})  # TIFF's tags; other formats have none
+  low_tag, high_tag = _TIFF_SAMPLE_RANGE_TAGS
+  if low_tag not in tags or high_tag not in tags:
+    raise ImageFolderError(
+        f"{path} holds {'float' if image.mode == 'F' else '32-bit integer'} "
+        "pixels without a stated range (TIFF SMinSampleValue and "
+        "SMaxSampleValue), so their brightness is unknown: save it as an "
+        "8- or 16-bit image, or state the range in those tags.")
+  # A tuple of one value per channel; these modes have one channel.
+  low, high = float(np.min(tags[low_tag])), float(np.max(tags[high_tag]))
+  if not high > low:
+    raise ImageFolderError(
+        f"{path} states the sample range [{low}, {high}], which is empty: "
+        "fix its SMinSampleValue / SMaxSampleValue tags.")
+  return low, high
+
+
+def _to_8_bit(image: PIL.Image.Image, low: float, high: float,
+              path: str) -> PIL.Image.Image:
+  """Grey `image` with [low, high] mapped linearly to [0, 255] ("L")."""
+  pixels = np.asarray(image, dtype=np.float64)
+  if not np.isfinite(pixels).all():
+    raise ImageFolderError(f"{path} holds NaN or infinite pixels: replace "
+                           "them or remove the image.")
+  scaled = np.round((pixels - low) * (255.0 / (high - low)))
+  return PIL.Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+
+
 def load_image(path: str, size: int) -> np.ndarray:
   """uint8 (size, size, 3): RGB, shorter side resized to `size`, centre crop.
 
+  16-bit, 32-bit and float images are first scaled to 8 bits by their range
+  (see the module docstring).
+
   Raises:
-    ImageFolderError: PIL cannot decode the file.
+    ImageFolderError: PIL cannot decode the file; a 32-bit or float image
+      without a stated range.
   """
   try:
     with PIL.Image.open(path) as image:
-      image = PIL.ImageOps.exif_transpose(image).convert("RGB")
-      image = PIL.ImageOps.fit(image, (size, size),
+      # The range tags live on the opened file, not on a rotated copy.
+      sample_range = _sample_range(image, path)
+      image = PIL.ImageOps.exif_transpose(image)
+      if sample_range is not None:
+        image = _to_8_bit(image, *sample_range, path)
+      image = PIL.ImageOps.fit(image.convert("RGB"), (size, size),
                                method=PIL.Image.Resampling.BILINEAR)
   except _DECODE_ERRORS as e:
     raise ImageFolderError(f"{path} cannot be read as an image ({e}): "

@@ -10,9 +10,9 @@ being read into memory. Labels are positions of the wnids in sorted order
 import functools
 import importlib.resources
 import io
-import os
 
 import tensorflow_datasets as tfds
+from etils import epath
 from tensorflow_datasets.datasets.imagenet2012 import (
     imagenet2012_dataset_builder)
 from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
@@ -56,10 +56,11 @@ class Imagenet100(imagenet2012_dataset_builder.Builder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    train_path = os.path.join(dl_manager.manual_dir, TRAIN_ARCHIVE)
-    val_path = os.path.join(dl_manager.manual_dir, VAL_ARCHIVE)
+    # epath, not os.path: the manual_dir may be a bucket (gs://).
+    train_path = epath.Path(dl_manager.manual_dir) / TRAIN_ARCHIVE
+    val_path = epath.Path(dl_manager.manual_dir) / VAL_ARCHIVE
     for path in (train_path, val_path):
-      if not os.path.exists(path):
+      if not path.exists():
         raise FileNotFoundError(
             f"{path} not found. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     return {
