@@ -7,7 +7,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mio_jax import config_base
+from mio_jax import errors
 from mio_jax import mesh as mesh_lib
+from mio_jax.data import indexing
 from mio_jax.data import labelled
 from mio_jax.data import pipeline
 from mio_jax.data import registry
@@ -63,8 +65,8 @@ def test_batches_depend_only_on_seed_and_step_on_any_device_count(tmp_path):
   # Each image is the crop of the example whose label it carries: the
   # step's examples, cropped as keyed by (seed, epoch, index).
   source = labelled.train_source(config)
-  indices, epoch = labelled.step_indices(
-      0, seed=int(config.seed), indices=labelled_set.indices,
+  indices, epochs = indexing.labelled_step_examples(
+      0, seed=int(config.seed), examples=labelled_set.indices,
       global_batch_size=16)
   assert set(indices) <= set(labelled_set.indices)
   np.testing.assert_array_equal(batch["label"], source.labels[indices])
@@ -72,7 +74,7 @@ def test_batches_depend_only_on_seed_and_step_on_any_device_count(tmp_path):
   crop = labelled.crop_flip_fn(
       seed=int(config.seed), size=8, crop_scale=(0.5, 1.0), hflip=True,
       mean=spec.mean, std=spec.std, encoded=False)
-  for image, index in zip(batch["image"], indices):
+  for image, index, epoch in zip(batch["image"], indices, epochs):
     expected = crop(tf.constant(source.images[index]),
                     tf.constant(source.labels[index]), tf.constant(index),
                     tf.constant(epoch, tf.int64))["image"]
