@@ -250,14 +250,13 @@ def pretrain(run: Run, workdir: str, *,
   settings (see checkpointing.check_resume).
   """
   config = run.config
+  derived = dict(steps_per_epoch=run.steps_per_epoch,
+                 prepared_dataset=run.prepared_dataset)
   allowed_changes = checkpointing.check_resume(
-      workdir, config, steps_per_epoch=run.steps_per_epoch,
-      total_steps=run.total_steps)
+      workdir, config, total_steps=run.total_steps, **derived)
   with checkpointing.Checkpointer(
       workdir, keep=config.keep_checkpoints, allowed_changes=allowed_changes,
-      settings=checkpointing.run_settings(
-          config, steps_per_epoch=run.steps_per_epoch,
-          total_steps=run.total_steps)) as checkpointer:
+      settings=checkpointing.run_settings(config, **derived)) as checkpointer:
     return loop.run(
         init_state(run), make_train_step(run),
         _default_batches(run) if batches_fn is None else batches_fn,

@@ -341,8 +341,14 @@ def eval_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   if split not in spec.eval_splits:
     raise ValueError(f"Unknown eval split {split!r}; valid: "
                      f"{', '.join(spec.eval_splits)}.")
+  return split_batches(config, mesh, spec.eval_splits[split])
+
+
+def split_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                  tfds_split: str) -> Iterator[dict[str, jax.Array]]:
+  """`eval_batches` of a TFDS split expression (e.g. "train[80%:]")."""
   registry.ensure_prepared(config)
-  source = _source(config, spec.eval_splits[split])
+  source = _source(config, tfds_split)
   rows = indexing.local_rows(mesh, int(config.eval.batch_size))
   ds = eval_dataset(source, config, rows=rows)
   return global_batches(tfds.as_numpy(ds), mesh, int(config.eval.batch_size),

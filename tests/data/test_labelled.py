@@ -41,7 +41,8 @@ def test_stratified_subset_keeps_the_fraction_of_every_class():
 def _batches(config, mesh, labelled_set, start_step, count):
   batches = labelled.labelled_batches(
       config, mesh, labelled=labelled_set, batch_size=16,
-      crop_scale=(0.5, 1.0), batch_key="config.finetune.batch_size",
+      crop_scale=(0.5, 1.0), hflip=True,
+      batch_key="config.finetune.batch_size",
       start_step=start_step)
   return [{k: np.asarray(v) for k, v in next(batches).items()}
           for _ in range(count)]
@@ -177,7 +178,8 @@ def test_imagenet_1k_subsets_are_simclrs_tfds_lists(mocked_imagenet, fraction,
   assert len(labelled_set.indices) == rows  # every row of the mock subset
   batch = next(labelled.labelled_batches(
       config, mesh_lib.make_data_mesh(), labelled=labelled_set, batch_size=8,
-      crop_scale=(0.08, 1.0), batch_key="config.finetune.batch_size"))
+      crop_scale=(0.08, 1.0), hflip=True,
+      batch_key="config.finetune.batch_size"))
   assert batch["image"].shape == (8, 16, 16, 3)
   assert np.isfinite(np.asarray(batch["image"])).all()
   assert set(np.asarray(batch["label"])) <= set(
