@@ -268,6 +268,15 @@ def test_check_config_finds_a_missing_folder_without_listing_it(tmp_path):
   assert not (tmp_path / "image_folder").exists()  # nothing prepared
 
 
+def test_a_bucket_path_is_refused_with_the_copy_to_make(tmp_path):
+  config = _config("gs://bucket/images", tmp_path / "tfds")
+  with pytest.raises(image_folder_error.ImageFolderError) as error:
+    dataset.check_config(config.dataset)
+  message = str(error.value)
+  assert message.startswith("gs://bucket/images is not on a local disk")
+  assert "\n" not in message
+
+
 def test_image_folder_is_a_valid_name_with_a_config_dependent_spec():
   with pytest.raises(ValueError, match="dataset_spec"):
     registry.get_spec(registry.IMAGE_FOLDER)

@@ -153,8 +153,16 @@ def check_root(path: str) -> str:
   """The absolute path of `path`, a folder with a train/ folder (cheap).
 
   Raises:
-    ImageFolderError: `path` or `path`/train is missing or not a folder.
+    ImageFolderError: `path` or `path`/train is missing or not a folder;
+      `path` is a URL (gs://...): the walk reads local files only.
   """
+  if "://" in path:
+    # os.path would read a bucket as a missing local folder; a walk that
+    # follows symbolic links and reads file times needs a local disk.
+    raise ImageFolderError(
+        f"{path} is not on a local disk, and image folders are read from "
+        "local files: copy it (e.g. gsutil -m cp -r) and set "
+        "--config.dataset.path to the copy.")
   root = os.path.abspath(os.path.expanduser(path))
   _check_link(root)
   if not os.path.isdir(root):
