@@ -22,20 +22,20 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 tf.config.set_visible_devices([], "GPU")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from mio_jax.data.dataset import DatasetInfo
+from mio_jax.data.dataset import check_config
+from mio_jax.data.dataset import dataset_info
+from mio_jax.data.dataset import dataset_spec
 from mio_jax.data.pipeline import eval_batches
 from mio_jax.data.pipeline import pretrain_batches
 from mio_jax.data.pipeline import pretrain_steps_per_epoch
 from mio_jax.data.pipeline import split_batches
+from mio_jax.data.preparation import DatasetNotPreparedError
+from mio_jax.data.preparation import ensure_prepared
+from mio_jax.data.preparation import prepare_dataset
+from mio_jax.data.preparation import prepare_digits
 from mio_jax.data.registry import DATASET_NAMES
 from mio_jax.data.registry import DATASETS
-from mio_jax.data.registry import DatasetInfo
-from mio_jax.data.registry import DatasetNotPreparedError
-from mio_jax.data.registry import check_config
-from mio_jax.data.registry import dataset_info
-from mio_jax.data.registry import dataset_spec
-from mio_jax.data.registry import ensure_prepared
-from mio_jax.data.registry import prepare_dataset
-from mio_jax.data.registry import prepare_digits
 
 __all__ = [
     "DATASET_NAMES", "DATASETS", "DatasetInfo", "DatasetNotPreparedError",

@@ -26,9 +26,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mio_jax.data import augment
+from mio_jax.data import dataset
 from mio_jax.data import indexing
 from mio_jax.data import pipeline
-from mio_jax.data import registry
+from mio_jax.data import preparation
 
 # Mixed into the subset seed so it is not the permutation or crop stream.
 _SUBSET_STREAM = 0x1ABE1
@@ -110,7 +111,7 @@ def imagenet_subset_source(name: str, data_dir: Optional[str]):
   Raises DatasetNotPreparedError (no network, the command in the message)
   when the subset is not prepared in data_dir.
   """
-  registry.ensure_label_subset_prepared(name, data_dir)
+  preparation.ensure_label_subset_prepared(name, data_dir)
   return pipeline.EncodedSource(tfds.data_source(
       name, split="train", data_dir=data_dir, download=False,
       decoders={"image": tfds.decode.SkipDecoding()}))
@@ -132,7 +133,7 @@ def train_source(config: ml_collections.ConfigDict,
                  split: Optional[str] = None):
   """The labelled train split of config's data set (as evaluation reads it),
   or the TFDS split expression `split`."""
-  spec = registry.dataset_spec(config)
+  spec = dataset.dataset_spec(config)
   return pipeline.load_source(spec, split or spec.eval_splits["train"],
                               config.dataset.data_dir,
                               int(config.dataset.image_size))
@@ -152,7 +153,7 @@ def labelled_set(config: ml_collections.ConfigDict, *,
   imagenet2012_subset). Raises DatasetNotPreparedError (with the command
   that prepares it) when the data set is missing.
   """
-  registry.ensure_prepared(config)
+  preparation.ensure_prepared(config)
   whole = per_class is None and (fraction is None or fraction >= 1.0)
   subset_name = None if whole else imagenet_subset_name(
       config, fraction=fraction, per_class=per_class)
@@ -233,7 +234,7 @@ def labelled_batches(config: ml_collections.ConfigDict,
   """
   indexing.check_batch(len(labelled.indices), batch_size, key=batch_key,
                        what="labelled training examples")
-  spec = registry.dataset_spec(config)
+  spec = dataset.dataset_spec(config)
   source = labelled.source
   rows = indexing.local_rows(mesh, batch_size)
   read = functools.partial(step_records, source, seed=int(config.seed),
