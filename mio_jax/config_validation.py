@@ -168,7 +168,7 @@ def _check_checkpoints(label: str, check) -> None:
 def _check_saved_encoder(config: ml_collections.ConfigDict, workdir: str,
                          source: modes.EncoderSource) -> None:
   """The step `source` names is saved, and of config's architecture."""
-  here = source.path == workdir
+  here = modes.MODES[config.mode].encoder == modes.EVALUATED  # --workdir's
   step_key = "config.eval.step" if here else "config.finetune.init_step"
   saved = checkpointing.saved_steps(source.path)
   if not saved:
