@@ -261,11 +261,17 @@ class MetricLogger:
 
   def _print_values(self, step: int, values: dict[str, float]) -> None:
     shown = "  ".join(f"{name} {value:.4f}" for name, value in values.items())
-    print(f"step {step}/{self.total_steps}  {shown}", flush=True)
+    print(f"{self._step_label(step)}  {shown}", flush=True)
+
+  def _step_label(self, step: int) -> str:
+    # A supervised protocol's steps are not pretraining's: no total then.
+    if 0 < step <= self.total_steps:
+      return f"step {step}/{self.total_steps}"
+    return f"step {step}"
 
   def _progress_line(self, step: int, now: float,
                      values: dict[str, float]) -> str:
-    fields = [f"step {step}/{self.total_steps}"]
+    fields = [self._step_label(step)]
     if "loss" in values:
       fields.append(f"loss {values['loss']:.4f}")
     if "learning_rate" in values:
