@@ -22,7 +22,7 @@ import dataclasses
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 
 from mio_jax import checkpointing
 from mio_jax import errors
+from mio_jax import metric_logging
 
 Metrics = Mapping[str, Any]
 StepFn = Callable[[Any, Any], tuple[Any, Metrics]]
@@ -73,31 +74,14 @@ def check_finite(step: int, metrics: Metrics) -> None:
 
 # ---- logging ------------------------------------------------------------------
 
-
-class Logger(Protocol):
-
-  def log(self, step: int, metrics: dict[str, float]) -> None:
-    ...
-
-  def close(self) -> None:
-    ...
+# What the loop logs to: metric_logging.MetricLogger, or a test's list.
+Logger = metric_logging.Logger
 
 
 def print_once(message: str) -> None:
   """Prints on process 0 only (every process runs the same loop)."""
   if jax.process_index() == 0:
     print(message, flush=True)
-
-
-class PrintLogger:
-  """The default logger: one line per log step on process 0."""
-
-  def log(self, step: int, metrics: dict[str, float]) -> None:
-    values = ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items()))
-    print_once(f"step {step}: {values}")
-
-  def close(self) -> None:
-    pass
 
 
 # ---- preemption ----------------------------------------------------------------

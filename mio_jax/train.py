@@ -23,6 +23,7 @@ from mio_jax import checkpointing
 from mio_jax import errors
 from mio_jax import loop
 from mio_jax import mesh as mesh_lib
+from mio_jax import metric_logging
 from mio_jax import models
 from mio_jax.run import Run
 
@@ -262,5 +263,6 @@ def pretrain(run: Run, workdir: str, *,
         _default_batches(run) if batches_fn is None else batches_fn,
         num_steps=run.total_steps, images_per_step=int(config.batch_size),
         checkpointer=checkpointer, cadence=loop.Cadence.from_config(config),
-        logger=loop.PrintLogger() if logger is None else logger,
+        logger=(metric_logging.PrintLogger(jax.process_index() == 0)
+                if logger is None else logger),
         preemption=preemption, hooks=hooks)
