@@ -145,26 +145,42 @@ class StepReport:
   steps: int = 0  # of the config's whole run of this program
   run_hours_bound: Optional[float] = None
   run_chip_hours_bound: Optional[float] = None
-  largest_batch: Optional[int] = None  # global; only when it does not fit
-  largest_batch_checked: bool = False  # True: compiled and fitted
+  # The largest global batch that fits: found by compiling when this one
+  # does not fit (checked True once a compile confirmed it), else an
+  # estimate from this compile's figures (temporaries grow with the batch).
+  largest_batch: Optional[int] = None
+  largest_batch_checked: bool = False
   compiler_message: Optional[str] = None  # the compiler's refusal, if any
 
 
-def _roofline(report: StepReport, compiled: Compiled, chip: chips.Chip,
-              num_chips: int) -> None:
+def roofline(compiled: Compiled, chip: chips.Chip, *,
+             batch_size: int) -> dict[str, Any]:
+  """The roofline bound of one step from its per-chip FLOPs and bytes.
+
+  step_time_bound_s = max(FLOPs / peak bf16 FLOP/s, bytes / HBM bandwidth);
+  bound: which of the two is larger ("flops" or "hbm_bytes");
+  images_per_s_bound = batch_size (global) / that time; mfu_bound: the
+  model FLOP utilisation at that time (1.0 when FLOP-bound).
+  """
   flop_s = compiled.flops / chip.peak_flops("bfloat16")
   byte_s = compiled.bytes_accessed / chip.hbm_bytes_per_s
   seconds = max(flop_s, byte_s)
-  report.flops_per_step = compiled.flops
-  report.bytes_per_step = compiled.bytes_accessed
-  report.bound = "flops" if flop_s >= byte_s else "hbm_bytes"
-  if seconds <= 0:
-    return
-  report.step_time_bound_s = seconds
-  report.images_per_s_bound = report.batch_size / seconds
-  report.mfu_bound = flop_s / seconds
-  report.run_hours_bound = report.steps * seconds / 3600
-  report.run_chip_hours_bound = report.run_hours_bound * num_chips
+  return {"flops_per_step": compiled.flops,
+          "bytes_per_step": compiled.bytes_accessed,
+          "step_time_bound_s": seconds if seconds > 0 else None,
+          "bound": "flops" if flop_s >= byte_s else "hbm_bytes",
+          "images_per_s_bound": batch_size / seconds if seconds > 0 else None,
+          "mfu_bound": flop_s / seconds if seconds > 0 else None}
+
+
+def _roofline(report: "StepReport", compiled: Compiled, chip: chips.Chip,
+              num_chips: int) -> None:
+  for key, value in roofline(compiled, chip,
+                             batch_size=report.batch_size).items():
+    setattr(report, key, value)
+  if report.step_time_bound_s:
+    report.run_hours_bound = report.steps * report.step_time_bound_s / 3600
+    report.run_chip_hours_bound = report.run_hours_bound * num_chips
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,17 +250,26 @@ def _batch_multiple(config: ml_collections.ConfigDict, name: str,
 def _largest_batch(config, name: str, mesh, info, points: list[_Attempt], *,
                    compile_fn: Compiler, usable_bytes: int, fixed_bytes: int,
                    search_compiles: int, log) -> tuple[Optional[int], bool]:
-  """(largest global batch that fits, whether a compile confirmed it)."""
+  """(largest global batch that fits, whether a compile confirmed it).
+
+  Each try compiles at the batch where the line through the last two
+  (batch, need) points meets the usable HBM, kept between the largest batch
+  known to fit and the smallest known not to; it stops when the line
+  points at a batch already known to fit.
+  """
   multiple = _batch_multiple(config, name, mesh.size)
   key = programs_lib.BATCH_KEYS[name]
-  best, tried = None, {p.batch_size for p in points}
-  for _ in range(search_compiles):
+  best = max((p.batch_size for p in points if p.fits), default=None)
+  fail = min((p.batch_size for p in points if not p.fits), default=None)
+
+  def estimate() -> int:
     batch = _estimate(points, fixed_bytes, usable_bytes, multiple)
-    if best is not None:
-      batch = max(batch, best)
-    if batch < multiple or batch in tried:
+    return batch if fail is None else min(batch, fail - multiple)
+
+  for _ in range(search_compiles):
+    batch = estimate()
+    if batch < multiple or (best is not None and batch <= best):
       break
-    tried.add(batch)
     log(f"  {name}: compiling at {key}={batch} to find the largest batch "
         "that fits")
     attempt = _attempt(programs_lib.build(name, _with_batch(config, key, batch),
@@ -252,9 +277,12 @@ def _largest_batch(config, name: str, mesh, info, points: list[_Attempt], *,
                        compile_fn, usable_bytes)
     points.append(attempt)
     if attempt.fits:
-      return batch, True
-  estimate = _estimate(points, fixed_bytes, usable_bytes, multiple)
-  return (estimate or None), False
+      best = max(batch, best or 0)
+    else:
+      fail = min(batch, fail or batch)
+  if best is not None:
+    return best, True
+  return (estimate() if estimate() >= multiple else None), False
 
 
 def check_program(config: ml_collections.ConfigDict, name: str, mesh, info, *,
@@ -280,7 +308,13 @@ def check_program(config: ml_collections.ConfigDict, name: str, mesh, info, *,
       compiler_message=first.refusal and str(first.refusal))
   if compiled is not None:
     _roofline(report, compiled, chip, mesh.size)
-  if not first.fits:
+  if first.fits:
+    # No compile: the line through this point and the fixed bytes.
+    estimate = _estimate([first], compiled.argument_bytes
+                         + program.resident_bytes_per_chip, usable,
+                         _batch_multiple(config, name, mesh.size))
+    report.largest_batch = max(estimate, program.batch_size)
+  else:
     fixed = (compiled.argument_bytes if compiled
              else program.argument_bytes_per_chip) + program.resident_bytes_per_chip
     report.largest_batch, report.largest_batch_checked = _largest_batch(
