@@ -307,8 +307,9 @@ compile_check() {
   output="$(cd "${REPO_ROOT}" && "${check[@]}" 2>&1)" || status=$?
   if ((status != 0)); then
     local line
-    line="$(grep '^error: ' <<<"${output}" | tail -n 1)"
-    [[ -n "${line}" ]] || line="error: $(tail -n 1 <<<"${output}")"
+    line="$(grep '^error: ' <<<"${output}" | tail -n 1 || true)"
+    [[ -n "${line}" ]] \
+      || line="error: the check ended with exit status ${status} and no message (a crash of the compiler?); run it to see its output: $(shell_quote "${check[@]}")"
     die "compile check for ${accelerator}: ${line#error: } (--compile-check=no skips the check)"
   fi
   grep -v -e '^ *compiling ' -e '^Compiling ' <<<"${output}" >&2 || true

@@ -583,3 +583,15 @@ def test_run_compiles_for_the_vms_type_and_starts_nothing_when_too_big(sandbox):
   assert _compile_queries(sandbox) == [
       "local-python -m mio_jax.cli.tpu_compile --config=configs/imagenet1k.py "
       "--topology=v5litepod-8 --config.batch_size=2048"]
+
+
+def test_a_crashed_check_says_so_and_how_to_see_why(sandbox):
+  env, calls = sandbox
+  result = _run("tpu_create.sh", "--config=configs/imagenet1k.py", env=env,
+                settings={**_NEW, "FAKE_LIBTPU": "0", "FAKE_COMPILE_STATUS": "139",
+                          "FAKE_COMPILE_OUTPUT": "Fatal Python error: Segmentation fault"})
+  assert result.returncode == 2
+  (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert "exit status 139 and no message" in line
+  assert "mio_jax.cli.tpu_compile --config=configs/imagenet1k.py" in line
+  assert not calls.exists()
