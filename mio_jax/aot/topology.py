@@ -175,6 +175,11 @@ def compile_only_devices(tpu_slice: TpuSlice, *,
   # of warnings about a TPU VM it cannot find. They name the slice compiled.
   os.environ["TPU_ACCELERATOR_TYPE"] = tpu_slice.accelerator_type
   os.environ["TPU_WORKER_HOSTNAMES"] = "localhost"
+  # libtpu takes /tmp/libtpu_lockfile so that one process owns the chips;
+  # a second compile on the same machine would then stop with "ABORTED:
+  # Internal error when accessing libtpu multi-process lockfile". Compiling
+  # touches no chip, so several may load it.
+  os.environ["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"
   # Imported here: importing it is harmless, but only this needs it.
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   description = topologies.get_topology_desc(
