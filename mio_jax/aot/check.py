@@ -111,6 +111,9 @@ def xla_compile(lowered: jax.stages.Lowered) -> Compiled:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
     cost = cost[0]
+  # A compile-only GPU client (jax-cuda12 0.10.2) gives no cost analysis:
+  # zeros leave the roofline unset.
+  cost = cost or {}
   return Compiled(argument_bytes=int(memory.argument_size_in_bytes),
                   output_bytes=int(memory.output_size_in_bytes),
                   alias_bytes=int(memory.alias_size_in_bytes),
@@ -168,7 +171,8 @@ def roofline(compiled: Compiled, chip: chips.Chip, *,
   return {"flops_per_step": compiled.flops,
           "bytes_per_step": compiled.bytes_accessed,
           "step_time_bound_s": seconds if seconds > 0 else None,
-          "bound": "flops" if flop_s >= byte_s else "hbm_bytes",
+          "bound": (None if seconds <= 0 else
+                    "flops" if flop_s >= byte_s else "hbm_bytes"),
           "images_per_s_bound": batch_size / seconds if seconds > 0 else None,
           "mfu_bound": flop_s / seconds if seconds > 0 else None}
 
