@@ -9,8 +9,8 @@ made of compile-only TPU devices:
     online probe and `augment.on_device` as configured (uint8 views then),
     at config.batch_size;
   * "extract": `evaluation.encoder.make_encode_fn`, the frozen encoder of
-    feature extraction, at config.eval.batch_size; the train split's
-    features it fills stay on the chips (`resident_bytes_per_chip`);
+    feature extraction, at config.eval.batch_size; the train and test
+    splits' features it fills stay on the chips (`resident_bytes_per_chip`);
   * "linear_eval", "finetune": `supervised.make_train_step` of each
     protocol's task, at config.linear_eval.batch_size and
     config.finetune.batch_size (`supervised_steps`).
