@@ -7,8 +7,11 @@ compiles it and reads XLA's figures per chip:
 
   * memory (`compiled.memory_analysis()`): peak = arguments + temporaries
     + outputs - aliased (donated state), plus what extraction keeps
-    resident; it fits when the compile succeeds and the peak is at most the
-    compiler's usable HBM (`chips.Chip.hbm_usable_gib`);
+    resident. It fits when the TPU compiler accepts the program (it
+    refuses one that cannot fit with RESOURCE_EXHAUSTED, and near the limit
+    it rematerialises activations, so the plan can reach a little past the
+    "available HBM" its refusals name, `chips.Chip.hbm_usable_gib`) and
+    what is kept resident fits beside it;
   * cost (`compiled.cost_analysis()`): "flops" and "bytes accessed" of one
     chip's program per step. The roofline bound on a step's time is
     max(FLOPs / peak FLOP/s, bytes / HBM bandwidth): no step can be faster,
@@ -209,8 +212,15 @@ def _attempt(program: programs_lib.Program, compile_fn: Compiler,
         program.argument_bytes_per_chip + program.resident_bytes_per_chip)
     return _Attempt(program.batch_size, need, False, refusal=refusal,
                     seconds=time.monotonic() - start)
+  # The compiler fits the program itself into HBM (rematerialising
+  # activations when it must, at a cost in FLOPs) or refuses it above; its
+  # plan may then use a little more than the "available HBM" its refusals
+  # name. What the program's process keeps beside it (extraction's
+  # features) must fit in what is left.
   need = compiled.peak_bytes + program.resident_bytes_per_chip
-  return _Attempt(program.batch_size, need, need <= usable_bytes, compiled,
+  fits = (program.resident_bytes_per_chip == 0
+          or need <= max(usable_bytes, compiled.peak_bytes))
+  return _Attempt(program.batch_size, need, fits, compiled,
                   seconds=time.monotonic() - start)
 
 

@@ -199,6 +199,22 @@ def test_a_step_that_does_not_fit_gets_the_largest_batch_that_does():
   assert "30.75 GiB a TPU v4 chip has usable" in message
 
 
+def test_what_the_compiler_accepts_fits_unless_resident_bytes_do_not():
+  # Near the limit libtpu rematerialises: it accepted a plan of 15.98 GiB
+  # for a v5e chip whose refusals name 15.75 GiB available.
+  def squeezed(lowered):
+    return check.Compiled(argument_bytes=GIB // 2, output_bytes=0,
+                          alias_bytes=0, temp_bytes=USABLE, flops=1e12,
+                          bytes_accessed=1e10)
+  report = check.check(tiny_config(), V4_8, devices=jax.devices()[:4],
+                       names=("pretrain", "extract"), compile_fn=squeezed,
+                       log=lambda line: None)
+  assert report.steps["pretrain"].peak_per_chip_gib > V4_8.chip.hbm_usable_gib
+  assert report.steps["pretrain"].fits
+  # The features extraction keeps on the chips need room beside the program.
+  assert not report.steps["extract"].fits
+
+
 def test_without_compiles_to_spare_the_largest_batch_is_an_estimate():
   step = _check(tiny_config(batch_size=256), search_compiles=0).steps["pretrain"]
   assert not step.largest_batch_checked
