@@ -60,6 +60,7 @@ CHIPS: tuple[Chip, ...] = (
     Chip("TPU v5p", ("tpu v5p", "tpu v5"), {"bfloat16": 459.0},
          hbm_gib=95, hbm_gb_per_s=2765, cores_per_chip=2, chips_per_host=4,
          hbm_usable_gib=95.74,
+         # Read on its copy at docs.cloud.google.com/tpu/docs/v5p-training.
          source="https://cloud.google.com/tpu/docs/v5p"),
     Chip("TPU v4", ("tpu v4",), {"bfloat16": 275.0}, hbm_gib=32,
          hbm_gb_per_s=1200, cores_per_chip=2, chips_per_host=4,
