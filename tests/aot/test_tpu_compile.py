@@ -328,3 +328,27 @@ def test_a_tiny_model_compiles_for_v4_8_and_v5litepod_8(tmp_path):
       assert step["flops_per_step"] > 0 and step["bytes_per_step"] > 0
       assert step["step_time_bound_s"] > 0 and 0 < step["mfu_bound"] <= 1
     assert "pretrain" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_the_accelerator_benchmark_puts_the_bound_beside_images_per_s(
+    monkeypatch):
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  try:
+    import accelerator  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(str(REPO / "benchmarks"))
+  # As on a TPU v4 host: the chip's figures for these (CPU) devices.
+  monkeypatch.setattr(chips, "find", lambda kind: chips.by_name("TPU v4"))
+  record = {"benchmark": "train_step", "model": "resnet_tiny",
+            "stem": "cifar", "image_size": 8, "width_multiplier": 0.5,
+            "batch_size": 8, "devices": 1, "dtype": "float32",
+            "optimizer": "lars", "loss_block_size": None,
+            "images_per_s": 100.0}
+  accelerator._with_compile_bounds([record], 100)  # pylint: disable=protected-access
+  bound = record["compile_bound"]
+  assert bound["chip"] == "TPU v4" and bound["flops_per_step"] > 0
+  assert bound["images_per_s_bound"] == pytest.approx(
+      8 / max(bound["flops_per_step"] / 275e12,
+              bound["bytes_per_step"] / 1200e9))
+  assert bound["measured_over_bound"] == pytest.approx(
+      100 / bound["images_per_s_bound"], abs=1e-4)
