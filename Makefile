@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export TF_ENABLE_ONEDNN_OPTS ?= 0
 
-.PHONY: install test test-slow test-all demo bench-accelerator clean
+.PHONY: install libtpu test test-slow test-all demo bench-accelerator clean
 
 install: $(STAMP)
 
@@ -20,6 +20,13 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# libtpu (pinned in requirements-libtpu.txt), for compiling for a TPU without
+# one: python -m mio_jax.cli.tpu_compile (docs/performance.md). Installed into
+# .venv/libtpu, off the import path, so that nothing else changes: JAX tries a
+# TPU backend at start-up in any process that can import libtpu.
+libtpu: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/libtpu -r requirements-libtpu.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

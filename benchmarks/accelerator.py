@@ -10,10 +10,14 @@ and the rest still runs, each under a time limit):
      several batch sizes, bfloat16 and float32, on every local device;
   3. `benchmarks/input_pipeline.py` at 32 and 224 px (both modes).
 and writes one JSON: the device, every record, and for each train-step
-record its model FLOP utilisation (MFU) against the chip's peak from
-`PEAK_TFLOPS` below (null for a chip not in the table). The full run is
-planned to take under 10 minutes on one accelerator host; `--quick` (tiny
-models, seconds) is what the tests run on the CPU.
+record its model FLOP utilisation (MFU) against the chip's peak from the
+project's chip table (`mio_jax.chips`; null for a chip not in it) and,
+beside the measured images/s, the roofline bound of the same step compiled
+for these chips (`compile_bound`: XLA's FLOPs and HBM bytes per step
+against the chip's peaks, as `python -m mio_jax.cli.tpu_compile` computes
+it ahead of time), so the two can be compared. The full run is planned to
+take under 10 minutes on one accelerator host; `--quick` (tiny models,
+seconds) is what the tests run on the CPU.
 """
 import argparse
 import json
@@ -27,23 +31,6 @@ from typing import Any, Optional
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 
-# Dense peak TFLOP/s per chip by compute dtype, from the vendors' data
-# sheets (no sparsity). float32 on TPUs runs as several bfloat16 passes and
-# has no published peak: MFU of float32 steps is given against bfloat16.
-# Keys are matched as substrings of jax's `device_kind`, most specific first.
-PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
-    ("TPU v6", {"bfloat16": 918.0}),  # v6e (Trillium), Cloud TPU docs
-    ("TPU v5p", {"bfloat16": 459.0}),  # Cloud TPU docs
-    ("TPU v5 lite", {"bfloat16": 197.0}),  # v5e, Cloud TPU docs
-    ("TPU v5e", {"bfloat16": 197.0}),
-    ("TPU v5", {"bfloat16": 459.0}),  # v5p reports "TPU v5"
-    ("TPU v4", {"bfloat16": 275.0}),  # Cloud TPU docs
-    ("H200", {"bfloat16": 989.0, "float32": 67.0}),  # same SMs as H100 SXM
-    ("H100", {"bfloat16": 989.0, "float32": 67.0}),  # H100 SXM data sheet
-    ("A100", {"bfloat16": 312.0, "float32": 19.5}),  # A100 data sheet
-    ("L4", {"bfloat16": 121.0, "float32": 30.3}),  # L4 data sheet
-)
-
 # (model, stem, image size, batch sizes per device, seconds allowed per
 # dtype): with the self-check's 60 s and the pipeline's 90 s, at most
 # 590 s in all.
@@ -56,10 +43,8 @@ QUICK_STEPS = (("resnet_tiny", "cifar", 8, (8,), 120),)
 
 def chip_peak(device_kind: str, dtype: str) -> Optional[float]:
   """Peak FLOP/s of one chip for `dtype` (bfloat16's for float32 on TPU)."""
-  for key, peaks in PEAK_TFLOPS:
-    if key.lower() in device_kind.lower():
-      return 1e12 * peaks.get(dtype, peaks["bfloat16"])
-  return None
+  from mio_jax import chips  # pylint: disable=g-import-not-at-top
+  return chips.peak_flops(device_kind, dtype)
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:
@@ -117,6 +102,81 @@ def _with_mfu(records: list[dict[str, Any]], device_kind: str) -> None:
                      else round(achieved / (peak * record["devices"]), 4))
 
 
+# Seconds the compile bounds may take in all (one compile per train-step
+# record); the rest are marked as skipped.
+BOUND_BUDGET_S = 150
+
+
+def _compile_bound(record: dict[str, Any]) -> dict[str, Any]:
+  """The roofline bound of a train-step record's step on these chips.
+
+  The step is built as benchmarks/train_step.py builds it (synthetic data,
+  the online probe on) and compiled with abstract inputs; its FLOPs and HBM
+  bytes per device against the chip's peak and bandwidth give the bound.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from mio_jax import chips
+  from mio_jax import config_base
+  from mio_jax import mesh as mesh_lib
+  from mio_jax import run as run_lib
+  from mio_jax import synthetic
+  from mio_jax import train
+  from mio_jax.aot import check
+  from mio_jax.aot import programs
+  chip = chips.find(jax.local_devices()[0].device_kind)
+  if chip is None:
+    return {"skipped": "no figures for this device kind in mio_jax.chips"}
+  config = config_base.base_config()
+  config.model.name, config.model.stem = record["model"], record["stem"]
+  config.model.width_multiplier = record["width_multiplier"]
+  config.dataset.image_size = size = record["image_size"]
+  config.batch_size = batch_size = record["batch_size"]
+  config.dtype, config.optimizer.name = record["dtype"], record["optimizer"]
+  config.loss_block_size = record["loss_block_size"]
+  config.total_steps = 10_000
+  if record["model"] == "resnet_tiny":  # train_step.py --quick
+    config.model.projector_hidden_dim, config.model.projector_output_dim = 64, 16
+  mesh = mesh_lib.make_data_mesh(jax.local_devices()[:record["devices"]])
+  run = run_lib.build_run(config, mesh, steps_per_epoch=1000,
+                          num_classes=synthetic.NUM_CLASSES)
+  state = jax.eval_shape(lambda: train.init_state(run))
+  views = jax.ShapeDtypeStruct((batch_size, size, size, 3), "float32")
+  batch = {"view1": views, "view2": views,
+           "label": jax.ShapeDtypeStruct((batch_size,), "int32")}
+  compiled = check.xla_compile(train.make_train_step(run).lower(
+      programs.abstract(state, mesh_lib.replicated_sharding(mesh)),
+      programs.abstract(batch, mesh_lib.batch_sharding(mesh))))
+  bound = check.roofline(compiled, chip, batch_size=batch_size)
+  return {**bound, "chip": chip.name,
+          "measured_images_per_s": record["images_per_s"],
+          "measured_over_bound": (
+              None if not bound["images_per_s_bound"] else round(
+                  record["images_per_s"] / bound["images_per_s_bound"], 4))}
+
+
+def _with_compile_bounds(records: list[dict[str, Any]], budget_s: float) -> None:
+  """Adds `compile_bound` to each train-step record, within `budget_s`."""
+  start = time.monotonic()
+  for record in records:
+    if record.get("benchmark") != "train_step":
+      continue
+    if time.monotonic() - start > budget_s:
+      record["compile_bound"] = {"skipped": f"over the {budget_s:.0f} s budget"}
+      continue
+    try:
+      record["compile_bound"] = _compile_bound(record)
+    except Exception as e:  # pylint: disable=broad-except
+      record["compile_bound"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    bound = record["compile_bound"]
+    if "images_per_s_bound" in bound:
+      print(f"[accelerator] {record['model']} {record['image_size']}px "
+            f"{record['dtype']} batch {record['batch_size']}: measured "
+            f"{record['images_per_s']:,.0f} images/s, compile bound "
+            f"{bound['images_per_s_bound']:,.0f} ({bound['bound']}-bound)",
+            flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="accelerator.json")
@@ -150,9 +210,13 @@ def main() -> None:
   results = [_run(name, command, timeout) for name, command, timeout in parts]
   for result in results:
     _with_mfu(result["records"], device["device_kind"])
+  _with_compile_bounds([r for result in results for r in result["records"]],
+                       BOUND_BUDGET_S)
+  from mio_jax import chips  # pylint: disable=g-import-not-at-top
   report = {"device": device, "quick": args.quick,
             "seconds": round(time.monotonic() - started, 1),
-            "peaks_tflops": {k: v for k, v in PEAK_TFLOPS}, "parts": results}
+            "peaks_tflops": {c.name: dict(c.peak_tflops) for c in chips.CHIPS},
+            "parts": results}
   pathlib.Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
   print(f"[accelerator] wrote {args.out} ({report['seconds']:.0f} s)")
   if any(r["status"] != "ok" for r in results):

@@ -196,6 +196,21 @@ is_dead_state() {
   [[ " ${DEAD_STATES[*]} " == *" $1 "* ]]
 }
 
+# accelerator_type: sets ACCELERATOR_TYPE to the TPU VM's (e.g. v4-8), as
+# `gcloud ... describe` reports it. A read-only query, run even with --dry-run.
+accelerator_type() {
+  local describe output
+  gcloud_location_args
+  describe=(gcloud compute tpus tpu-vm describe "${TPU_NAME}"
+    "${GCLOUD_LOCATION[@]}" --format='value(acceleratorType)')
+  echo "? $(shell_quote "${describe[@]}")" >&2
+  if output="$("${describe[@]}" 2>&1)" && [[ -n "${output}" ]]; then
+    ACCELERATOR_TYPE="$(tail -n 1 <<<"${output}")"
+  else
+    complain "could not read the accelerator type of ${TPU_NAME}; pass --accelerator-type=... or --compile-check=no."
+  fi
+}
+
 # Before working on the workers: the TPU VM must exist and be READY.
 require_ready_tpu() {
   tpu_state node
@@ -247,3 +262,55 @@ follow_logs() {
 REMOTE_DIR="${REMOTE_DIR:-mio_jax}"
 REMOTE_LOG="mio_jax_run.log"
 REMOTE_PID="mio_jax_run.pid"
+
+# ---- the compile check: a config compiled for the slice before it runs -----
+
+# Settings of the check (flags --compile-check, --local-python): auto runs it
+# where libtpu is installed (make libtpu), yes requires it, no skips it.
+COMPILE_CHECK="${COMPILE_CHECK:-auto}"
+LOCAL_PYTHON="${LOCAL_PYTHON:-${REPO_ROOT}/.venv/bin/python}"
+
+# libtpu_installed: whether LOCAL_PYTHON can compile for a TPU (a query).
+libtpu_installed() {
+  local query=("${LOCAL_PYTHON}" -c
+    'import sys; from mio_jax.aot import topology; sys.exit(topology.libtpu_path() is None)')
+  echo "? $(shell_quote "${query[@]}")" >&2
+  "${query[@]}" >/dev/null 2>&1
+}
+
+# compile_check ACCELERATOR_TYPE CONFIG [ARG...]: compiles CONFIG's steps for
+# that slice on this machine (python -m mio_jax.cli.tpu_compile, from the
+# repository root, where the workers find CONFIG too; of ARG only the
+# --config.key=value overrides) and stops with its one line when a step
+# does not fit, before anything is created or started. A dry run shows the
+# check without running it.
+compile_check() {
+  local accelerator="$1" config_file="$2" arg overrides=()
+  shift 2
+  for arg in "$@"; do
+    [[ "${arg}" != --config.* ]] || overrides+=("${arg}")
+  done
+  require_one_of COMPILE_CHECK "${COMPILE_CHECK}" auto yes no
+  [[ "${COMPILE_CHECK}" != no ]] || return 0
+  local check=("${LOCAL_PYTHON}" -m mio_jax.cli.tpu_compile
+    --config="${config_file}" --topology="${accelerator}" "${overrides[@]}")
+  if [[ "${DRY_RUN}" == 1 ]]; then
+    echo "? (not run in a dry run) $(shell_quote "${check[@]}")" >&2
+    return 0
+  fi
+  if [[ "${COMPILE_CHECK}" == auto ]] && ! libtpu_installed; then
+    echo "note: ${config_file} was not compiled for ${accelerator} first: libtpu is not installed here (make libtpu; --compile-check=no skips the check)." >&2
+    return 0
+  fi
+  echo "? $(shell_quote "${check[@]}")" >&2
+  local output status=0
+  output="$(cd "${REPO_ROOT}" && "${check[@]}" 2>&1)" || status=$?
+  if ((status != 0)); then
+    local line
+    line="$(grep '^error: ' <<<"${output}" | tail -n 1 || true)"
+    [[ -n "${line}" ]] \
+      || line="error: the check ended with exit status ${status} and no message (a crash of the compiler?); run it to see its output: $(shell_quote "${check[@]}")"
+    die "compile check for ${accelerator}: ${line#error: } (--compile-check=no skips the check)"
+  fi
+  grep -v -e '^ *compiling ' -e '^Compiling ' <<<"${output}" >&2 || true
+}

@@ -6,9 +6,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<'USAGE'
-Usage: launch/tpu_create.sh [flags]
+Usage: launch/tpu_create.sh [flags] [-- --config.key=value ...]
 
-Creates a Cloud TPU VM with gcloud, unless it exists already. A VM that was
+Creates a Cloud TPU VM with gcloud, unless it exists already. Given
+--config, it first compiles that config for the accelerator type on this
+machine (python -m mio_jax.cli.tpu_compile, where libtpu is installed:
+make libtpu) and creates nothing when a step does not fit (the line names
+the largest batch that fits). A VM that was
 preempted (state PREEMPTED or TERMINATED) or a queued resource that was
 suspended or failed (SUSPENDING, SUSPENDED, FAILED) never comes back: this
 script says so and stops, or with --recreate=yes deletes and recreates it.
@@ -32,6 +36,11 @@ script says so and stops, or with --recreate=yes deletes and recreates it.
   --queued-resource-id  name of the queued request (default: TPU_NAME-qr)
   --recreate          yes | no: delete and recreate a preempted, suspended
                       or failed one                               (default no)
+  --config            a training config to compile for the type first,
+                      e.g. configs/imagenet100.py (overrides after --)
+  --compile-check     auto | yes | no: with --config, compile it first; auto
+                      where libtpu is installed, yes requires it (default auto)
+  --local-python      the Python that compiles   (default .venv/bin/python)
   --dry-run           print the gcloud commands, run none (the state query
                       still runs)
   --help              this text
@@ -43,6 +52,10 @@ Examples:
     launch/tpu_create.sh --dry-run
   # After a preemption (same flags as the first time):
   launch/tpu_create.sh ... --provisioning=spot --recreate=yes
+  # Compile the config for the type first; refuse if it does not fit:
+  launch/tpu_create.sh --tpu-name=mio-v4-8 --project=my-proj \
+    --zone=us-central2-b --accelerator-type=v4-8 \
+    --config=configs/imagenet1k.py -- --config.batch_size=512
 Then: launch/tpu_setup.sh, launch/tpu_run.sh.
 USAGE
 }
@@ -59,7 +72,8 @@ default_runtime_version() {
 }
 
 SETTINGS=(TPU_NAME PROJECT ZONE ACCELERATOR_TYPE RUNTIME_VERSION PROVISIONING
-  QUEUED_RESOURCE_ID RECREATE)
+  QUEUED_RESOURCE_ID RECREATE CONFIG COMPILE_CHECK LOCAL_PYTHON)
+CONFIG="${CONFIG:-}"
 PROVISIONING="${PROVISIONING:-on-demand}"
 RECREATE="${RECREATE:-no}"
 RUNTIME_VERSION="${RUNTIME_VERSION:-}"
@@ -71,6 +85,7 @@ RUNTIME_VERSION="${RUNTIME_VERSION:-$(default_runtime_version "${ACCELERATOR_TYP
 [[ -n "${RUNTIME_VERSION}" ]] \
   || die "no default runtime version for ACCELERATOR_TYPE='${ACCELERATOR_TYPE}' (known: v4-*, v5litepod-*, v5p-*, v6e-*); pass --runtime-version=..."
 require_one_of RECREATE "${RECREATE}" yes no
+require_one_of COMPILE_CHECK "${COMPILE_CHECK}" auto yes no
 provisioning_kind
 gcloud_location_args
 
@@ -82,11 +97,16 @@ fi
 tpu_state "${TPU_KIND}"
 if is_dead_state "${TPU_STATE}"; then
   [[ "${RECREATE}" == yes ]] || die "${what} is ${TPU_STATE} and will not come back: delete and recreate it with launch/tpu_delete.sh and this command, or rerun this command with --recreate=yes (the workdir in gs:// is kept; tpu_setup.sh then tpu_run.sh resume the run)."
-  echo "${what} is ${TPU_STATE}: deleting it, then creating it again."
-  delete_tpu "${TPU_KIND}" --quiet
 elif [[ "${TPU_STATE}" != NOT_FOUND && "${TPU_STATE}" != UNKNOWN ]]; then
   echo "${what} exists already (state ${TPU_STATE}); nothing to create."
   exit 0
+fi
+if [[ -n "${CONFIG}" ]]; then
+  compile_check "${ACCELERATOR_TYPE}" "${CONFIG}" "${EXTRA_ARGS[@]}"
+fi
+if is_dead_state "${TPU_STATE}"; then
+  echo "${what} is ${TPU_STATE}: deleting it, then creating it again."
+  delete_tpu "${TPU_KIND}" --quiet
 fi
 
 capacity=()

@@ -13,7 +13,11 @@ workers by itself), detached from the ssh session, logging to
 ~/mio_jax_run.log on each worker; then streams worker 0's log (Ctrl-C stops
 the streaming, not the run). Rerunning the same command after a preemption
 resumes from the latest checkpoint in the workdir. Stops first if the TPU VM
-is not READY (e.g. PREEMPTED: recreate it with tpu_create.sh --recreate=yes).
+is not READY (e.g. PREEMPTED: recreate it with tpu_create.sh --recreate=yes),
+and, where libtpu is installed here (make libtpu), if the config's steps do
+not fit the VM's accelerator type: they are compiled for it on this machine
+first (python -m mio_jax.cli.tpu_compile), and nothing starts when one does
+not fit (the line names the largest batch that fits).
 
   --tpu-name       TPU VM name                                    (required)
   --project        Google Cloud project id                        (required)
@@ -23,6 +27,10 @@ is not READY (e.g. PREEMPTED: recreate it with tpu_create.sh --recreate=yes).
   --tfds-data-dir  gs:// TFDS data directory with the prepared dataset (required)
   --follow         yes | no: stream worker 0's log afterwards (default yes)
   --remote-dir     code directory under the workers' home (default mio_jax)
+  --accelerator-type  the VM's type, e.g. v4-8 (default: asked from gcloud)
+  --compile-check  auto | yes | no: compile the config for the type first;
+                   auto where libtpu is installed, yes requires it (default auto)
+  --local-python   the Python that compiles      (default .venv/bin/python)
   --dry-run        print the commands, run nothing
   --help           this text
 Arguments after `--` go to mio_jax.main (e.g. --config.batch_size=1024).
@@ -34,14 +42,21 @@ Example:
 USAGE
 }
 
-SETTINGS=(TPU_NAME PROJECT ZONE CONFIG WORKDIR TFDS_DATA_DIR FOLLOW REMOTE_DIR)
+SETTINGS=(TPU_NAME PROJECT ZONE CONFIG WORKDIR TFDS_DATA_DIR FOLLOW REMOTE_DIR
+  ACCELERATOR_TYPE COMPILE_CHECK LOCAL_PYTHON)
 FOLLOW="${FOLLOW:-yes}"
+ACCELERATOR_TYPE="${ACCELERATOR_TYPE:-}"
 parse_flags "$@"
 require TPU_NAME CONFIG
 require_gcs WORKDIR
 require_gcs TFDS_DATA_DIR
 require_one_of FOLLOW "${FOLLOW}" yes no
+require_one_of COMPILE_CHECK "${COMPILE_CHECK}" auto yes no
 require_ready_tpu
+if [[ "${COMPILE_CHECK}" != no ]]; then
+  [[ -n "${ACCELERATOR_TYPE}" ]] || accelerator_type
+  compile_check "${ACCELERATOR_TYPE}" "${CONFIG}" "${EXTRA_ARGS[@]}"
+fi
 
 main_command="$(shell_quote env TFDS_DATA_DIR="${TFDS_DATA_DIR}" \
   .venv/bin/python -m mio_jax.main --config="${CONFIG}" --workdir="${WORKDIR}" \

@@ -1,11 +1,15 @@
 """Tests of the launch/ scripts: --help, --dry-run output, errors, shellcheck.
 
 Every script runs with a stub `gcloud`, `git`, `python3` and `pip` first on
-PATH that record any call with an effect, so a dry run that executed
-something fails. Read-only queries are answered instead and logged apart:
+PATH, and a stub LOCAL_PYTHON (the Python of the compile check), that record
+any call with an effect, so a dry run that executed something fails.
+Read-only queries are answered instead and logged apart:
 `gcloud ... describe` prints $FAKE_TPU_STATE (NOT_FOUND when unset; fails
-with $FAKE_GCLOUD_ERROR if set), and
-`python3 -c ...version_info...` prints $FAKE_PYTHON_VERSION (default 3.11).
+with $FAKE_GCLOUD_ERROR if set), or for the acceleratorType field
+$FAKE_ACCELERATOR_TYPE; `python3 -c ...version_info...` prints
+$FAKE_PYTHON_VERSION (default 3.11); LOCAL_PYTHON's libtpu query exits with
+$FAKE_LIBTPU (default 1: not installed) and its `-m mio_jax.cli.tpu_compile`
+prints $FAKE_COMPILE_OUTPUT and exits with $FAKE_COMPILE_STATUS (default 0).
 """
 import os
 import pathlib
@@ -31,7 +35,9 @@ def _stub(name: str, calls: pathlib.Path, queries: pathlib.Path) -> str:
   """A shell script that logs its call; it answers the read-only queries."""
   log = f'echo "{name} $*" >>'
   answers = {
-      "gcloud": f"""*" describe "*)
+      "gcloud": f"""*" describe "*acceleratorType*)
+    {log} "{queries}"; echo "$FAKE_ACCELERATOR_TYPE"; exit 0;;
+  *" describe "*)
     {log} "{queries}"
     if [ -n "$FAKE_GCLOUD_ERROR" ]; then echo "$FAKE_GCLOUD_ERROR" >&2; exit 1; fi
     if [ -z "$FAKE_TPU_STATE" ]; then
@@ -40,6 +46,11 @@ def _stub(name: str, calls: pathlib.Path, queries: pathlib.Path) -> str:
     echo "$FAKE_TPU_STATE"; exit 0;;""",
       "python3": f""""-c "*version_info*)
     {log} "{queries}"; echo "${{FAKE_PYTHON_VERSION:-3.11}}"; exit 0;;""",
+      "local-python": f""""-c "*libtpu_path*)
+    {log} "{queries}"; exit "${{FAKE_LIBTPU:-1}}";;
+  "-m mio_jax.cli.tpu_compile "*)
+    {log} "{queries}"; echo "$FAKE_COMPILE_OUTPUT"
+    exit "${{FAKE_COMPILE_STATUS:-0}}";;""",
   }
   query = f'case "$*" in\n  {answers[name]}\nesac\n' if name in answers else ""
   return f'#!/bin/sh\n{query}{log} "{calls}"\nexit 99\n'
@@ -51,12 +62,12 @@ def sandbox(tmp_path):
   stubs = tmp_path / "stubs"
   stubs.mkdir()
   calls = tmp_path / "calls.log"
-  for name in ("gcloud", "git", "python3", "pip"):
+  for name in ("gcloud", "git", "python3", "pip", "local-python"):
     stub = stubs / name
     stub.write_text(_stub(name, calls, tmp_path / "queries.log"))
     stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
   env = {"PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}",
-         "HOME": str(tmp_path)}
+         "HOME": str(tmp_path), "LOCAL_PYTHON": str(stubs / "local-python")}
   return env, calls
 
 
@@ -485,4 +496,102 @@ def test_slurm_example_runs_one_task_per_gpu_with_srun(sandbox):
                               "--help"], capture_output=True, text=True,
                              timeout=60, check=True).stdout
   assert "sbatch launch/slurm_gpu.sbatch" in help_text
+  assert not calls.exists()
+
+
+# ---- the compile check before a slice is created or a run started ----------
+
+_TOO_BIG = ("error: configs/imagenet1k.py does not fit a v4-8: the pretrain "
+            "step (batch_size=2048) needs 40.1 GiB per chip, more than the "
+            "30.75 GiB a TPU v4 chip has usable (32 GiB HBM); the largest "
+            "global batch that fits is 1536: --config.batch_size=1536")
+
+
+def _compile_queries(sandbox) -> list[str]:
+  return [q for q in _queries(sandbox) if "mio_jax.cli.tpu_compile" in q]
+
+
+def test_create_refuses_a_config_that_does_not_fit_before_creating(sandbox):
+  env, calls = sandbox
+  result = _run("tpu_create.sh", "--config=configs/imagenet1k.py", "--",
+                "--config.batch_size=2048", env=env,
+                settings={**_NEW, "FAKE_LIBTPU": "0", "FAKE_COMPILE_STATUS": "2",
+                          "FAKE_COMPILE_OUTPUT": f"table\n{_TOO_BIG}"})
+  assert result.returncode == 2, result.stderr
+  (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert line.startswith("error: compile check for v4-8: configs/imagenet1k.py "
+                         "does not fit a v4-8")
+  assert "--config.batch_size=1536" in line and "--compile-check=no" in line
+  assert not calls.exists(), calls.read_text()
+  assert _compile_queries(sandbox) == [
+      "local-python -m mio_jax.cli.tpu_compile --config=configs/imagenet1k.py "
+      "--topology=v4-8 --config.batch_size=2048"]
+
+
+def test_create_compiles_the_config_then_creates(sandbox):
+  env, calls = sandbox
+  result = _run("tpu_create.sh", "--config=configs/imagenet1k.py", env=env,
+                settings={**_NEW, "FAKE_LIBTPU": "0",
+                          "FAKE_COMPILE_OUTPUT": "pretrain  1024  18.6  yes"})
+  # The stub gcloud "creates" by exiting 99: it was called, after the check.
+  assert result.returncode == 99, result.stderr
+  assert "pretrain  1024  18.6  yes" in result.stderr
+  assert len(_compile_queries(sandbox)) == 1
+  assert calls.read_text().startswith("gcloud compute tpus tpu-vm create fake-tpu")
+
+
+@pytest.mark.parametrize("settings, note", [
+    ({"COMPILE_CHECK": "no"}, False),  # skipped, silently
+    ({}, True),  # auto, no libtpu here: a note, then on
+])
+def test_create_skips_the_check_when_asked_or_without_libtpu(settings, note,
+                                                             sandbox):
+  env, calls = sandbox
+  result = _run("tpu_create.sh", "--config=configs/cifar10.py", env=env,
+                settings={**_NEW, "FAKE_COMPILE_STATUS": "2", **settings})
+  assert result.returncode == 99, result.stderr  # went on to create
+  assert ("libtpu is not installed here" in result.stderr) == note
+  assert not _compile_queries(sandbox)
+  assert "tpu-vm create" in calls.read_text()
+
+
+def test_dry_run_shows_the_check_without_compiling(sandbox):
+  env, _ = sandbox
+  result = _run("tpu_create.sh", "--dry-run", "--config=configs/cifar10.py",
+                env=env, settings={**_NEW, "FAKE_LIBTPU": "0"})
+  assert result.returncode == 0, result.stderr
+  (shown,) = [l for l in result.stderr.splitlines() if "tpu_compile" in l]
+  assert shown.startswith("? (not run in a dry run) ")
+  assert shown.endswith("local-python -m mio_jax.cli.tpu_compile "
+                        "--config=configs/cifar10.py --topology=v4-8")
+  assert not _compile_queries(sandbox)
+
+
+def test_run_compiles_for_the_vms_type_and_starts_nothing_when_too_big(sandbox):
+  env, calls = sandbox
+  result = _run("tpu_run.sh", "--config=configs/imagenet1k.py",
+                "--workdir=gs://b/w", "--tfds-data-dir=gs://b/tfds", "--",
+                "--mode=pretrain", "--config.batch_size=2048", env=env,
+                settings={**_TPU, "FAKE_TPU_STATE": "READY",
+                          "FAKE_ACCELERATOR_TYPE": "v5litepod-8",
+                          "FAKE_LIBTPU": "0", "FAKE_COMPILE_STATUS": "2",
+                          "FAKE_COMPILE_OUTPUT": _TOO_BIG})
+  assert result.returncode == 2, result.stderr
+  assert "error: compile check for v5litepod-8:" in result.stderr
+  assert not calls.exists(), calls.read_text()  # no ssh: nothing started
+  # Only the config overrides reach the check (--mode is main's flag).
+  assert _compile_queries(sandbox) == [
+      "local-python -m mio_jax.cli.tpu_compile --config=configs/imagenet1k.py "
+      "--topology=v5litepod-8 --config.batch_size=2048"]
+
+
+def test_a_crashed_check_says_so_and_how_to_see_why(sandbox):
+  env, calls = sandbox
+  result = _run("tpu_create.sh", "--config=configs/imagenet1k.py", env=env,
+                settings={**_NEW, "FAKE_LIBTPU": "0", "FAKE_COMPILE_STATUS": "139",
+                          "FAKE_COMPILE_OUTPUT": "Fatal Python error: Segmentation fault"})
+  assert result.returncode == 2
+  (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert "exit status 139 and no message" in line
+  assert "mio_jax.cli.tpu_compile --config=configs/imagenet1k.py" in line
   assert not calls.exists()
