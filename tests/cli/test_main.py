@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+import child_env
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DIGITS = str(REPO / "configs" / "digits.py")
 
@@ -29,10 +31,7 @@ TINY = [
 
 
 def run_main(*args, env_extra=None, timeout=600):
-  env = dict(os.environ)
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS="0")
-  env.update(env_extra or {})
+  env = child_env.child_env(2, **(env_extra or {}))
   return subprocess.run([sys.executable, "-m", "mio_jax.main", *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=timeout)
 
