@@ -70,4 +70,31 @@ def get_config():
   c.checkpoint_every_steps = 1500
   c.log_every_steps = 100
   c.online_eval_every_steps = 0
+
+  # --mode=linear_eval as the public code's Trainer.linear_eval runs it
+  # (trainer.py, downstream('linear_eval', ...), with the script's
+  # patience=50): the training 80 % (its valid split, the other 20 %, picks
+  # the head), ClassificationModel in train mode (BatchNorm of the frozen
+  # encoder on batch statistics), transforms.RandomResizedCrop(32, (0.8, 1))
+  # only, other_batch_size=32, SGD lr 0.01 momentum 0.9 without Nesterov or
+  # weight decay, StepLR(step_size=1, gamma=0.98), 100 epochs, the head of
+  # the lowest validation loss tested. Departs: validation and test images
+  # are centre-resized as every protocol here; the public code's last
+  # partial batch of each epoch is a full batch across epochs here.
+  c.linear_eval.recipe = "public_code"
+  c.linear_eval.train_split = "train[:80%]"
+  c.linear_eval.validation_split = "train[80%:]"
+  c.linear_eval.patience = 50
+  c.linear_eval.backbone_bn = "batch"
+  c.linear_eval.crop_scale = (0.8, 1.0)
+  c.linear_eval.hflip = False
+  c.linear_eval.batch_size = 32
+  c.linear_eval.base_lr = 0.01
+  c.linear_eval.lr_scaling = "none"
+  c.linear_eval.schedule = "step"
+  c.linear_eval.lr_decay = 0.98
+  c.linear_eval.momentum = 0.9
+  c.linear_eval.nesterov = False
+  c.linear_eval.weight_decay = 0.0
+  c.linear_eval.epochs = 100.0
   return c

@@ -3,9 +3,10 @@
 Checkpoints live in `<workdir>/checkpoints/<step>/` (Orbax step folders,
 written atomically: a run killed mid-save leaves the previous ones intact).
 Next to them, `run_metadata.json` records the settings the checkpoints were
-made with, so resuming with another model, data set, batch, loss, optimizer
-or schedule stops with one line naming the key instead of silently changing
-the run (or failing with a shape error deep inside Orbax). No pickle
+made with (the whole config, `resume_guard`), so resuming with another
+model, data set or recipe stops with one line naming the key instead of
+silently changing the run (or failing with a shape error deep inside
+Orbax). No pickle
 anywhere: the state is a pytree of arrays (the rng as its uint32 key data).
 """
 from typing import Any, Callable, Iterable, Mapping, Optional
@@ -20,27 +21,12 @@ from mio_jax import errors
 from mio_jax import files
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
+from mio_jax import resume_guard
 
 CHECKPOINT_SUBDIR = "checkpoints"
 METADATA_FILE = "run_metadata.json"
 # Orbax's name for the single item each step folder holds.
 _ITEM = "default"
-
-# The state's shapes: never allowed to change.
-ARCHITECTURE_KEYS = (
-    "model.name", "model.stem", "model.width_multiplier",
-    "model.projector_num_layers", "model.projector_hidden_dim",
-    "model.projector_output_dim", "model.projector_last_bn")
-# What decides the update of step i: changed only when the user says so
-# (config.resume_allow_changes), and then recorded in the metadata. Config
-# keys, then the run length, known once the data set is read.
-CONFIG_RECIPE_KEYS = (
-    "dataset.name", "dataset.path", "dataset.pretrain_split",
-    "dataset.image_size", "batch_size", "seed", "loss",
-    "temperature", "negative_temperature", "reg_weight", "optimizer.name",
-    "optimizer.base_lr", "online_probe.enabled")
-RUN_LENGTH_KEYS = ("total_steps", "steps_per_epoch")
-RECIPE_KEYS = CONFIG_RECIPE_KEYS + RUN_LENGTH_KEYS
 
 
 class CheckpointMismatchError(errors.UserError):
@@ -58,42 +44,10 @@ def checkpoint_dir(workdir: str) -> epath.Path:
   return path if "://" in str(workdir) else path.absolute()
 
 
-def _config_value(config: ml_collections.ConfigDict, key: str):
-  value = config
-  for part in key.split("."):
-    value = value[part]
-  return value
-
-
-def run_settings(config: ml_collections.ConfigDict, *,
-                 steps_per_epoch: Optional[int] = None,
-                 total_steps: Optional[int] = None) -> dict[str, Any]:
-  """The settings recorded with the checkpoints, flat "a.b" keys.
-
-  steps_per_epoch and total_steps are the run's effective values (known once
-  the data set is read); None leaves them out.
-  """
-  settings = {key: _config_value(config, key)
-              for key in ARCHITECTURE_KEYS + CONFIG_RECIPE_KEYS}
-  if steps_per_epoch is not None:
-    settings["steps_per_epoch"] = int(steps_per_epoch)
-  if total_steps is not None:
-    settings["total_steps"] = int(total_steps)
-  return files.as_stored(settings)
-
-
-def _stored_settings(metadata: Mapping[str, Any]) -> dict[str, Any]:
-  """Settings of a metadata file, also of the first build's format."""
-  if "settings" in metadata:
-    return dict(metadata["settings"])
-  # First build: {"model": {...}, "loss": ..., "optimizer": name}.
-  settings = {f"model.{k}": v for k, v in metadata.get("model", {}).items()
-              if f"model.{k}" in ARCHITECTURE_KEYS}
-  if "loss" in metadata:
-    settings["loss"] = metadata["loss"]
-  if "optimizer" in metadata:
-    settings["optimizer.name"] = metadata["optimizer"]
-  return settings
+def run_settings(config: ml_collections.ConfigDict, **derived: Any
+                ) -> dict[str, Any]:
+  """The settings recorded with the checkpoints (`resume_guard.record`)."""
+  return resume_guard.record(config, **derived)
 
 
 def read_metadata(workdir: str) -> Optional[dict[str, Any]]:
@@ -101,39 +55,23 @@ def read_metadata(workdir: str) -> Optional[dict[str, Any]]:
   return files.read_json(checkpoint_dir(workdir) / METADATA_FILE)
 
 
-def allowed_changes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The recipe keys config.resume_allow_changes names (checked)."""
-  allowed = tuple(k.strip() for k in config.resume_allow_changes.split(",")
-                  if k.strip())
-  for key in allowed:
-    errors.check_one_of("resume_allow_changes", key, RECIPE_KEYS)
-  return allowed
-
-
-def changed_settings(workdir: str, current: Mapping[str, Any],
-                     keys: Iterable[str]) -> list[tuple[str, Any, Any]]:
-  """(key, stored, current) for each of `keys` the checkpoints disagree on.
-
-  Keys missing on either side are not compared.
-  """
-  metadata = read_metadata(workdir)
-  if metadata is None:
-    return []
-  stored = _stored_settings(metadata)
-  return [(key, stored[key], current[key]) for key in keys
-          if key in stored and key in current and stored[key] != current[key]]
-
-
 def refuse_changes(workdir: str, current: Mapping[str, Any],
-                   keys: Iterable[str], *,
+                   guards: Callable[[str], bool], *,
                    describe: Callable[[str, Any, Any], str],
-                   allowed: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
-  """Raises CheckpointMismatchError if workdir's checkpoints differ in `keys`.
+                   allowed: Iterable[str] = (),
+                   total_steps: Optional[int] = None
+                  ) -> list[tuple[str, Any, Any]]:
+  """Raises CheckpointMismatchError if workdir's checkpoints differ in a
+  guarded key (`resume_guard.differences`).
 
   Changes of keys in `allowed` pass and are returned. describe(key, stored,
   new): the one-line message (with its fix) for the first refused change.
   """
-  changes = changed_settings(workdir, current, keys)
+  metadata = read_metadata(workdir)
+  if metadata is None:
+    return []
+  changes = resume_guard.differences(metadata, current, guards,
+                                     total_steps=total_steps)
   refused = [change for change in changes if change[0] not in allowed]
   if refused:
     more = (f" ({len(refused) - 1} more settings differ too)"
@@ -144,31 +82,47 @@ def refuse_changes(workdir: str, current: Mapping[str, Any],
 
 def check_resume(workdir: str, config: ml_collections.ConfigDict, *,
                  steps_per_epoch: Optional[int] = None,
+                 prepared_dataset: Optional[str] = None,
                  total_steps: Optional[int] = None,
                  architecture_only: bool = False) -> list[tuple[str, Any, Any]]:
   """Raises CheckpointMismatchError unless `config` may use workdir's checkpoints.
 
   The architecture must match; with architecture_only False (resuming
-  training), so must the recipe keys, except those in
-  config.resume_allow_changes. Returns the allowed changes found.
+  pretraining), so must every guarded setting (`resume_guard`), except
+  those config.resume_allow_changes names. steps_per_epoch and
+  prepared_dataset: known once the data are read (None: not compared);
+  total_steps: the run's effective length, for records of earlier builds.
+  Returns the allowed changes found.
   """
 
   def describe(key, stored, new):
-    architecture = key in ARCHITECTURE_KEYS
-    fix = ("use a new --workdir or the checkpoint's model" if architecture
-           else f"use a new --workdir, set config.{key} back, or pass "
-           f"--config.resume_allow_changes={key} to change it on purpose")
+    architecture = key in resume_guard.ARCHITECTURE_KEYS
+    if architecture:
+      fix = "use a new --workdir or the checkpoint's model"
+    elif key in resume_guard.STRUCTURE_KEYS:
+      fix = f"use a new --workdir, or set config.{key} back"
+    else:
+      fix = (f"use a new --workdir, set config.{key} back, or pass "
+             f"--config.resume_allow_changes={key} to change it on purpose")
+    name = key if key in resume_guard.DERIVED_KEYS else f"config.{key}"
     return (f"the checkpoints in {checkpoint_dir(workdir)} are of another "
             f"{'model' if architecture else 'recipe'}: made with "
-            f"config.{key}={stored!r}, this run has {new!r}; {fix}")
+            f"{name}={stored!r}, this run has {new!r}; {fix}")
 
-  return refuse_changes(
-      workdir, run_settings(config, steps_per_epoch=steps_per_epoch,
-                            total_steps=total_steps),
-      ARCHITECTURE_KEYS if architecture_only else (ARCHITECTURE_KEYS
-                                                   + RECIPE_KEYS),
-      describe=describe,
-      allowed=() if architecture_only else allowed_changes(config))
+  guards = (resume_guard.ARCHITECTURE_KEYS.__contains__ if architecture_only
+            else resume_guard.guards_pretraining)
+  try:
+    allowed = () if architecture_only else resume_guard.allowed_changes(config)
+    changes = refuse_changes(
+        workdir, run_settings(config, steps_per_epoch=steps_per_epoch,
+                              prepared_dataset=prepared_dataset),
+        guards, describe=describe, allowed=allowed, total_steps=total_steps)
+    resume_guard.check_allowed(changes)
+  except errors.InvalidValueError as error:
+    raise CheckpointMismatchError(error.describe(
+        "config.resume_allow_changes", "--config.resume_allow_changes")
+                                  ) from None
+  return changes
 
 
 class Checkpointer:
@@ -201,15 +155,20 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def _write_metadata(self) -> None:
-    """Writes the settings (and any allowed changes) once per Checkpointer."""
+    """Writes the settings (and any allowed changes) once per Checkpointer.
+
+    A record of an earlier build is rewritten in this build's format.
+    """
     path = self.directory / METADATA_FILE
     stored = files.read_json(path)
-    if stored is not None and not self._allowed_changes:
+    if (stored is not None and not self._allowed_changes
+        and stored.get("format") == resume_guard.FORMAT):
       return
     changes = (stored or {}).get("changes", []) + [
         {"key": key, "from": old, "to": new, "from_step": self.latest_step()}
         for key, old, new in self._allowed_changes]
-    files.write_json(path, {"settings": self._settings, "changes": changes})
+    files.write_json(path, {"format": resume_guard.FORMAT,
+                            "settings": self._settings, "changes": changes})
 
   def save(self, state: Any) -> bool:
     """Starts saving `state` at its step; False if that step is already saved."""

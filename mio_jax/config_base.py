@@ -106,9 +106,10 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- checkpoints, logging, monitoring ---------------------------------
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
-  # Comma-separated recipe keys a resumed run may change on purpose (e.g.
-  # "total_steps" to train longer); any other change to the settings the
-  # checkpoints were made with stops the run (checkpointing.RECIPE_KEYS).
+  # Comma-separated config keys a resumed run may change on purpose (e.g.
+  # "total_steps" to train longer). The checkpoints record the whole config;
+  # a resume that changes any other key stops, except the few that only say
+  # how to log, save and evaluate (mio_jax/resume_guard.py: FREE_KEYS).
   c.resume_allow_changes = ""
   c.log_every_steps = 50
   c.online_eval_every_steps = 0  # kNN on the eval split during pretraining; 0 disables
@@ -157,31 +158,48 @@ def base_config() -> ml_collections.ConfigDict:
   c.feature_probe.batch_size = 256
 
   # ---- augmented linear evaluation (--mode=linear_eval) --------------------
-  # A linear head on the frozen backbone (BatchNorm running statistics),
-  # trained on random resized crops (+ flip where config.augment.hflip) of
-  # the labelled train split streamed from the pipeline; Nesterov SGD with a
-  # cosine schedule, no warm-up (mio_jax.supervised). Checkpointed in
-  # <workdir>/linear_eval/.
+  # A linear head on the frozen backbone, trained on random resized crops
+  # (+ flip) of the labelled train split streamed from the pipeline
+  # (mio_jax.supervised). Checkpointed in <workdir>/linear_eval/.
   c.linear_eval = ml_collections.ConfigDict()
+  # "simclr": SimCLR's / BYOL's / solo-learn's protocol (these defaults).
+  # "public_code": the public MIO code's (Trainer.downstream): early stopping
+  # on validation_split (the head of the lowest validation loss is tested);
+  # configs/cifar10_public_code.py sets its other values.
+  c.linear_eval.recipe = "simclr"
   # SimCLR's ImageNet linear evaluation trains 90 epochs (the google-research
   # /simclr README's linear-head command: --train_epochs=90); solo-learn's
   # linear configs use 100.
   c.linear_eval.epochs = 90.0
   c.linear_eval.batch_size = 256  # global
-  # Peak lr = base_lr * batch_size / 256 (linear scaling): SimCLR's linear
-  # head command uses --learning_rate=0.1 with its default linear scaling.
+  # Peak lr = base_lr * batch_size / 256 under lr_scaling "linear": SimCLR's
+  # linear head command uses --learning_rate=0.1 with its linear scaling.
   c.linear_eval.base_lr = 0.1
+  c.linear_eval.lr_scaling = "linear"  # linear | none
+  # "cosine" to 0 (SimCLR) | "step": times lr_decay after every epoch.
+  c.linear_eval.schedule = "cosine"
+  c.linear_eval.lr_decay = 0.98
   # SimCLR's --optimizer=momentum is Nesterov (model_util.get_optimizer:
   # MomentumOptimizer(..., use_nesterov=True)), with its cosine decay and,
   # in the linear-head commands, --warmup_epochs=0.
   c.linear_eval.momentum = 0.9
   c.linear_eval.nesterov = True
   c.linear_eval.weight_decay = 0.0  # SimCLR's CIFAR-10 linear head: 0
-  # Random resized crop area range, with a flip (augment.hflip): Inception's
-  # (0.08, 1), which solo-learn's linear evaluation uses for CIFAR, STL-10
-  # and ImageNet (solo/data/classification_dataloader.py) and SimCLR's
-  # fine-tuning crops; a config overrides it for its data (digits).
+  # Random resized crop area range: Inception's (0.08, 1), which solo-learn's
+  # linear evaluation uses for CIFAR, STL-10 and ImageNet
+  # (solo/data/classification_dataloader.py) and SimCLR's fine-tuning crops;
+  # a config overrides it for its data (digits).
   c.linear_eval.crop_scale = (0.08, 1.0)
+  c.linear_eval.hflip = config_dict.placeholder(bool)  # None: augment.hflip
+  # The frozen backbone's BatchNorm: "running" statistics (SimCLR) or the
+  # "batch"'s, updating the running ones (the public code trains the head
+  # with its model in train mode).
+  c.linear_eval.backbone_bn = "running"
+  # TFDS split expressions: what the head trains on (None: the train split)
+  # and, for recipe "public_code", the held-out split of its early stopping.
+  c.linear_eval.train_split = config_dict.placeholder(str)
+  c.linear_eval.validation_split = config_dict.placeholder(str)
+  c.linear_eval.patience = 5  # epochs without a better validation loss
 
   # ---- semi-supervised fine-tuning (--mode=finetune) -----------------------
   # Backbone + a new linear head (projector dropped) fine-tuned on a fixed,
@@ -190,7 +208,8 @@ def base_config() -> ml_collections.ConfigDict:
   # momentum 0.9, lr 0.05 * batch / 256, no warm-up, no weight decay or other
   # regularisation, random crop and flip only, 60 epochs at 1% of the labels
   # and 30 at 10%. Checkpointed in <workdir>/finetune/, the subset written to
-  # <workdir>/finetune/subset.json.
+  # <workdir>/finetune/subset.json. Both protocols run SimCLR's count of
+  # steps: labelled examples * epochs // batch_size + 1.
   c.finetune = ml_collections.ConfigDict()
   c.finetune.label_fraction = 0.1  # of each class; 1.0: every label
   # Labels per class instead of a fraction; None or 0: use label_fraction.
@@ -202,10 +221,14 @@ def base_config() -> ml_collections.ConfigDict:
   # could not be opened from here; the linear scaling rule itself is the
   # simclr repo's model_util.learning_rate_schedule).
   c.finetune.base_lr = 0.05
+  c.finetune.lr_scaling = "linear"
+  c.finetune.schedule = "cosine"
+  c.finetune.lr_decay = 0.98  # schedule "step" only
   c.finetune.momentum = 0.9  # SimCLR B.5
   c.finetune.nesterov = True  # SimCLR B.5
   c.finetune.weight_decay = 0.0  # SimCLR B.5: no regularisation
   c.finetune.crop_scale = (0.08, 1.0)  # as linear_eval.crop_scale
+  c.finetune.hflip = config_dict.placeholder(bool)  # None: augment.hflip
   # Where the encoder comes from: a pretraining workdir (its step init_step,
   # None: the latest) or an exported encoder file (python -m
   # mio_jax.cli.export); "" : random initialisation, the baseline.

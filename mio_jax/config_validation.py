@@ -25,6 +25,7 @@ from mio_jax import metric_logging
 from mio_jax import models
 from mio_jax import modes
 from mio_jax import optim
+from mio_jax import resume_guard
 from mio_jax import supervised
 from mio_jax import train
 from mio_jax.data import augment
@@ -100,7 +101,7 @@ def validate_config(config: ml_collections.ConfigDict, *,
   with _section():
     protocols.check_config(config)
   with _section():
-    checkpointing.allowed_changes(config)
+    resume_guard.allowed_changes(config)
 
   _divisible("batch_size", config.batch_size, device_count, "the device count")
   for key in ("eval.batch_size", "linear_eval.batch_size",
@@ -167,7 +168,7 @@ def _check_checkpoints(label: str, check) -> None:
 def _check_saved_encoder(config: ml_collections.ConfigDict, workdir: str,
                          source: modes.EncoderSource) -> None:
   """The step `source` names is saved, and of config's architecture."""
-  here = source.path == workdir
+  here = modes.MODES[config.mode].encoder == modes.EVALUATED  # --workdir's
   step_key = "config.eval.step" if here else "config.finetune.init_step"
   saved = checkpointing.saved_steps(source.path)
   if not saved:

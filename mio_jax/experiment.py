@@ -38,7 +38,8 @@ def _pretrain(config, workdir, mesh, *, logger: metric_logging.MetricLogger,
   info = data.dataset_info(config)
   run = run_lib.build_run(
       config, mesh, steps_per_epoch=data.pretrain_steps_per_epoch(config),
-      num_classes=info.num_classes, normalization=(info.mean, info.std))
+      num_classes=info.num_classes, normalization=(info.mean, info.std),
+      prepared_dataset=data.dataset_spec(config).tfds_name)
   logger.total_steps = run.total_steps
   hooks = []
   if config.online_eval_every_steps > 0:

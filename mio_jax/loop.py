@@ -22,7 +22,7 @@ import dataclasses
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,12 +31,16 @@ from jax.experimental import multihost_utils
 
 from mio_jax import checkpointing
 from mio_jax import errors
+from mio_jax import metric_logging
 
 Metrics = Mapping[str, Any]
 StepFn = Callable[[Any, Any], tuple[Any, Metrics]]
 BatchesFn = Callable[[int], Iterator[Any]]
 # hook(completed steps, state) -> metrics to log, or None.
 Hook = Callable[[int, Any], Optional[dict[str, Any]]]
+# after_step(completed steps, state) -> (state, metrics to log or None): a
+# protocol's own bookkeeping between steps (early stopping's best head).
+AfterStep = Callable[[int, Any], tuple[Any, Optional[dict[str, Any]]]]
 
 # ---- the non-finite guard ---------------------------------------------------
 
@@ -70,31 +74,14 @@ def check_finite(step: int, metrics: Metrics) -> None:
 
 # ---- logging ------------------------------------------------------------------
 
-
-class Logger(Protocol):
-
-  def log(self, step: int, metrics: dict[str, float]) -> None:
-    ...
-
-  def close(self) -> None:
-    ...
+# What the loop logs to: metric_logging.MetricLogger, or a test's list.
+Logger = metric_logging.Logger
 
 
 def print_once(message: str) -> None:
   """Prints on process 0 only (every process runs the same loop)."""
   if jax.process_index() == 0:
     print(message, flush=True)
-
-
-class PrintLogger:
-  """The default logger: one line per log step on process 0."""
-
-  def log(self, step: int, metrics: dict[str, float]) -> None:
-    values = ", ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items()))
-    print_once(f"step {step}: {values}")
-
-  def close(self) -> None:
-    pass
 
 
 # ---- preemption ----------------------------------------------------------------
@@ -183,7 +170,9 @@ def run(state: Any, step_fn: StepFn, batches_fn: BatchesFn, *,
         num_steps: int, images_per_step: int,
         checkpointer: checkpointing.Checkpointer, cadence: Cadence,
         logger: Logger, preemption: Optional[PreemptionWatch] = None,
-        hooks: Sequence[Hook] = (), name: str = "") -> Any:
+        hooks: Sequence[Hook] = (), name: str = "",
+        after_step: Optional[AfterStep] = None,
+        stop: Optional[Callable[[Any], bool]] = None) -> Any:
   """Trains `state` (a pytree with an int `.step`) to `num_steps`.
 
   step_fn(state, batch) -> (state, metrics): jitted, donating its state;
@@ -191,7 +180,10 @@ def run(state: Any, step_fn: StepFn, batches_fn: BatchesFn, *,
   batches_fn(start_step): the batches of steps start_step, start_step + 1...
   name: "" for pretraining, else the protocol ("finetune"): metrics are
   logged as "<name>_<metric>". preemption: the process's watch (None: one
-  is opened for this call).
+  is opened for this call). after_step: updates the state between steps
+  (its metrics logged like the step's); stop(state): True ends the run
+  early (early stopping; checked after each step and on resume), saving
+  that step.
 
   Raises NonFiniteLossError (naming the step; the last good checkpoint is
   kept) and SystemExit(0) after saving when preempted.
@@ -213,14 +205,23 @@ def run(state: Any, step_fn: StepFn, batches_fn: BatchesFn, *,
   interval_start = (int(state.step), time.monotonic())
   with watch as preemption:
     for step in range(int(state.step), num_steps):
+      if stop is not None and stop(state):
+        print_once(f"Stopped{' ' + name if name else ''} early at step {step}.")
+        break
       state, metrics = step_fn(state, next(batches))
       if unchecked is not None:
         check_finite(*unchecked)
       unchecked = (step, metrics)
       done = step + 1  # logs and checkpoints are numbered by completed steps
-      if _every(cadence.log_every_steps, done) or done == num_steps:
-        check_finite(*unchecked)
-        unchecked = None
+      if after_step is not None:
+        state, own_metrics = after_step(done, state)
+        if own_metrics:
+          logger.log(done, {prefix + k: v for k, v in own_metrics.items()})
+      ends = done == num_steps or (stop is not None and stop(state))
+      if _every(cadence.log_every_steps, done) or ends:
+        if unchecked is not None:
+          check_finite(*unchecked)
+          unchecked = None
         values = {prefix + k: float(v)
                   for k, v in jax.device_get(metrics).items()}
         now = time.monotonic()
@@ -242,8 +243,7 @@ def run(state: Any, step_fn: StepFn, batches_fn: BatchesFn, *,
       # Checked after the hooks, which may be slow (online kNN), so that a
       # SIGTERM received meanwhile is acted on at once.
       preempted = preempted or preemption.reached(done)
-      if (_every(cadence.checkpoint_every_steps, done) or done == num_steps
-          or preempted):
+      if (_every(cadence.checkpoint_every_steps, done) or ends or preempted):
         if unchecked is not None:
           check_finite(*unchecked)
           unchecked = None

@@ -38,7 +38,7 @@ import json
 import math
 import secrets
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import ml_collections
 import numpy as np
@@ -54,6 +54,33 @@ WANDB_MODES = ("offline", "online")
 WANDB_VERSION = "0.31.0"
 WANDB_RUN_ID_FILENAME = "wandb_run_id"
 WANDB_STEP = "step"  # the x-axis of every wandb chart
+
+
+class Logger(Protocol):
+  """What the training loop logs to: a MetricLogger, or a stand-in."""
+
+  def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+    ...
+
+  def close(self) -> None:
+    ...
+
+
+class PrintLogger:
+  """One line per log call on stdout, main process only: for runs without a
+  workdir's files (benchmarks, tests)."""
+
+  def __init__(self, is_main_process: bool = True):
+    self.is_main_process = is_main_process
+
+  def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+    if self.is_main_process:
+      values = ", ".join(f"{k}={float(v):.5g}"
+                         for k, v in sorted(metrics.items()))
+      print(f"step {step}: {values}", flush=True)
+
+  def close(self) -> None:
+    pass
 
 
 class WandbNotInstalledError(errors.UserError):
@@ -261,11 +288,17 @@ class MetricLogger:
 
   def _print_values(self, step: int, values: dict[str, float]) -> None:
     shown = "  ".join(f"{name} {value:.4f}" for name, value in values.items())
-    print(f"step {step}/{self.total_steps}  {shown}", flush=True)
+    print(f"{self._step_label(step)}  {shown}", flush=True)
+
+  def _step_label(self, step: int) -> str:
+    # A supervised protocol's steps are not pretraining's: no total then.
+    if 0 < step <= self.total_steps:
+      return f"step {step}/{self.total_steps}"
+    return f"step {step}"
 
   def _progress_line(self, step: int, now: float,
                      values: dict[str, float]) -> str:
-    fields = [f"step {step}/{self.total_steps}"]
+    fields = [self._step_label(step)]
     if "loss" in values:
       fields.append(f"loss {values['loss']:.4f}")
     if "learning_rate" in values:

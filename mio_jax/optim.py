@@ -3,8 +3,8 @@
   * pretraining (`make_optimizer`, config.optimizer): LARS (the SimCLR/MIO
     recipe), SGD with momentum or AdamW, warm-up + cosine;
   * the classifiers trained on a backbone (`classifier_optimizer`: the
-    supervised protocols and the feature probe): SGD, Nesterov momentum,
-    cosine to 0, no warm-up (SimCLR's linear head and fine-tuning);
+    supervised protocols and the feature probe): SGD with (Nesterov)
+    momentum and their schedule (SimCLR's linear head and fine-tuning);
   * the online probe inside the pretraining step (`online_probe_optimizer`).
 
 They share one rule: biases and normalisation parameters (every parameter
@@ -117,20 +117,19 @@ def make_optimizer(opt: ml_collections.ConfigDict, *, batch_size: int,
   return tx, schedule
 
 
-def classifier_optimizer(*, peak_lr: float, total_steps: int, momentum: float,
-                         nesterov: bool = True, weight_decay: float = 0.0
-                        ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """SGD with (Nesterov) momentum, cosine from peak_lr to 0 over total_steps.
+def classifier_optimizer(learning_rate: optax.ScalarOrSchedule, *,
+                         momentum: float, nesterov: bool = True,
+                         weight_decay: float = 0.0
+                        ) -> optax.GradientTransformation:
+  """SGD with (Nesterov) momentum; weight decay skips biases and norm scales.
 
-  SimCLR's recipe for a linear head and for fine-tuning (its
-  model_util.get_optimizer: momentum with use_nesterov, cosine decay,
-  warm-up 0 in those commands). Weight decay skips biases and norm scales.
+  SimCLR's optimizer for a linear head and for fine-tuning (its
+  model_util.get_optimizer: momentum with use_nesterov), with the
+  protocol's learning-rate schedule.
   """
-  schedule = optax.cosine_decay_schedule(peak_lr,
-                                         decay_steps=max(total_steps, 1))
   return optax.chain(
       optax.add_decayed_weights(weight_decay, mask=decay_mask),
-      optax.sgd(schedule, momentum=momentum, nesterov=nesterov)), schedule
+      optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov))
 
 
 def online_probe_optimizer(learning_rate: float) -> optax.GradientTransformation:

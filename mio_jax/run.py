@@ -46,6 +46,9 @@ class Run:
   # (batch, step) -> batch with the colour augmentation done on the device
   # (config.augment.on_device), or None when the host did it.
   augment_fn: Optional[Callable[[Batch, jax.Array], Batch]] = None
+  # The prepared data set's TFDS name (an image folder's holds a
+  # fingerprint of its files), recorded so a resume on other data stops.
+  prepared_dataset: Optional[str] = None
 
 
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -58,7 +61,8 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
 def build_run(config: ml_collections.ConfigDict, mesh: Mesh, *,
               steps_per_epoch: int, num_classes: Optional[int] = None,
               normalization: Optional[tuple[Sequence[float],
-                                            Sequence[float]]] = None) -> Run:
+                                            Sequence[float]]] = None,
+              prepared_dataset: Optional[str] = None) -> Run:
   """The pieces of pretraining `config` on `mesh`.
 
   steps_per_epoch: pretraining batches per epoch (`data.pretrain_steps_per_epoch`);
@@ -67,6 +71,8 @@ def build_run(config: ml_collections.ConfigDict, mesh: Mesh, *,
   (None: no probe).
   normalization: (mean, std) per channel of the data set, needed with
   config.augment.on_device (the device normalises after its colour ops).
+  prepared_dataset: the data set's TFDS name (`data.dataset_spec`), guarded
+  on resume (None: synthetic batches).
   Raises errors.InvalidValueError for a bad model, loss or optimizer setting.
   """
   loss_fn = losses.make_loss(config.loss, block_size=config.loss_block_size,
@@ -104,4 +110,4 @@ def build_run(config: ml_collections.ConfigDict, mesh: Mesh, *,
              probe_optimizer=(optim.online_probe_optimizer(
                  config.online_probe.lr) if probe else None),
              num_classes=int(num_classes) if probe else None,
-             augment_fn=augment_fn)
+             augment_fn=augment_fn, prepared_dataset=prepared_dataset)

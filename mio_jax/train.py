@@ -23,6 +23,7 @@ from mio_jax import checkpointing
 from mio_jax import errors
 from mio_jax import loop
 from mio_jax import mesh as mesh_lib
+from mio_jax import metric_logging
 from mio_jax import models
 from mio_jax.run import Run
 
@@ -250,18 +251,18 @@ def pretrain(run: Run, workdir: str, *,
   settings (see checkpointing.check_resume).
   """
   config = run.config
+  derived = dict(steps_per_epoch=run.steps_per_epoch,
+                 prepared_dataset=run.prepared_dataset)
   allowed_changes = checkpointing.check_resume(
-      workdir, config, steps_per_epoch=run.steps_per_epoch,
-      total_steps=run.total_steps)
+      workdir, config, total_steps=run.total_steps, **derived)
   with checkpointing.Checkpointer(
       workdir, keep=config.keep_checkpoints, allowed_changes=allowed_changes,
-      settings=checkpointing.run_settings(
-          config, steps_per_epoch=run.steps_per_epoch,
-          total_steps=run.total_steps)) as checkpointer:
+      settings=checkpointing.run_settings(config, **derived)) as checkpointer:
     return loop.run(
         init_state(run), make_train_step(run),
         _default_batches(run) if batches_fn is None else batches_fn,
         num_steps=run.total_steps, images_per_step=int(config.batch_size),
         checkpointer=checkpointer, cadence=loop.Cadence.from_config(config),
-        logger=loop.PrintLogger() if logger is None else logger,
+        logger=(metric_logging.PrintLogger(jax.process_index() == 0)
+                if logger is None else logger),
         preemption=preemption, hooks=hooks)

@@ -6,6 +6,7 @@ import pytest
 
 from mio_jax import checkpointing
 from mio_jax import mesh as mesh_lib
+from mio_jax import resume_guard
 from mio_jax import train
 from pretrain_runner import (assert_trees_equal, build_tiny_run,
                              open_checkpointer, tiny_config, tiny_run)
@@ -51,14 +52,15 @@ def test_checkpoints_of_another_model_are_refused(tmp_path):
   checkpointer = open_checkpointer(tmp_path, config)
   checkpointer.save(_state())
   checkpointer.close()
-  assert checkpointing.read_metadata(str(tmp_path))["settings"] == \
-      checkpointing.run_settings(config)
+  metadata = checkpointing.read_metadata(str(tmp_path))
+  assert metadata["settings"] == checkpointing.run_settings(config)
 
   other = tiny_config()
   other.model.width_multiplier = 1.0
-  assert checkpointing.changed_settings(
-      str(tmp_path), checkpointing.run_settings(other),
-      checkpointing.ARCHITECTURE_KEYS) == [("model.width_multiplier", 0.5, 1.0)]
+  assert resume_guard.differences(
+      metadata, checkpointing.run_settings(other),
+      resume_guard.ARCHITECTURE_KEYS.__contains__) == [
+          ("model.width_multiplier", 0.5, 1.0)]
   checkpointing.check_resume(str(tmp_path), config)  # the same: fine
   for architecture_only in (True, False):
     with pytest.raises(checkpointing.CheckpointMismatchError,

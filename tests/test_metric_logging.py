@@ -245,3 +245,10 @@ def test_real_wandb_writes_an_offline_run(tmp_path, monkeypatch):
   # The run file is wandb's binary record log; its history names the keys.
   with open(run_file, "rb") as f:
     assert b"eval/knn/top1" in f.read()
+
+
+def test_steps_beyond_the_pretraining_total_print_without_one(tmp_path, capsys):
+  logger = metric_logging.MetricLogger(str(tmp_path), total_steps=0)
+  logger.log(5, {"finetune_loss": 0.5})
+  logger.close()
+  assert "step 5  finetune_loss 0.5000" in capsys.readouterr().out

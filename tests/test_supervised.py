@@ -18,6 +18,8 @@ from mio_jax import mesh as mesh_lib
 from mio_jax import models
 from mio_jax import modes
 from mio_jax import supervised
+from mio_jax.supervised import early_stopping
+from mio_jax.supervised import task as task_lib
 from mio_jax import train
 from mio_jax.data import labelled
 
@@ -106,20 +108,20 @@ def test_linear_eval_trains_the_head_only_and_reports_top1_top5(setup,
 def test_linear_eval_step_uses_the_frozen_backbone_in_eval_mode(setup):
   """Running statistics, not the batch's, and no update of them."""
   config, mesh, variables = setup
-  task = supervised.make_task(config, mesh, "linear_eval", num_examples=64,
-                              num_classes=10)
-  frozen = supervised.frozen_backbone(task, variables)
+  task = task_lib.make_task(config, mesh, "linear_eval", num_examples=64,
+                            num_classes=10, epochs=1.0)
+  frozen = task_lib.frozen_backbone(task, variables)
   # Statistics far from a batch's, so a train-mode pass would differ.
   frozen["batch_stats"] = jax.tree.map(lambda x: x + 0.5,
                                        frozen["batch_stats"])
   images = jax.random.normal(jax.random.key(1), (64, 8, 8, 3))
   labels = jnp.arange(64) % 10
-  state = supervised.init_state(task, variables)
+  state = task_lib.init_state(task, variables)
   assert state.batch_stats is None  # nothing of the backbone is trained
   head = {"kernel": jax.random.normal(jax.random.key(2),
                                       state.params["kernel"].shape),
           "bias": jnp.zeros_like(state.params["bias"])}
-  logits, stats = supervised._logits(  # pylint: disable=protected-access
+  logits, stats = task_lib._logits(  # pylint: disable=protected-access
       task, head, None, frozen, images, train=True)
   features = task.backbone.apply(frozen, images, train=False)
   np.testing.assert_allclose(logits, features @ head["kernel"], rtol=1e-5,
@@ -130,26 +132,28 @@ def test_linear_eval_step_uses_the_frozen_backbone_in_eval_mode(setup):
   batch = {"image": jax.device_put(images, sharding),
            "label": jax.device_put(labels.astype(jnp.int32), sharding)}
   before = jax.device_get(frozen)
-  new_state, _ = supervised.make_train_step(task)(
-      supervised.init_state(task, variables), frozen, batch)
+  new_state, _ = task_lib.make_train_step(task)(
+      task_lib.init_state(task, variables), frozen, batch)
   assert not np.allclose(jax.device_get(new_state.params["kernel"]), 0)
   jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(frozen))
 
 
 def _finetune_task(config, mesh, num_examples):
-  return supervised.make_task(config, mesh, "finetune",
-                              num_examples=num_examples, num_classes=10)
+  return task_lib.make_task(config, mesh, "finetune",
+                            num_examples=num_examples, num_classes=10,
+                            epochs=config.finetune.epochs)
 
 
 def _fit(task, config, variables, labelled_set, directory, logger):
   def batches_fn(start_step):
     return labelled.labelled_batches(
         config, task.mesh, labelled=labelled_set, batch_size=task.batch_size,
-        crop_scale=(0.5, 1.0), batch_key="config.finetune.batch_size",
+        crop_scale=(0.5, 1.0), hflip=True,
+      batch_key="config.finetune.batch_size",
         start_step=start_step)
 
-  return supervised.train(
-      task, supervised.init_state(task, variables), None, batches_fn,
+  return task_lib.train(
+      task, task_lib.init_state(task, variables), None, batches_fn,
       directory=str(directory), settings={"test": 1}, config=config,
       logger=logger)
 
@@ -273,3 +277,64 @@ def test_linear_eval_mode_end_to_end_on_a_saved_step(setup, tmp_path):
   stored = json.loads((tmp_path / experiment.RESULTS_FILE).read_text())
   assert stored["step"] == 3
   assert stored["linear_eval_top1"] == results["linear_eval_top1"]
+
+
+def test_the_step_schedule_decays_per_epoch_inside_streamed_batches():
+  config = config_base.base_config()
+  section = config.linear_eval
+  section.schedule, section.lr_decay, section.lr_scaling = "step", 0.5, "none"
+  section.base_lr, section.batch_size = 0.01, 32
+  schedule = task_lib.lr_schedule(section, num_examples=100, total_steps=50)
+  # Epoch e covers stream positions [100e, 100(e+1)): step 3 (positions
+  # 96..127) is still epoch 0's rate, step 4 epoch 1's.
+  np.testing.assert_allclose([schedule(s) for s in (0, 3, 4, 7)],
+                             [0.01, 0.01, 0.005, 0.0025])
+  section.schedule, section.lr_scaling = "cosine", "linear"
+  cosine = task_lib.lr_schedule(section, num_examples=100, total_steps=50)
+  np.testing.assert_allclose([cosine(0), cosine(50)], [0.01 * 32 / 256, 0.0])
+
+
+def test_early_stopping_keeps_the_head_of_the_lowest_validation_loss(
+    setup, monkeypatch):
+  config, mesh, variables = setup
+  task = task_lib.make_task(config, mesh, "linear_eval", num_examples=64,
+                            num_classes=10, epochs=1.0)
+  losses = iter([1.0, 0.5, 0.7, 0.5, 0.9, 0.8])
+  monkeypatch.setattr(task_lib, "accuracy", lambda *a, **k: {
+      "loss": next(losses), "top1": 0.0, "top5": 0.0})
+  after_step = early_stopping.after_step_fn(
+      task, None, num_examples=64, validation_batches=lambda: None)
+  stopped = early_stopping.stopped_fn(patience=1)
+  state = task_lib.init_state(task, variables, best=early_stopping.initial_best(
+      task, variables))
+  kept = []
+  for done in range(1, 13):  # batch 64 of 64 examples: an epoch per step
+    state = state.replace(params=jax.tree.map(lambda x: x + 1.0, state.params))
+    state, metrics = after_step(done, state)
+    kept.append(float(state.best.params["bias"][0]))
+    assert metrics["val_epochs_since_best"] == int(state.best.waited)
+    if stopped(state):
+      break
+  # Losses 1.0, 0.5, 0.7, 0.5 (a tie: the later head), 0.9, 0.8: two epochs
+  # without a better loss exceed patience 1, so it stops after epoch 6.
+  assert kept == [1.0, 2.0, 2.0, 4.0, 4.0, 4.0] and done == 6
+  assert int(state.best.waited) == 2
+
+
+@pytest.mark.slow
+def test_public_code_recipe_end_to_end(setup, tmp_path):
+  """linear_eval as the public code runs it: validation split, best head."""
+  config, mesh, variables = setup
+  config = config.copy_and_resolve_references()
+  section = config.linear_eval
+  section.recipe, section.backbone_bn, section.schedule = (
+      "public_code", "batch", "step")
+  section.train_split, section.validation_split = "train[:80%]", "train[80%:]"
+  section.batch_size, section.epochs, section.patience = 400, 3.0, 0
+  logger = ListLogger()
+  step, results = supervised.linear_eval(config, str(tmp_path), mesh,
+                                         _encoder(variables), logger=logger)
+  assert set(results) == {"linear_eval_top1", "linear_eval_top5"}
+  validated = [m for _, m in logger.lines if "linear_eval_val_loss" in m]
+  assert validated  # one line per epoch, until patience ran out
+  assert len(validated) <= 3

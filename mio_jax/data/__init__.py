@@ -7,6 +7,7 @@ kept quiet before anything else imports it.
   pretrain_batches(config, mesh, *, start_step=0) -> Iterator[dict]
   pretrain_steps_per_epoch(config) -> int
   eval_batches(config, mesh, split) -> Iterator[dict]
+  split_batches(config, mesh, tfds_split) -> Iterator[dict]
   ensure_prepared(config)  # raises DatasetNotPreparedError with the fix
   prepare_digits(data_dir=None), prepare_dataset(name, data_dir, manual_dir)
 """
@@ -21,23 +22,24 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 tf.config.set_visible_devices([], "GPU")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from mio_jax.data.dataset import DatasetInfo
+from mio_jax.data.dataset import check_config
+from mio_jax.data.dataset import dataset_info
+from mio_jax.data.dataset import dataset_spec
 from mio_jax.data.pipeline import eval_batches
 from mio_jax.data.pipeline import pretrain_batches
 from mio_jax.data.pipeline import pretrain_steps_per_epoch
+from mio_jax.data.pipeline import split_batches
+from mio_jax.data.preparation import DatasetNotPreparedError
+from mio_jax.data.preparation import ensure_prepared
+from mio_jax.data.preparation import prepare_dataset
+from mio_jax.data.preparation import prepare_digits
 from mio_jax.data.registry import DATASET_NAMES
 from mio_jax.data.registry import DATASETS
-from mio_jax.data.registry import DatasetInfo
-from mio_jax.data.registry import DatasetNotPreparedError
-from mio_jax.data.registry import check_config
-from mio_jax.data.registry import dataset_info
-from mio_jax.data.registry import dataset_spec
-from mio_jax.data.registry import ensure_prepared
-from mio_jax.data.registry import prepare_dataset
-from mio_jax.data.registry import prepare_digits
 
 __all__ = [
     "DATASET_NAMES", "DATASETS", "DatasetInfo", "DatasetNotPreparedError",
     "check_config", "dataset_info", "dataset_spec",
     "ensure_prepared", "eval_batches", "prepare_dataset", "prepare_digits",
-    "pretrain_batches", "pretrain_steps_per_epoch",
+    "pretrain_batches", "pretrain_steps_per_epoch", "split_batches",
 ]

@@ -26,9 +26,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mio_jax.data import augment
+from mio_jax.data import dataset
 from mio_jax.data import indexing
 from mio_jax.data import pipeline
-from mio_jax.data import registry
+from mio_jax.data import preparation
 
 # Mixed into the subset seed so it is not the permutation or crop stream.
 _SUBSET_STREAM = 0x1ABE1
@@ -110,7 +111,7 @@ def imagenet_subset_source(name: str, data_dir: Optional[str]):
   Raises DatasetNotPreparedError (no network, the command in the message)
   when the subset is not prepared in data_dir.
   """
-  registry.ensure_label_subset_prepared(name, data_dir)
+  preparation.ensure_label_subset_prepared(name, data_dir)
   return pipeline.EncodedSource(tfds.data_source(
       name, split="train", data_dir=data_dir, download=False,
       decoders={"image": tfds.decode.SkipDecoding()}))
@@ -128,26 +129,31 @@ class LabelledSet:
   description: dict
 
 
-def train_source(config: ml_collections.ConfigDict):
-  """The labelled train split of config's data set (as evaluation reads it)."""
-  spec = registry.dataset_spec(config)
-  return pipeline.load_source(spec, spec.eval_splits["train"],
+def train_source(config: ml_collections.ConfigDict,
+                 split: Optional[str] = None):
+  """The labelled train split of config's data set (as evaluation reads it),
+  or the TFDS split expression `split`."""
+  spec = dataset.dataset_spec(config)
+  return pipeline.load_source(spec, split or spec.eval_splits["train"],
                               config.dataset.data_dir,
                               int(config.dataset.image_size))
 
 
 def labelled_set(config: ml_collections.ConfigDict, *,
                  fraction: Optional[float] = None,
-                 per_class: Optional[int] = None) -> LabelledSet:
+                 per_class: Optional[int] = None,
+                 split: Optional[str] = None) -> LabelledSet:
   """The labelled training set: the whole train split, or a fixed subset.
 
+  split: a TFDS split expression to read instead of the train split (the
+  public MIO code's linear evaluation trains on "train[:80%]").
   fraction 1.0 (and no per_class) is the whole split; otherwise a
   stratified subset (`stratified_subset`, seed config.seed), or for
   ImageNet-1K at 1% / 10% SimCLR's published list (TFDS
   imagenet2012_subset). Raises DatasetNotPreparedError (with the command
   that prepares it) when the data set is missing.
   """
-  registry.ensure_prepared(config)
+  preparation.ensure_prepared(config)
   whole = per_class is None and (fraction is None or fraction >= 1.0)
   subset_name = None if whole else imagenet_subset_name(
       config, fraction=fraction, per_class=per_class)
@@ -157,14 +163,14 @@ def labelled_set(config: ml_collections.ConfigDict, *,
                        {"tfds_subset": subset_name, "split": "train",
                         "num_examples": len(source),
                         "indices": "all rows of the TFDS subset builder"})
-  source = train_source(config)
+  source = train_source(config, split)
   if whole:
     indices = np.arange(len(source), dtype=np.int64)
   else:
     indices = stratified_subset(source_labels(source), seed=int(config.seed),
                                 fraction=fraction, per_class=per_class)
   return LabelledSet(source, indices.astype(np.int64), {
-      "dataset": config.dataset.name, "split": "train",
+      "dataset": config.dataset.name, "split": split or "train",
       "seed": int(config.seed), "label_fraction": fraction,
       "labels_per_class": per_class, "num_examples": int(len(indices)),
       "indices": indices.tolist()})
@@ -215,7 +221,7 @@ def crop_flip_fn(*, seed: int, size: int, crop_scale: tuple[float, float],
 def labelled_batches(config: ml_collections.ConfigDict,
                      mesh: jax.sharding.Mesh, *, labelled: LabelledSet,
                      batch_size: int, crop_scale: tuple[float, float],
-                     batch_key: str,
+                     hflip: bool, batch_key: str,
                      start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
   """Endless augmented batches of `labelled` from step `start_step` on.
 
@@ -228,7 +234,7 @@ def labelled_batches(config: ml_collections.ConfigDict,
   """
   indexing.check_batch(len(labelled.indices), batch_size, key=batch_key,
                        what="labelled training examples")
-  spec = registry.dataset_spec(config)
+  spec = dataset.dataset_spec(config)
   source = labelled.source
   rows = indexing.local_rows(mesh, batch_size)
   read = functools.partial(step_records, source, seed=int(config.seed),
@@ -237,7 +243,7 @@ def labelled_batches(config: ml_collections.ConfigDict,
   example_fn = crop_flip_fn(
       seed=int(config.seed), size=int(config.dataset.image_size),
       crop_scale=tuple(float(s) for s in crop_scale),
-      hflip=bool(config.augment.hflip), mean=spec.mean, std=spec.std,
+      hflip=hflip, mean=spec.mean, std=spec.std,
       encoded=source.encoded)
   steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
   ds = pipeline.local_batches(read, pipeline.record_spec(source), steps,

@@ -17,7 +17,7 @@ encoded JPEG bytes from ArrayRecord files with `tfds.data_source`
 (`EncodedSource`) and decoded per step. The trade-off: the whole split is
 shuffled exactly every epoch and any step can be reproduced alone, at the
 price of ArrayRecord files (TFDS 4.9.10 still writes TFRecord by default,
-which has no random access; `python -m mio_jax.data.prepare` writes
+which has no random access; `python -m mio_jax.cli.prepare` writes
 ArrayRecord) and of per-record reads instead of large sequential ones.
 
 A batch is read by a function of its number (`pretrain_step_records`,
@@ -38,7 +38,9 @@ import tensorflow_datasets as tfds
 
 from mio_jax import mesh as mesh_lib
 from mio_jax.data import augment
+from mio_jax.data import dataset
 from mio_jax.data import indexing
+from mio_jax.data import preparation
 from mio_jax.data import registry
 
 # Examples per chunk when decoding a split into memory.
@@ -126,7 +128,7 @@ def load_source(spec: registry.DatasetSpec, split: str,
 
 
 def _source(config: ml_collections.ConfigDict, split: str):
-  return load_source(registry.dataset_spec(config), split,
+  return load_source(dataset.dataset_spec(config), split,
                      config.dataset.data_dir, int(config.dataset.image_size))
 
 
@@ -136,7 +138,7 @@ def pretrain_steps_per_epoch(config: ml_collections.ConfigDict) -> int:
   Raises indexing.BatchTooLargeError when config.batch_size exceeds it.
   """
   return indexing.steps_per_epoch(
-      registry.dataset_info(config).num_pretrain_examples, config.batch_size)
+      dataset.dataset_info(config).num_pretrain_examples, config.batch_size)
 
 
 # ---- tf.data stages ----------------------------------------------------------
@@ -260,7 +262,7 @@ def two_view_fn(params: augment.AugmentParams, *, seed: int, mean, std,
 def pretrain_dataset(source, config: ml_collections.ConfigDict, *,
                      rows: slice, start_step: int = 0) -> tf.data.Dataset:
   """This process's share of the pretraining batches, as numpy-ready tf.data."""
-  spec = registry.dataset_spec(config)
+  spec = dataset.dataset_spec(config)
   read = functools.partial(
       pretrain_step_records, source, seed=int(config.seed),
       global_batch_size=int(config.batch_size), rows=rows)
@@ -284,8 +286,8 @@ def pretrain_batches(config: ml_collections.ConfigDict,
   flipped only: pass the batch through `device_augment.augment_batch`
   (with this step's number) inside the train step.
   """
-  registry.ensure_prepared(config)
-  spec = registry.dataset_spec(config)
+  preparation.ensure_prepared(config)
+  spec = dataset.dataset_spec(config)
   source = _source(config, spec.pretrain_split)
   rows = indexing.local_rows(mesh, int(config.batch_size))
   ds = pretrain_dataset(source, config, rows=rows, start_step=start_step)
@@ -309,7 +311,7 @@ def eval_batch_records(source, batch: int, *, global_batch_size: int,
 
 def eval_dataset(source, config: ml_collections.ConfigDict, *,
                  rows: slice) -> tf.data.Dataset:
-  spec = registry.dataset_spec(config)
+  spec = dataset.dataset_spec(config)
   size = int(config.dataset.image_size)
   global_batch_size = int(config.eval.batch_size)
 
@@ -337,12 +339,18 @@ def eval_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   "mask": bool}, B = config.eval.batch_size; the last batch is padded with
   mask False.
   """
-  spec = registry.dataset_spec(config)
+  spec = dataset.dataset_spec(config)
   if split not in spec.eval_splits:
     raise ValueError(f"Unknown eval split {split!r}; valid: "
                      f"{', '.join(spec.eval_splits)}.")
-  registry.ensure_prepared(config)
-  source = _source(config, spec.eval_splits[split])
+  return split_batches(config, mesh, spec.eval_splits[split])
+
+
+def split_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                  tfds_split: str) -> Iterator[dict[str, jax.Array]]:
+  """`eval_batches` of a TFDS split expression (e.g. "train[80%:]")."""
+  preparation.ensure_prepared(config)
+  source = _source(config, tfds_split)
   rows = indexing.local_rows(mesh, int(config.eval.batch_size))
   ds = eval_dataset(source, config, rows=rows)
   return global_batches(tfds.as_numpy(ds), mesh, int(config.eval.batch_size),

@@ -66,8 +66,8 @@ def _logits(params, x, mean, scale):
 
 def _optimizer(learning_rate, weight_decay, total_steps: int):
   return optim.classifier_optimizer(
-      peak_lr=learning_rate, total_steps=total_steps, momentum=_MOMENTUM,
-      weight_decay=weight_decay)[0]
+      optax.cosine_decay_schedule(learning_rate, total_steps),
+      momentum=_MOMENTUM, weight_decay=weight_decay)
 
 
 @functools.partial(jax.jit, static_argnames=("feature_dim", "num_classes",

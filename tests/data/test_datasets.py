@@ -18,6 +18,7 @@ from mio_jax import errors
 from mio_jax import mesh as mesh_lib
 from mio_jax.data import builders
 from mio_jax.data import pipeline
+from mio_jax.data import preparation
 from mio_jax.data import registry
 
 _MOCK_EXAMPLES = 20
@@ -39,7 +40,7 @@ def _config(name, data_dir=None):
 @pytest.fixture
 def mocked_tfds(monkeypatch):
   """tfds.testing.mock_data; its fake data has no prepared files to find."""
-  monkeypatch.setattr(registry, "ensure_prepared", lambda config: None)
+  monkeypatch.setattr(preparation, "ensure_prepared", lambda config: None)
   # TFDS 4.9.10's mock data source only answers __getitem__ (its
   # __getitems__ is set on a MagicMock, which does not bind self): read the
   # mock records one by one. Real sources are tested in the imagenet100 test.
@@ -299,7 +300,7 @@ def test_prepare_reads_a_bucket_manual_dir_through_epath(tmp_path,
   def builder(*args, **kwargs):
     raise Prepared  # past the archives' check: stop before TFDS runs
 
-  monkeypatch.setattr(registry.tfds, "builder", builder)
+  monkeypatch.setattr(preparation.tfds, "builder", builder)
   with pytest.raises(Prepared):
     data.prepare_dataset("imagenet100", data_dir=str(tmp_path),
                          manual_dir="gs://bucket/archives")

@@ -12,9 +12,12 @@ import mio_jax.data as data
 from mio_jax import config_base
 from mio_jax import errors
 from mio_jax import mesh as mesh_lib
+from mio_jax.data import dataset
 from mio_jax.data import pipeline
 from mio_jax.data import registry
+from mio_jax.data.builders import folder_listing
 from mio_jax.data.builders import image_folder
+from mio_jax.data.builders import image_folder_error
 
 _CONFIG_FILE = (pathlib.Path(__file__).resolve().parents[2] / "configs" /
                 "image_folder.py")
@@ -95,7 +98,7 @@ def test_prepares_mixed_images_with_classes_sizes_and_statistics(tmp_path):
   np.testing.assert_allclose(info.mean, train.mean(axis=0), atol=0.02)
   np.testing.assert_allclose(info.std, train.std(axis=0), atol=0.02)
 
-  spec = registry.dataset_spec(config)
+  spec = dataset.dataset_spec(config)
   builder = tfds.builder(spec.tfds_name, data_dir=str(tmp_path / "tfds"))
   assert builder.info.features["label"].names == list(_CLASSES)
   examples = tfds.as_numpy(builder.as_dataset(split="train", batch_size=-1))
@@ -109,16 +112,16 @@ def test_prepared_copy_is_reused_until_the_folder_changes(tmp_path):
   root = tmp_path / "images"
   _make_folder(root)
   config = _config(root, tmp_path / "tfds")
-  first = registry.dataset_spec(config)
+  first = dataset.dataset_spec(config)
   info_file = (tmp_path / "tfds" / first.tfds_name / "1.0.0" /
                "dataset_info.json")
   written = info_file.stat().st_mtime_ns
-  assert registry.dataset_spec(config) == first
+  assert dataset.dataset_spec(config) == first
   assert info_file.stat().st_mtime_ns == written  # not prepared again
 
   _write_image(root / "train" / "dog" / "e.png", "PNG", "RGB", 6, 6,
                (1, 2, 3))
-  added = registry.dataset_spec(config)
+  added = dataset.dataset_spec(config)
   assert added.tfds_name != first.tfds_name
   assert added.split_sizes["train"] == 10
 
@@ -126,10 +129,10 @@ def test_prepared_copy_is_reused_until_the_folder_changes(tmp_path):
   path = root / "train" / "dog" / "e.png"
   _write_image(path, "PNG", "RGB", 6, 6, (200, 2, 3))
   os.utime(path, ns=(1, 1))
-  assert registry.dataset_spec(config).tfds_name != added.tfds_name
+  assert dataset.dataset_spec(config).tfds_name != added.tfds_name
 
   resized = _config(root, tmp_path / "tfds", image_size=_SIZE * 2)
-  assert registry.dataset_spec(resized).tfds_name != added.tfds_name
+  assert dataset.dataset_spec(resized).tfds_name != added.tfds_name
 
 
 def test_hold_out_is_stratified_and_deterministic(tmp_path):
@@ -235,7 +238,7 @@ def test_unusable_folder_stops_with_the_path(tmp_path, make, named):
   if make:
     make(root)
   config = _config(root, tmp_path / "tfds")
-  with pytest.raises(image_folder.ImageFolderError) as error:
+  with pytest.raises(image_folder_error.ImageFolderError) as error:
     data.dataset_info(config)
   assert isinstance(error.value, errors.UserError)
   message = str(error.value)
@@ -250,7 +253,7 @@ def test_bad_settings_name_the_key(tmp_path, key, value):
   _make_folder(tmp_path / "images")
   config = _config(tmp_path / "images", tmp_path / "tfds", **{key: value})
   with pytest.raises(errors.InvalidValueError) as error:
-    registry.check_config(config.dataset)
+    dataset.check_config(config.dataset)
   assert error.value.key == key
   with pytest.raises(errors.InvalidValueError, match=f"^{key}="):
     data.ensure_prepared(config)
@@ -258,11 +261,20 @@ def test_bad_settings_name_the_key(tmp_path, key, value):
 
 def test_check_config_finds_a_missing_folder_without_listing_it(tmp_path):
   config = _config(tmp_path / "typo", tmp_path / "tfds")
-  with pytest.raises(image_folder.ImageFolderError, match=str(tmp_path)):
-    registry.check_config(config.dataset)
+  with pytest.raises(image_folder_error.ImageFolderError, match=str(tmp_path)):
+    dataset.check_config(config.dataset)
   _make_folder(tmp_path / "images")
-  registry.check_config(_config(tmp_path / "images", tmp_path).dataset)
+  dataset.check_config(_config(tmp_path / "images", tmp_path).dataset)
   assert not (tmp_path / "image_folder").exists()  # nothing prepared
+
+
+def test_a_bucket_path_is_refused_with_the_copy_to_make(tmp_path):
+  config = _config("gs://bucket/images", tmp_path / "tfds")
+  with pytest.raises(image_folder_error.ImageFolderError) as error:
+    dataset.check_config(config.dataset)
+  message = str(error.value)
+  assert message.startswith("gs://bucket/images is not on a local disk")
+  assert "\n" not in message
 
 
 def test_image_folder_is_a_valid_name_with_a_config_dependent_spec():
@@ -271,7 +283,7 @@ def test_image_folder_is_a_valid_name_with_a_config_dependent_spec():
   dataset_config = config_base.base_config().dataset
   dataset_config.name = "mnist"
   with pytest.raises(errors.InvalidValueError, match="'image_folder'"):
-    registry.check_config(dataset_config)
+    dataset.check_config(dataset_config)
 
 
 # ---- images PIL opens in modes convert("RGB") would clip -------------------
@@ -280,41 +292,6 @@ def test_image_folder_is_a_valid_name_with_a_config_dependent_spec():
 def _write_array(path, array, **save_kwargs):
   path.parent.mkdir(parents=True, exist_ok=True)
   PIL.Image.fromarray(array).save(path, **save_kwargs)
-
-
-def _float_range(low, high):
-  """TIFF tags SMinSampleValue / SMaxSampleValue: the stated sample range."""
-  return {"tiffinfo": {340: low, 341: high}}
-
-
-@pytest.mark.parametrize("array, save_kwargs, expected", [
-    # 16-bit: 0, mid-grey and white keep their place on the 8-bit scale.
-    (np.uint16([[0, 32768], [65535, 32768]]), {}, [[0, 128], [255, 128]]),
-    # Float with a stated range: scaled by it (0.5 of [0, 1] is mid-grey).
-    (np.float32([[0.0, 0.5], [1.0, 0.5]]), _float_range(0.0, 1.0),
-     [[0, 128], [255, 128]]),
-    (np.float32([[-1.0, 0.0], [1.0, 0.0]]), _float_range(-1.0, 1.0),
-     [[0, 128], [255, 128]]),
-])
-def test_high_bit_depth_images_are_scaled_to_8_bits_by_their_range(
-    tmp_path, array, save_kwargs, expected):
-  suffix = ".tif" if array.dtype == np.float32 else ".png"
-  path = tmp_path / f"image{suffix}"
-  _write_array(path, array, **save_kwargs)
-  # Fitting 2x2 pixels to 2x2 leaves them as they are.
-  image = image_folder.load_image(str(path), 2)
-  assert image.shape == (2, 2, 3)
-  np.testing.assert_array_equal(image[..., 0], expected)
-  np.testing.assert_array_equal(image[..., 1], image[..., 2])
-
-
-def test_a_float_image_without_a_stated_range_is_refused(tmp_path):
-  path = tmp_path / "float.tif"
-  _write_array(path, np.full((4, 4), 0.5, np.float32))
-  with pytest.raises(image_folder.ImageFolderError) as error:
-    image_folder.load_image(str(path), 4)
-  message = str(error.value)
-  assert str(path) in message and "range" in message and "\n" not in message
 
 
 def test_a_16_bit_folder_is_prepared_with_its_real_brightness(tmp_path):
@@ -356,9 +333,9 @@ def test_files_that_are_not_images_are_skipped_and_counted(tmp_path, caplog):
 def test_skipped_files_do_not_change_the_prepared_copy(tmp_path):
   root = tmp_path / "images"
   _make_folder(root)
-  before = image_folder.list_folder(str(root))
+  before = folder_listing.list_folder(str(root))
   (root / "train" / "cat" / "README.md").write_text("# cats")
-  after = image_folder.list_folder(str(root))
+  after = folder_listing.list_folder(str(root))
   assert after.fingerprint == before.fingerprint
   assert after.skipped == (os.path.join("train", "cat", "README.md"),)
 
@@ -379,7 +356,7 @@ def test_symlinked_files_class_folders_and_sub_folders_are_followed(
   (root / "train" / "bird").symlink_to(elsewhere / "bird")  # class folder
   (root / "train" / "dog" / "more").symlink_to(elsewhere / "more dogs")
   (root / "train" / "cat" / "linked.png").symlink_to(elsewhere / "single.png")
-  listing = image_folder.list_folder(str(root))
+  listing = folder_listing.list_folder(str(root))
   assert listing.class_names == ("bird",) + _CLASSES
   names = [path for path, _ in listing.files["train"]]
   assert os.path.join("train", "bird", "1.png") in names
@@ -423,7 +400,7 @@ def _link_loop(root):
 def test_a_broken_or_looping_link_stops_with_its_path(tmp_path, make, named):
   root = tmp_path / "images"
   make(root)
-  with pytest.raises(image_folder.ImageFolderError) as error:
+  with pytest.raises(image_folder_error.ImageFolderError) as error:
     data.dataset_info(_config(root, tmp_path / "tfds"))
   message = str(error.value)
   assert str(root / named) in message and "\n" not in message

@@ -9,10 +9,11 @@ import tensorflow_datasets as tfds
 from mio_jax import config_base
 from mio_jax import errors
 from mio_jax import mesh as mesh_lib
+from mio_jax.data import dataset
 from mio_jax.data import indexing
 from mio_jax.data import labelled
 from mio_jax.data import pipeline
-from mio_jax.data import registry
+from mio_jax.data import preparation
 
 
 def _digits_config(tmp_path):
@@ -41,7 +42,8 @@ def test_stratified_subset_keeps_the_fraction_of_every_class():
 def _batches(config, mesh, labelled_set, start_step, count):
   batches = labelled.labelled_batches(
       config, mesh, labelled=labelled_set, batch_size=16,
-      crop_scale=(0.5, 1.0), batch_key="config.finetune.batch_size",
+      crop_scale=(0.5, 1.0), hflip=True,
+      batch_key="config.finetune.batch_size",
       start_step=start_step)
   return [{k: np.asarray(v) for k, v in next(batches).items()}
           for _ in range(count)]
@@ -70,7 +72,7 @@ def test_batches_depend_only_on_seed_and_step_on_any_device_count(tmp_path):
       global_batch_size=16)
   assert set(indices) <= set(labelled_set.indices)
   np.testing.assert_array_equal(batch["label"], source.labels[indices])
-  spec = registry.dataset_spec(config)
+  spec = dataset.dataset_spec(config)
   crop = labelled.crop_flip_fn(
       seed=int(config.seed), size=8, crop_scale=(0.5, 1.0), hflip=True,
       mean=spec.mean, std=spec.std, encoded=False)
@@ -111,7 +113,7 @@ def test_labels_of_an_encoded_source_are_read_without_the_images(
 def test_an_unprepared_imagenet_1k_subset_names_its_prepare_command(
     tmp_path, subset):
   start = time.monotonic()
-  with pytest.raises(registry.DatasetNotPreparedError) as error:
+  with pytest.raises(preparation.DatasetNotPreparedError) as error:
     labelled.imagenet_subset_source(f"imagenet2012_subset/{subset}",
                                     str(tmp_path))
   assert time.monotonic() - start < 5.0  # no network
@@ -153,9 +155,9 @@ def _mock_data_source(builder, split, decoders=None, **kwargs):
 def mocked_imagenet(monkeypatch):
   """tfds.testing.mock_data for imagenet2012 and imagenet2012_subset."""
   import mio_jax.data  # pylint: disable=g-import-not-at-top
-  for module in (registry, mio_jax.data):
+  for module in (preparation, mio_jax.data):
     monkeypatch.setattr(module, "ensure_prepared", lambda config: None)
-  monkeypatch.setattr(registry, "ensure_label_subset_prepared",
+  monkeypatch.setattr(preparation, "ensure_label_subset_prepared",
                       lambda name, data_dir: None)
   pipeline.load_source.cache_clear()
   with tfds.testing.mock_data(as_data_source_fn=_mock_data_source):
@@ -177,7 +179,8 @@ def test_imagenet_1k_subsets_are_simclrs_tfds_lists(mocked_imagenet, fraction,
   assert len(labelled_set.indices) == rows  # every row of the mock subset
   batch = next(labelled.labelled_batches(
       config, mesh_lib.make_data_mesh(), labelled=labelled_set, batch_size=8,
-      crop_scale=(0.08, 1.0), batch_key="config.finetune.batch_size"))
+      crop_scale=(0.08, 1.0), hflip=True,
+      batch_key="config.finetune.batch_size"))
   assert batch["image"].shape == (8, 16, 16, 3)
   assert np.isfinite(np.asarray(batch["image"])).all()
   assert set(np.asarray(batch["label"])) <= set(

@@ -4,7 +4,7 @@ import pytest
 import mio_jax.data as data
 from mio_jax import config_base
 from mio_jax import errors
-from mio_jax.data import registry
+from mio_jax.data import dataset
 
 
 def _digits(tmp_path, split=None):
@@ -21,7 +21,7 @@ def test_a_sliced_pretrain_split_sets_the_sizes(tmp_path):
   sliced = _digits(tmp_path, "train[:80%]")
   assert data.dataset_info(sliced).num_pretrain_examples == 1200
   assert data.pretrain_steps_per_epoch(sliced) == 12
-  assert registry.dataset_spec(sliced).pretrain_split == "train[:80%]"
+  assert dataset.dataset_spec(sliced).pretrain_split == "train[:80%]"
   # Evaluation still uses the whole splits.
   assert data.dataset_info(sliced).num_eval_examples == {"train": 1500,
                                                          "test": 297}

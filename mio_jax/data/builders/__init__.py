@@ -9,7 +9,7 @@
 """
 from mio_jax.data.builders.digits import Digits
 from mio_jax.data.builders.image_folder import ImageFolder
-from mio_jax.data.builders.image_folder import ImageFolderError
+from mio_jax.data.builders.image_folder_error import ImageFolderError
 from mio_jax.data.builders.imagenet100 import Imagenet100
 from mio_jax.data.builders.imagenet100 import imagenet100_class_ids
 from mio_jax.data.builders.tiny_imagenet import TinyImagenet

@@ -1,0 +1,204 @@
+"""What a resumed run may change: the whole recipe is recorded and compared.
+
+The checkpoints of a run are stored with its settings (`record`): every
+key of the config, flat ("optimizer.base_lr"), plus what is known only
+once the data are read (`steps_per_epoch`, `prepared_dataset`: the data
+set's TFDS name, which for an image folder holds a fingerprint of its
+files). A resume compares all of them (`differences`) except the few in
+`FREE_KEYS` / `FREE_SECTIONS`, which only say how often to log and save,
+how to evaluate, and where the same data lives. So a key added to the
+config later is guarded by default: a record made before it existed is
+compared with the key's default, the behaviour of that run.
+
+`config.resume_allow_changes` lets a user change guarded keys on purpose
+(`allowed_changes`), except those that change the shape of the saved
+state (`STRUCTURE_KEYS`), which no restore can bridge.
+
+Records of earlier builds (a list of chosen keys, with the run's
+effective total steps) are still read, comparing the keys they hold; the
+next save rewrites them in this format.
+"""
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+import ml_collections
+
+from mio_jax import config_base
+from mio_jax import errors
+from mio_jax import files
+
+FORMAT = 3
+
+# The state's shapes: never allowed to change.
+ARCHITECTURE_KEYS = (
+    "model.name", "model.stem", "model.width_multiplier",
+    "model.projector_num_layers", "model.projector_hidden_dim",
+    "model.projector_output_dim", "model.projector_last_bn")
+# Also the structure of the saved state: the probe's parameters, the
+# optimizer's state (a resume could restore neither).
+STRUCTURE_KEYS = ARCHITECTURE_KEYS + ("online_probe.enabled", "optimizer.name")
+
+# May change freely between a run and its resume (reviewed, keep short):
+# what the command does after training, how often it logs and saves, where
+# the same data live (a changed data set shows in steps_per_epoch and
+# prepared_dataset), where a fine-tuned encoder was read from (its digest
+# is compared), and this list's own override.
+FREE_KEYS = ("mode", "resume_allow_changes", "log_every_steps",
+             "checkpoint_every_steps", "keep_checkpoints",
+             "online_eval_every_steps", "dataset.data_dir",
+             "dataset.manual_dir", "dataset.path", "dataset.prefetch",
+             "finetune.init_from", "finetune.init_step")
+# Sections that never touch pretraining: logging and the evaluations.
+FREE_SECTIONS = ("logging", "eval", "knn", "fewshot", "feature_probe",
+                 "linear_eval", "finetune")
+# Known once the data are read.
+DERIVED_KEYS = ("steps_per_epoch", "prepared_dataset")
+
+
+def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{"a.b": value} of every key of `config`, as JSON reads it back."""
+  flat = {}
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, (ml_collections.ConfigDict, dict)):
+        walk(value, f"{prefix}{key}.")
+      else:
+        flat[f"{prefix}{key}"] = value
+
+  walk(config, "")
+  return files.as_stored(flat)
+
+
+def record(config: ml_collections.ConfigDict, **derived: Any) -> dict[str, Any]:
+  """The settings stored with a run's checkpoints: the whole config, flat,
+  and the derived values given (None ones left out)."""
+  return {**flat_config(config),
+          **files.as_stored({k: v for k, v in derived.items()
+                             if v is not None})}
+
+
+def is_free(key: str) -> bool:
+  return key in FREE_KEYS or key.split(".")[0] in FREE_SECTIONS
+
+
+def guards_pretraining(key: str) -> bool:
+  """Whether a pretraining resume must keep `key` (all but the free ones)."""
+  return not is_free(key)
+
+
+def guards_protocol(name: str) -> Callable[[str], bool]:
+  """The keys a supervised protocol's resume must keep.
+
+  What its run depends on: the data set, the network, the compute dtype,
+  the seed, the flip of its crops, its own section; the encoder's
+  identity is compared by the protocol itself.
+  """
+  sections = ("dataset", "model", name)
+  keys = ("dtype", "seed", "augment.hflip") + DERIVED_KEYS
+
+  def guards(key: str) -> bool:
+    if key in FREE_KEYS:
+      return False
+    return key in keys or key.split(".")[0] in sections
+
+  return guards
+
+
+_DEFAULTS = flat_config(config_base.base_config())
+
+
+def stored_settings(metadata: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+  """(settings, whether the record is of an earlier build)."""
+  if metadata.get("format") == FORMAT:
+    return dict(metadata["settings"]), False
+  if "settings" in metadata:  # the second build: chosen keys only
+    return dict(metadata["settings"]), True
+  # The first build: {"model": {...}, "loss": ..., "optimizer": name}.
+  settings = {f"model.{k}": v for k, v in metadata.get("model", {}).items()
+              if f"model.{k}" in ARCHITECTURE_KEYS}
+  if "loss" in metadata:
+    settings["loss"] = metadata["loss"]
+  if "optimizer" in metadata:
+    settings["optimizer.name"] = metadata["optimizer"]
+  return settings, True
+
+
+def differences(metadata: Mapping[str, Any], current: Mapping[str, Any],
+                guards: Callable[[str], bool], *,
+                total_steps: Optional[int] = None
+               ) -> list[tuple[str, Any, Any]]:
+  """(key, stored, current) for each guarded key the two disagree on.
+
+  A guarded key missing from a record of this format is compared with its
+  default (the record predates the key). An earlier build's record is
+  compared on the keys it holds; its "total_steps" was the run's effective
+  length, compared with `total_steps` when given.
+  """
+  stored, legacy = stored_settings(metadata)
+  if legacy:
+    current = dict(current)
+    current.pop("total_steps", None)
+    if total_steps is not None:
+      current["total_steps"] = int(total_steps)
+    keys = [key for key in stored if key in current]
+  else:
+    keys = list(current)
+  changes = []
+  for key in filter(guards, keys):
+    if key in stored:
+      old = stored[key]
+    elif key in _DEFAULTS:
+      old = _DEFAULTS[key]  # added to the config after the record was made
+    else:
+      continue  # a derived value the record's run did not know yet
+    if old != current[key]:
+      changes.append((key, old, current[key]))
+  return changes
+
+
+def allowed_changes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The keys config.resume_allow_changes names, checked.
+
+  Raises InvalidValueError (key "resume_allow_changes") for a key that is
+  not a setting of the record, or one that changes the saved state's
+  structure.
+  """
+  allowed = tuple(k.strip() for k in config.resume_allow_changes.split(",")
+                  if k.strip())
+  known = set(flat_config(config)) | set(DERIVED_KEYS)
+  for key in allowed:
+    if key not in known:
+      raise errors.InvalidValueError(
+          "resume_allow_changes", key, "is not a config key",
+          "name keys as they are written in --config.KEY=..., e.g. "
+          "{key}=total_steps")
+    if key in STRUCTURE_KEYS:
+      raise errors.InvalidValueError(
+          "resume_allow_changes", key,
+          "changes the structure of the saved state (the network, the "
+          "online probe's parameters or the optimizer's state), which a "
+          "resume cannot restore",
+          "drop it from --config.resume_allow_changes; a new --workdir can "
+          "change it")
+  return allowed
+
+
+def structure_change(key: str, old: Any, new: Any) -> bool:
+  """Whether an allowed change still changes the saved state's structure.
+
+  Adding or removing gradient clipping adds or removes a stage of the
+  optimizer (and its state); changing the clip norm does not.
+  """
+  return key == "optimizer.grad_clip_norm" and (old is None) != (new is None)
+
+
+def check_allowed(changes: Iterable[tuple[str, Any, Any]]) -> None:
+  """Raises InvalidValueError for an allowed change no restore can bridge."""
+  for key, old, new in changes:
+    if structure_change(key, old, new):
+      raise errors.InvalidValueError(
+          "resume_allow_changes", key,
+          f"cannot change from {old!r} to {new!r} on resume: it adds or "
+          "removes a stage of the optimizer and its saved state",
+          "use a new --workdir, or keep gradient clipping on (or off) and "
+          "change its norm only")

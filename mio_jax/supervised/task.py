@@ -1,0 +1,306 @@
+"""A supervised run: its task, state, jitted step, training and test.
+
+`make_task` builds what a protocol trains (network, optimizer, length),
+`init_state` its state from the encoder's variables, `make_train_step`
+the jitted data-parallel step (replicated parameters, batch sharded over
+`data`, state donated), and `train` hands them to the one training loop
+(`loop.run`: resume, non-finite guard, logging, checkpoints in
+`<directory>/checkpoints`, SIGTERM), after `guard_resume` has checked that
+the directory holds this run's checkpoints. `accuracy` scores the head on
+any labelled split.
+"""
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from mio_jax import checkpointing
+from mio_jax import loop
+from mio_jax import mesh as mesh_lib
+from mio_jax import models
+from mio_jax import optim
+from mio_jax import resume_guard
+from mio_jax.evaluation import accuracy as accuracy_lib
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+# Besides the config keys it depends on (resume_guard.guards_protocol),
+# what a supervised run's resume must keep: the encoder's variables and
+# step, the labelled examples. Where the encoder was read from may change
+# (a moved workdir, an export of the same step).
+_RUN_KEYS = ("encoder.digest", "encoder.step", "num_labelled")
+# How a frozen backbone's BatchNorm normalises while its head trains:
+# "running": its running statistics, untouched (SimCLR, BYOL, solo-learn);
+# "batch": the batch's, updating the running statistics the test then uses
+# (the public MIO code's linear evaluation runs its model in train mode).
+BN_MODES = ("running", "batch")
+
+
+# eq=False: hashed by identity, so jitted functions built from a task are
+# cached per task.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+  """One supervised run: network, optimizer and length."""
+  name: str  # "linear_eval" | "finetune": results prefix and workdir folder
+  mesh: Mesh
+  backbone: models.ResNet
+  train_backbone: bool  # False: frozen backbone (linear evaluation)
+  num_classes: int
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+  batch_size: int
+  total_steps: int
+  bn_mode: str = "running"  # a frozen backbone's BatchNorm (BN_MODES)
+
+
+def lr_schedule(section: ml_collections.ConfigDict, *, num_examples: int,
+                total_steps: int) -> optax.Schedule:
+  """The classifier's learning rate by step.
+
+  schedule "cosine": from base_lr (times batch / 256 under lr_scaling
+  "linear") to 0 over the run, SimCLR's. "step": times lr_decay after each
+  epoch, the public MIO code's torch StepLR(step_size=1, gamma=0.98).
+  """
+  batch_size = int(section.batch_size)
+  peak = section.base_lr * (batch_size / 256 if section.lr_scaling == "linear"
+                            else 1.0)
+  if section.schedule == "cosine":
+    return optax.cosine_decay_schedule(peak, decay_steps=max(total_steps, 1))
+  decay = float(section.lr_decay)
+  # Epochs end inside a step: the batches stream across them
+  # (indexing.labelled_step_examples).
+  return lambda step: peak * decay ** jnp.floor(step * batch_size
+                                                / num_examples)
+
+
+def make_task(config: ml_collections.ConfigDict, mesh: Mesh, name: str, *,
+              num_examples: int, num_classes: int, epochs: float) -> Task:
+  """The task of protocol `name` ("linear_eval" | "finetune") on n examples.
+
+  Its length is SimCLR's count: n * epochs // batch + 1 steps
+  (`indexing.labelled_num_steps`).
+  """
+  from mio_jax.data import indexing  # pylint: disable=g-import-not-at-top
+  section = config[name]
+  batch_size = int(section.batch_size)
+  total_steps = indexing.labelled_num_steps(num_examples, epochs, batch_size)
+  schedule = lr_schedule(section, num_examples=num_examples,
+                         total_steps=total_steps)
+  return Task(name=name, mesh=mesh,
+              backbone=models.build_model(config.model,
+                                          dtype=config.dtype).backbone,
+              train_backbone=name == "finetune", num_classes=num_classes,
+              optimizer=optim.classifier_optimizer(
+                  schedule, momentum=section.momentum,
+                  nesterov=bool(section.nesterov),
+                  weight_decay=section.weight_decay),
+              schedule=schedule, batch_size=batch_size,
+              total_steps=total_steps,
+              bn_mode=section.get("backbone_bn", "running"))
+
+
+@flax.struct.dataclass
+class SupervisedState:
+  """Everything that changes during a supervised run (and is checkpointed).
+
+  params: the head {"kernel" (D, C), "bias" (C,)} (linear evaluation), or
+  {"backbone", "head"} (fine-tuning). batch_stats: the backbone's BatchNorm
+  averages while fine-tuning or with bn_mode "batch"; None otherwise (the
+  frozen backbone is an argument of the step, never donated).
+  best: early stopping's record (`early_stopping.Best`), or None.
+  """
+  step: jax.Array  # int32 scalar: updates applied so far
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  best: Any = None
+
+
+def _head(feature_dim: int, num_classes: int) -> dict[str, jax.Array]:
+  # Zeros, as SimCLR's zero_init_logits_layer: every class starts equal.
+  return {"kernel": jnp.zeros((feature_dim, num_classes)),
+          "bias": jnp.zeros((num_classes,))}
+
+
+def _logits(task: Task, params, batch_stats, frozen, images: jax.Array, *,
+            train: bool) -> tuple[jax.Array, Any]:
+  """(logits (B, C) f32, new batch_stats) of `images`."""
+  images = images.astype(task.backbone.dtype)
+  if task.train_backbone:
+    variables = {"params": params["backbone"], "batch_stats": batch_stats}
+    head = params["head"]
+  else:
+    running = frozen["batch_stats"] if batch_stats is None else batch_stats
+    variables = {"params": frozen["params"], "batch_stats": running}
+    head = params
+  if train and (task.train_backbone or task.bn_mode == "batch"):
+    features, updates = task.backbone.apply(variables, images, train=True,
+                                            mutable=["batch_stats"])
+    batch_stats = updates["batch_stats"]
+  else:
+    features = task.backbone.apply(variables, images, train=False)
+  if not task.train_backbone:
+    features = jax.lax.stop_gradient(features)
+  features = features.astype(jnp.float32)
+  return features @ head["kernel"] + head["bias"], batch_stats
+
+
+def make_train_step(task: Task) -> Callable[..., tuple[SupervisedState, Metrics]]:
+  """Jitted (state, frozen, batch) -> (state, metrics); state is donated.
+
+  frozen: the backbone's {"params", "batch_stats"} for linear evaluation
+  (replicated), None for fine-tuning. batch: {"image" (B, S, S, 3),
+  "label" (B,)} sharded over `data`. Metrics (replicated scalars): loss,
+  grad_norm, learning_rate, params_finite, train_top1.
+  """
+
+  def step(state: SupervisedState, frozen, batch: Batch):
+
+    def loss_fn(params):
+      logits, batch_stats = _logits(task, params, state.batch_stats, frozen,
+                                    batch["image"], train=True)
+      loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+          logits, batch["label"]))
+      return loss, (logits, batch_stats)
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = task.optimizer.update(grads, state.opt_state,
+                                               state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": task.schedule(state.step),
+        "params_finite": loop.all_finite(params).astype(jnp.float32),
+        "train_top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+    }
+    return state.replace(step=state.step + 1, params=params,
+                         batch_stats=batch_stats, opt_state=opt_state), metrics
+
+  replicated = mesh_lib.replicated_sharding(task.mesh)
+  return jax.jit(step, in_shardings=(replicated, replicated,
+                                     mesh_lib.batch_sharding(task.mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def init_state(task: Task, variables: Mapping[str, Any],
+               best: Any = None) -> SupervisedState:
+  """The state at step 0 from the encoder `variables`, replicated.
+
+  Linear evaluation trains a head only (the backbone is passed to the step
+  as `frozen`); fine-tuning trains the backbone and a head.
+  """
+  head = _head(task.backbone.feature_dim, task.num_classes)
+  # Copies: the step donates the state, and the caller keeps `variables`.
+  stats = lambda: jax.tree.map(jnp.copy, variables["batch_stats"]["backbone"])
+  if task.train_backbone:
+    params = {"backbone": jax.tree.map(jnp.copy,
+                                       variables["params"]["backbone"]),
+              "head": head}
+    batch_stats = stats()
+  else:
+    params = head
+    batch_stats = stats() if task.bn_mode == "batch" else None
+  state = SupervisedState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=batch_stats,
+                          opt_state=task.optimizer.init(params), best=best)
+  return jax.device_put(state, mesh_lib.replicated_sharding(task.mesh))
+
+
+def frozen_backbone(task: Task, variables: Mapping[str, Any]) -> Optional[dict]:
+  """The step's `frozen` argument: the backbone (linear_eval) or None."""
+  if task.train_backbone:
+    return None
+  return {"params": variables["params"]["backbone"],
+          "batch_stats": variables["batch_stats"]["backbone"]}
+
+
+# ---- training -----------------------------------------------------------------
+
+
+def run_settings(config: ml_collections.ConfigDict,
+                 encoder_identity: Mapping[str, Any],
+                 **extra: Any) -> dict[str, Any]:
+  """What a supervised run's checkpoints record: the whole config, the
+  encoder's identity (`modes.Encoder.identity`) and `extra`."""
+  return checkpointing.run_settings(
+      config, **{f"encoder.{k}": v for k, v in encoder_identity.items()},
+      **extra)
+
+
+def guard_resume(directory: str, task: Task,
+                 settings: Mapping[str, Any]) -> None:
+  """Raises CheckpointMismatchError if `directory` holds another run's steps."""
+  config_keys = resume_guard.guards_protocol(task.name)
+  checkpointing.refuse_changes(
+      directory, settings, lambda key: key in _RUN_KEYS or config_keys(key),
+      describe=lambda key, stored, new: (
+          f"{checkpointing.checkpoint_dir(directory)} holds a {task.name} "
+          f"run made with {key}={stored!r}, this one has {new!r}; delete "
+          "that folder or use another --workdir"))
+
+
+def train(task: Task, state: SupervisedState, frozen,
+          batches_fn: loop.BatchesFn, *, directory: str,
+          settings: Mapping[str, Any], config: ml_collections.ConfigDict,
+          logger: loop.Logger,
+          preemption: Optional[loop.PreemptionWatch] = None,
+          after_step: Optional[loop.AfterStep] = None,
+          stop: Optional[Callable[[Any], bool]] = None) -> SupervisedState:
+  """Trains `state` to task.total_steps in the one loop, resuming from `directory`.
+
+  Checkpoints (with `settings`, see `run_settings`) go to
+  `<directory>/checkpoints`, every config.checkpoint_every_steps; metrics
+  are logged as "<task.name>_<metric>". after_step / stop: as `loop.run`
+  (early stopping). Raises loop.NonFiniteLossError, SystemExit(0) after
+  saving on SIGTERM, and CheckpointMismatchError (`guard_resume`) when
+  `directory` holds checkpoints of another run.
+  """
+  guard_resume(directory, task, settings)
+  step_fn = make_train_step(task)
+  with checkpointing.Checkpointer(directory, settings=settings,
+                                  keep=int(config.keep_checkpoints)
+                                 ) as checkpointer:
+    return loop.run(state, lambda state, batch: step_fn(state, frozen, batch),
+                    batches_fn, num_steps=task.total_steps,
+                    images_per_step=task.batch_size,
+                    checkpointer=checkpointer,
+                    cadence=loop.Cadence.from_config(config), logger=logger,
+                    preemption=preemption, name=task.name,
+                    after_step=after_step, stop=stop)
+
+
+def accuracy(task: Task, params, batch_stats, frozen, batches
+            ) -> dict[str, float]:
+  """{"top1", "top5", "loss"} of the classifier over `batches` (masked rows).
+
+  batches: `data.eval_batches` or `data.split_batches` of a labelled split.
+  """
+  replicated = mesh_lib.replicated_sharding(task.mesh)
+
+  @functools.partial(jax.jit, in_shardings=(replicated, replicated, replicated,
+                                            mesh_lib.batch_sharding(task.mesh)))
+  def counts(params, batch_stats, frozen, batch):
+    logits, _ = _logits(task, params, batch_stats, frozen, batch["image"],
+                        train=False)
+    top1, top5 = accuracy_lib.hit_counts(logits, batch["label"],
+                                         batch["mask"],
+                                         num_classes=task.num_classes)
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.maximum(batch["label"], 0))
+    return (top1, top5, jnp.sum(jnp.where(batch["mask"], losses, 0.0)),
+            jnp.sum(batch["mask"]))
+
+  totals = [0.0] * 4
+  for batch in batches:
+    totals = [t + float(c) for t, c in zip(
+        totals, jax.device_get(counts(params, batch_stats, frozen, batch)))]
+  top1, top5, loss, count = totals
+  return {"top1": top1 / count, "top5": top5 / count, "loss": loss / count}
