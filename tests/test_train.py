@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ from mio_jax import mesh as mesh_lib
 from mio_jax import run as run_lib
 from mio_jax import synthetic
 from mio_jax import train
-from pretrain_runner import build_tiny_run, tiny_config
+from pretrain_runner import build_tiny_run, tiny_config, tiny_run
 
 
 def _run_steps(config, mesh, num_steps):
@@ -37,7 +39,7 @@ def test_one_device_equals_eight_devices_with_batchnorm():
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
                                  atol=1e-6)
   # The parameters moved (a step that changes nothing would also "match").
-  fresh = train.init_state(build_tiny_run(config))
+  fresh = train.init_state(tiny_run())
   kernel = lambda s: np.asarray(s.params["projector"]["dense2"]["kernel"])
   assert not np.allclose(kernel(fresh), kernel(state8))
 
@@ -57,19 +59,21 @@ def test_total_steps_override_and_check_finite_names_step():
 
 
 def test_step_reports_non_finite_updated_parameters():
-  mesh = mesh_lib.make_data_mesh()
-  run = build_tiny_run(tiny_config(), mesh)
-  state = train.init_state(run)
-  _, metrics = train.make_train_step(run)(
-      state, synthetic.synthetic_batch(run.config, mesh, 0))
+  run = tiny_run()
+  step_fn = train.make_train_step(run)
+  batch = lambda: synthetic.synthetic_batch(run.config, run.mesh, 0)
+  _, metrics = step_fn(train.init_state(run), batch())
   assert float(metrics["params_finite"]) == 1.0
-  # An infinite learning rate: loss and gradient finite, the update not.
-  config = tiny_config()
-  config.optimizer.base_lr = float("inf")
-  run = build_tiny_run(config, mesh)
-  _, metrics = train.make_train_step(run)(
-      train.init_state(run), synthetic.synthetic_batch(config, mesh, 0))
+  # An infinite momentum: loss and gradient finite, the update not. (The
+  # same compiled step: an infinite learning rate would compile another.)
+  state = train.init_state(run)
+  infinite = lambda x: (jnp.full_like(x, jnp.inf)
+                        if jnp.issubdtype(x.dtype, jnp.floating) else x)
+  _, metrics = step_fn(
+      state.replace(opt_state=jax.tree.map(infinite, state.opt_state)),
+      batch())
   assert np.isfinite(float(metrics["loss"]))
+  assert np.isfinite(float(metrics["grad_norm"]))
   assert float(metrics["params_finite"]) == 0.0
 
 
@@ -121,13 +125,16 @@ def test_per_view_batch_norm_differs_from_joint_and_updates_twice():
   state = train.init_state(joint)
   outputs = {}
   for name, run in (("joint", joint), ("per_view", per_view)):
-    outputs[name] = train.training_objective(
-        run.model, state.params, state.batch_stats, batch, run.loss_fn,
-        bn_views=run.config.bn_views)
+    # Jitted: one compile per objective (op by op, each of its hundreds of
+    # primitives compiles for 8 devices on its own).
+    outputs[name] = jax.jit(functools.partial(
+        train.training_objective, run.model, loss_fn=run.loss_fn,
+        bn_views=run.config.bn_views))(state.params, state.batch_stats, batch)
   assert not np.isclose(float(outputs["joint"][0]),
                         float(outputs["per_view"][0]))
   # Per view: view 1 alone gives the same projections as a pass of view 1.
-  (_, u1_alone), _ = per_view.model.apply(
-      state.variables, batch["view1"], train=True, mutable=["batch_stats"])
+  (_, u1_alone), _ = jax.jit(functools.partial(
+      per_view.model.apply, train=True, mutable=["batch_stats"]))(
+          state.variables, batch["view1"])
   np.testing.assert_allclose(np.asarray(outputs["per_view"][1][1]),
                              np.asarray(u1_alone), rtol=1e-5, atol=1e-6)

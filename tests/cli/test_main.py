@@ -2,12 +2,15 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import time
 
 import pytest
+
+import child_env
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DIGITS = str(REPO / "configs" / "digits.py")
@@ -29,10 +32,7 @@ TINY = [
 
 
 def run_main(*args, env_extra=None, timeout=600):
-  env = dict(os.environ)
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS="0")
-  env.update(env_extra or {})
+  env = child_env.child_env(2, **(env_extra or {}))
   return subprocess.run([sys.executable, "-m", "mio_jax.main", *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -47,43 +47,6 @@ def read_metrics(workdir):
   return [json.loads(line) for line in lines]
 
 
-def test_main_pretrains_evaluates_and_resumes(tmp_path, data_dir):
-  workdir = str(tmp_path / "run")
-  common = [f"--config={DIGITS}", f"--workdir={workdir}",
-            f"--config.dataset.data_dir={data_dir}", *TINY]
-  first = run_main(*common, "--config.total_steps=4")
-  assert first.returncode == 0, first.stderr[-3000:]
-  results = json.loads(pathlib.Path(workdir, "eval_results.json").read_text())
-  assert results["step"] == 4
-  for key in ("feature_probe_top1", "knn_top1", "fewshot_top1"):
-    assert 0.0 <= results[key] <= 1.0
-  train_lines = [m for m in read_metrics(workdir) if "loss" in m]
-  assert [m["step"] for m in train_lines] == [1, 2, 3, 4]
-  for m in train_lines:
-    assert {"loss", "learning_rate", "images_per_sec"} <= set(m)
-  for png in ("training_curves.png", "embedding_tsne.png"):
-    assert pathlib.Path(workdir, png).read_bytes()[:4] == b"\x89PNG"
-  assert list(pathlib.Path(workdir).glob("events.out.tfevents*"))
-
-  # Raising total_steps changes the schedule: refused unless asked for ...
-  refused = run_main(*common, "--config.total_steps=6", "--mode=pretrain")
-  assert refused.returncode == 2, refused.stderr[-3000:]
-  assert "config.total_steps=4, this run has 6" in refused.stderr
-  assert "Traceback" not in refused.stderr
-  # ... and then continues from step 4 rather than starting over.
-  second = run_main(*common, "--config.total_steps=6", "--mode=pretrain",
-                    "--config.resume_allow_changes=total_steps")
-  assert second.returncode == 0, second.stderr[-3000:]
-  steps = [m["step"] for m in read_metrics(workdir) if "loss" in m]
-  assert steps == [1, 2, 3, 4, 5, 6]
-
-  # An evaluation of an earlier saved step.
-  third = run_main(*common, "--mode=knn_eval", "--config.eval.step=4")
-  assert third.returncode == 0, third.stderr[-3000:]
-  results = json.loads(pathlib.Path(workdir, "eval_results.json").read_text())
-  assert results["step"] == 4 and "knn_top1" in results
-
-
 # Supervised protocols of a few steps each.
 SUPERVISED = [
     "--config.linear_eval.batch_size=64",
@@ -91,6 +54,69 @@ SUPERVISED = [
     "--config.finetune.batch_size=32",
     "--config.finetune.epochs=0.3",  # 149 labelled images: 2 steps
 ]
+PRETRAINED_STEPS = 4
+
+
+def _common(data_dir):
+  return [f"--config={DIGITS}", f"--config.dataset.data_dir={data_dir}",
+          *TINY, *SUPERVISED]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, data_dir):
+  """A workdir pretrained by `--mode=pretrain` on a fresh workdir.
+
+  Shared, read only: each test copies it (each command here costs ~20 s,
+  mostly importing JAX and TensorFlow and compiling).
+  """
+  workdir = str(tmp_path_factory.mktemp("pretrained") / "run")
+  result = run_main(*_common(data_dir), f"--workdir={workdir}",
+                    "--mode=pretrain",
+                    f"--config.total_steps={PRETRAINED_STEPS}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  # --mode=pretrain evaluates nothing.
+  assert not pathlib.Path(workdir, "eval_results.json").exists()
+  return workdir
+
+
+def _copy(workdir, to):
+  shutil.copytree(workdir, to)
+  return str(to)
+
+
+def test_main_pretrains_evaluates_and_resumes(tmp_path, data_dir, pretrained):
+  workdir = _copy(pretrained, tmp_path / "run")
+  common = [*_common(data_dir), f"--workdir={workdir}"]
+  train_lines = [m for m in read_metrics(workdir) if "loss" in m]
+  assert [m["step"] for m in train_lines] == [1, 2, 3, 4]
+  for m in train_lines:
+    assert {"loss", "learning_rate", "images_per_sec"} <= set(m)
+  assert list(pathlib.Path(workdir).glob("events.out.tfevents*"))
+
+  # Raising total_steps changes the schedule: refused unless asked for ...
+  refused = run_main(*common, "--config.total_steps=6")
+  assert refused.returncode == 2, refused.stderr[-3000:]
+  assert "config.total_steps=4, this run has 6" in refused.stderr
+  assert "Traceback" not in refused.stderr
+  # ... and then continues from step 4 rather than starting over, and
+  # (--mode=all, the default) evaluates the last step.
+  second = run_main(*common, "--config.total_steps=6",
+                    "--config.resume_allow_changes=total_steps")
+  assert second.returncode == 0, second.stderr[-3000:]
+  steps = [m["step"] for m in read_metrics(workdir) if "loss" in m]
+  assert steps == [1, 2, 3, 4, 5, 6]
+  results = _results(workdir)
+  assert results["step"] == 6
+  for key in ("feature_probe_top1", "knn_top1", "fewshot_top1"):
+    assert 0.0 <= results[key] <= 1.0
+  for png in ("training_curves.png", "embedding_tsne.png"):
+    assert pathlib.Path(workdir, png).read_bytes()[:4] == b"\x89PNG"
+
+  # An evaluation of an earlier saved step.
+  third = run_main(*common, "--mode=knn_eval", "--config.eval.step=4")
+  assert third.returncode == 0, third.stderr[-3000:]
+  results = _results(workdir)
+  assert results["step"] == 4 and "knn_top1" in results
 
 
 def _results(workdir):
@@ -98,15 +124,15 @@ def _results(workdir):
 
 
 def test_every_mode_runs_through_main_fresh_workdirs_included(tmp_path,
-                                                             data_dir):
-  """The README's commands, as a user types them, each on its own workdir."""
-  pretrained = str(tmp_path / "pretrained")
-  common = [f"--config={DIGITS}", f"--config.dataset.data_dir={data_dir}",
-            *TINY, *SUPERVISED]
-  first = run_main(*common, f"--workdir={pretrained}", "--mode=pretrain",
-                   "--config.total_steps=2")
-  assert first.returncode == 0, first.stderr[-3000:]
-  assert not pathlib.Path(pretrained, "eval_results.json").exists()
+                                                             data_dir,
+                                                             pretrained):
+  """The README's commands, as a user types them, each on its own workdir.
+
+  --mode=pretrain ran on a fresh workdir in the `pretrained` fixture, and
+  --mode=all (the default) in test_main_pretrains_evaluates_and_resumes.
+  """
+  pretrained = _copy(pretrained, tmp_path / "pretrained")
+  common = _common(data_dir)
   for mode, key in (("fewshot_eval", "fewshot_top1"),
                     ("feature_probe_eval", "feature_probe_top1"),
                     ("linear_eval", "linear_eval_top1")):
@@ -129,13 +155,13 @@ def test_every_mode_runs_through_main_fresh_workdirs_included(tmp_path,
   result = run_main(*common, f"--workdir={finetuned}", "--mode=finetune",
                     f"--config.finetune.init_from={pretrained}")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert _results(finetuned)["step"] == 2
+  assert _results(finetuned)["step"] == 2  # fine-tuning steps
   assert pathlib.Path(finetuned, "finetune", "subset.json").exists()
   evaluated = str(tmp_path / "evaluated")
   result = run_main(*common, f"--workdir={evaluated}", "--mode=linear_eval",
                     f"--config.eval.encoder_file={exported}")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert _results(evaluated)["step"] == 2  # the exported step
+  assert _results(evaluated)["step"] == PRETRAINED_STEPS  # the exported step
   # A source that is not there: one line before any work.
   missing = run_main(*common, f"--workdir={tmp_path / 'x'}", "--mode=finetune",
                      f"--config.finetune.init_from={tmp_path / 'nothing'}")

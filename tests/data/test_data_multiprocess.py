@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+import child_env
 import mio_jax.data as data
 from mio_jax import mesh as mesh_lib
 from mio_jax.data import pipeline
@@ -61,7 +62,7 @@ def _free_port() -> int:
 def test_two_processes_see_the_single_process_batches(tmp_path):
   data.prepare_digits(str(tmp_path))
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "XLA_FLAGS": child_env.xla_flags(2),
          "PYTHONPATH": str(_ROOT)}
   port = _free_port()
   procs = [subprocess.Popen(

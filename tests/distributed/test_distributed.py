@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import pytest
 
+import child_env
+
 from mio_jax import distributed
 from mio_jax import errors
 
@@ -214,7 +216,7 @@ def _free_port() -> int:
 def _child_env(num_devices: int) -> dict:
   env = {k: v for k, v in os.environ.items() if not k.startswith("MIO_")}
   env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+             XLA_FLAGS=child_env.xla_flags(num_devices))
   return env
 
 

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+import child_env
 import dense_reference
 from mio_jax import mesh as mesh_lib
 from mio_jax.evaluation import extract_features
@@ -179,7 +180,7 @@ def test_extract_features_on_two_processes_every_row_reaches_every_process(
     s.bind(("127.0.0.1", 0))
     address = f"127.0.0.1:{s.getsockname()[1]}"
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+         "XLA_FLAGS": child_env.xla_flags(2)}
   procs = [subprocess.Popen(
       [sys.executable, "-c", _TWO_PROCESS_SCRIPT, address, str(i),
        str(tmp_path / f"p{i}.json")],
