@@ -17,7 +17,6 @@ import ml_collections
 from etils import epath
 
 from mio_jax import checkpointing
-from mio_jax import data
 from mio_jax import errors
 from mio_jax import loop
 from mio_jax import losses
@@ -28,7 +27,6 @@ from mio_jax import optim
 from mio_jax import resume_guard
 from mio_jax import supervised
 from mio_jax import train
-from mio_jax.data import augment
 from mio_jax.evaluation import protocols
 
 
@@ -80,14 +78,8 @@ def validate_config(config: ml_collections.ConfigDict, *,
     models.check_dtype(config.dtype)
     loop.check_config(config)
     train.check_config(config)
-  with _section("dataset."):
-    data.check_config(config.dataset)
   with _section("logging."):
     metric_logging.check_config(config.logging)
-  try:
-    augment.AugmentParams.from_config(config)
-  except ValueError as e:
-    raise ConfigError(f"{e}; fix the --config.augment.* value") from None
   with _section("model."):
     models.check_config(config.model)
   with _section("optimizer."):
@@ -112,6 +104,16 @@ def validate_config(config: ml_collections.ConfigDict, *,
     losses.check_block_size(config.loss_block_size,
                             num_images=config.batch_size,
                             num_devices=device_count)
+  # Last, and imported here: the data package loads TensorFlow (seconds),
+  # which a mistake in any other key need not wait for.
+  from mio_jax import data  # pylint: disable=g-import-not-at-top
+  from mio_jax.data import augment  # pylint: disable=g-import-not-at-top
+  with _section("dataset."):
+    data.check_config(config.dataset)
+  try:
+    augment.AugmentParams.from_config(config)
+  except ValueError as e:
+    raise ConfigError(f"{e}; fix the --config.augment.* value") from None
 
 
 def validate_workdir(workdir: str,

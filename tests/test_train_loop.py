@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+import child_env
 from mio_jax import checkpointing
 from mio_jax import loop
 from mio_jax import synthetic
@@ -131,9 +132,7 @@ def _finished_steps(workdir):
 @pytest.mark.slow  # two subprocesses compiling: 80 s on 2 busy cores
 def test_sigkill_mid_run_then_restart_matches_uninterrupted(uninterrupted,
                                                             tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             TF_CPP_MIN_LOG_LEVEL="2")
+  env = child_env.child_env(8)
   command = [sys.executable, str(RUNNER), str(tmp_path), str(TOTAL_STEPS), "2"]
   # Slow steps (1 s each) leave time to kill between checkpoints 2 and 6.
   run = subprocess.Popen(command + ["1.0"], env=env, stdout=subprocess.PIPE,

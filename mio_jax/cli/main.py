@@ -34,12 +34,13 @@ def main(argv) -> None:
   # pylint: disable=g-import-not-at-top
   from mio_jax import config_validation
   from mio_jax import distributed
-  from mio_jax import experiment
   import jax
-  # pylint: enable=g-import-not-at-top
   distributed.initialize(distributed_flags.settings_from_flags())
   config_validation.validate_config(config, device_count=jax.device_count())
   config_validation.validate_workdir(_WORKDIR.value, config)
+  # After the checks: it loads TensorFlow (seconds) for the data.
+  from mio_jax import experiment
+  # pylint: enable=g-import-not-at-top
   experiment.train_and_evaluate(config, _WORKDIR.value)
 
 
