@@ -240,18 +240,32 @@ def psum(x: Any, axis_name: Optional[str]) -> Any:
 # ---- streaming over blocks --------------------------------------------------
 
 
+# Loop bodies of two blocks: at N = 512 with blocks of 256 (two blocks) the
+# streamed loss then has no loop left, and took 9.2-9.7 ms against 12-15 ms
+# with one block per iteration (the dense loss: 9.6-10.3 ms); at N = 2048
+# both took 200-225 ms (docs/performance.md, issue 20).
+_BLOCKS_PER_ITERATION = 2
+
+
+def _map_blocks(fn: Callable[[Array], Any], num_blocks: int) -> Any:
+  """fn(index) for index in range(num_blocks), outputs stacked."""
+  return jax.lax.scan(lambda carry, index: (carry, fn(index)), None,
+                      jnp.arange(num_blocks),
+                      unroll=_BLOCKS_PER_ITERATION)[1]
+
+
 def _map_image_blocks(block_fn: Callable[[Any, int], Any], num_images: int,
                       block_size: Optional[int]) -> Any:
   """block_fn(start, size) over consecutive image blocks, outputs stacked.
 
   block_size None is one block of all images (the dense computation). With
-  an integer, blocks run one after the other (`lax.map`). What a gradient
+  an integer, blocks run one after the other (`_map_blocks`). What a gradient
   keeps is bounded by the loss itself (`_streamed_key_statistic`), not here.
   """
   if block_size is None:
     return jax.tree.map(lambda x: x[None], block_fn(0, num_images))
-  return jax.lax.map(lambda index: block_fn(index * block_size, block_size),
-                     jnp.arange(num_images // block_size))
+  return _map_blocks(lambda index: block_fn(index * block_size, block_size),
+                     num_images // block_size)
 
 
 def _view_rows(view1: Array, view2: Array, start, size: int, *, first_image,
@@ -346,7 +360,7 @@ def _streamed_key_statistic(block: AnchorBlock, views: Views,
     def one_block(index):
       keys, key_ids = key_rows(keys1, keys2, index * block_size, block_size)
       return statistic(anchors, anchor_ids, keys, key_ids, temperature)
-    return jax.lax.map(one_block, jnp.arange(num_blocks))
+    return _map_blocks(one_block, num_blocks)
 
   @jax.custom_vjp
   def streamed(anchors, anchor_ids, keys1, keys2, temperature):
@@ -373,7 +387,8 @@ def _streamed_key_statistic(block: AnchorBlock, views: Views,
 
     (d_anchors, d_temperature), d_keys = jax.lax.scan(
         one_block, (jnp.zeros_like(anchors), jnp.zeros_like(temperature)),
-        (jnp.arange(num_blocks), block_cotangents))
+        (jnp.arange(num_blocks), block_cotangents),
+        unroll=_BLOCKS_PER_ITERATION)
     # d_keys[k] holds key block k's rows: its view-1 images, then view 2.
     d_keys1 = d_keys[:, :block_size].reshape(keys1.shape)
     d_keys2 = d_keys[:, block_size:].reshape(keys2.shape)
