@@ -240,20 +240,32 @@ def psum(x: Any, axis_name: Optional[str]) -> Any:
 # ---- streaming over blocks --------------------------------------------------
 
 
+# Loop bodies of two blocks: at N = 512 with blocks of 256 (two blocks) the
+# streamed loss then has no loop left, and took 9.2-9.7 ms against 12-15 ms
+# with one block per iteration (the dense loss: 9.6-10.3 ms); at N = 2048
+# both took 200-225 ms (docs/performance.md, issue 20).
+_BLOCKS_PER_ITERATION = 2
+
+
+def _map_blocks(fn: Callable[[Array], Any], num_blocks: int) -> Any:
+  """fn(index) for index in range(num_blocks), outputs stacked."""
+  return jax.lax.scan(lambda carry, index: (carry, fn(index)), None,
+                      jnp.arange(num_blocks),
+                      unroll=_BLOCKS_PER_ITERATION)[1]
+
+
 def _map_image_blocks(block_fn: Callable[[Any, int], Any], num_images: int,
                       block_size: Optional[int]) -> Any:
   """block_fn(start, size) over consecutive image blocks, outputs stacked.
 
   block_size None is one block of all images (the dense computation). With
-  an integer, blocks run one after the other (`lax.map`), and
-  `jax.checkpoint` makes the backward pass recompute each block's
-  intermediates (its logits) instead of storing them for every block.
+  an integer, blocks run one after the other (`_map_blocks`). What a gradient
+  keeps is bounded by the loss itself (`_streamed_key_statistic`), not here.
   """
   if block_size is None:
     return jax.tree.map(lambda x: x[None], block_fn(0, num_images))
-  return jax.lax.map(
-      jax.checkpoint(lambda index: block_fn(index * block_size, block_size)),
-      jnp.arange(num_images // block_size))
+  return _map_blocks(lambda index: block_fn(index * block_size, block_size),
+                     num_images // block_size)
 
 
 def _view_rows(view1: Array, view2: Array, start, size: int, *, first_image,
@@ -314,6 +326,80 @@ def map_key_blocks(block_fn: Callable[[Array, Array], Any], views: Views,
 # ---- the loss -----------------------------------------------------------------
 
 
+def _key_block_statistic(anchors: Array, anchor_ids: Array, keys: Array,
+                         key_ids: Array, temperature, formula: PairFormula, *,
+                         num_images: int) -> Array:
+  """(n,) reduction of the anchors' logits over one block of keys."""
+  logits = similarities(anchors, keys) / temperature
+  keep = key_mask(anchor_ids, key_ids, num_images=num_images,
+                  exclude_partner=formula.exclude_partner)
+  return formula.key_reduction.reduce(logits, keep)
+
+
+def _streamed_key_statistic(block: AnchorBlock, views: Views,
+                            formula: PairFormula, block_size: int) -> Array:
+  """The (2b,) key statistics of an anchor block, streamed over key blocks.
+
+  The gradient is written out (`jax.custom_vjp`) the way flash attention
+  does it: the forward pass keeps only the per-key-block statistics (O(N)
+  values), and the backward pass recomputes each key block's logits once and
+  takes that block's gradient. Differentiating the streamed forward pass
+  directly needs `jax.checkpoint` to bound memory, which recomputed every
+  logit twice (the anchor level and the key level): the streamed loss took
+  1.4-1.7x the dense time, against 1.1-1.3x here (docs/performance.md).
+  """
+  num_images = views.num_images
+  merge = formula.key_reduction.merge
+  key_rows = functools.partial(_view_rows, first_image=0,
+                               num_images=num_images)
+  num_blocks = num_images // block_size
+  statistic = functools.partial(_key_block_statistic, formula=formula,
+                                num_images=num_images)
+
+  def block_statistics(anchors, anchor_ids, keys1, keys2, temperature):
+    def one_block(index):
+      keys, key_ids = key_rows(keys1, keys2, index * block_size, block_size)
+      return statistic(anchors, anchor_ids, keys, key_ids, temperature)
+    return _map_blocks(one_block, num_blocks)
+
+  @jax.custom_vjp
+  def streamed(anchors, anchor_ids, keys1, keys2, temperature):
+    return merge(block_statistics(anchors, anchor_ids, keys1, keys2,
+                                  temperature))
+
+  def forward(anchors, anchor_ids, keys1, keys2, temperature):
+    stats = block_statistics(anchors, anchor_ids, keys1, keys2, temperature)
+    return merge(stats), (anchors, anchor_ids, keys1, keys2, temperature,
+                          stats)
+
+  def backward(residuals, cotangent):
+    anchors, anchor_ids, keys1, keys2, temperature, stats = residuals
+    block_cotangents = jax.vjp(merge, stats)[1](cotangent)[0]
+
+    def one_block(totals, inputs):
+      index, block_cotangent = inputs
+      keys, key_ids = key_rows(keys1, keys2, index * block_size, block_size)
+      _, pullback = jax.vjp(
+          lambda a, k, t: statistic(a, anchor_ids, k, key_ids, t),
+          anchors, keys, temperature)
+      d_anchors, d_keys, d_temperature = pullback(block_cotangent)
+      return (totals[0] + d_anchors, totals[1] + d_temperature), d_keys
+
+    (d_anchors, d_temperature), d_keys = jax.lax.scan(
+        one_block, (jnp.zeros_like(anchors), jnp.zeros_like(temperature)),
+        (jnp.arange(num_blocks), block_cotangents),
+        unroll=_BLOCKS_PER_ITERATION)
+    # d_keys[k] holds key block k's rows: its view-1 images, then view 2.
+    d_keys1 = d_keys[:, :block_size].reshape(keys1.shape)
+    d_keys2 = d_keys[:, block_size:].reshape(keys2.shape)
+    return d_anchors, None, d_keys1, d_keys2, d_temperature
+
+  streamed.defvjp(forward, backward)
+  temperature = jnp.asarray(formula.key_temperature, block.anchors.dtype)
+  return streamed(block.anchors, block.ids, views.keys1, views.keys2,
+                  temperature)
+
+
 def summed_anchor_losses(views: Views, formula: PairFormula,
                          block_size: Optional[int]) -> Array:
   """Sum of l_i over the views' 2n anchors.
@@ -324,17 +410,16 @@ def summed_anchor_losses(views: Views, formula: PairFormula,
   keeps O(N) values per anchor block. Same value and gradients.
   """
   num_images = views.num_images
-  reduction = formula.key_reduction
 
   def anchor_block_loss(block: AnchorBlock) -> Array:
-    def key_block_statistic(keys, key_ids):
-      logits = similarities(block.anchors, keys) / formula.key_temperature
-      keep = key_mask(block.ids, key_ids, num_images=num_images,
-                      exclude_partner=formula.exclude_partner)
-      return reduction.reduce(logits, keep)
-
-    key_stat = reduction.merge(
-        map_key_blocks(key_block_statistic, views, block_size))
+    if block_size is None:
+      key_stat = _key_block_statistic(
+          block.anchors, block.ids,
+          jnp.concatenate([views.keys1, views.keys2]),
+          jnp.arange(2 * num_images), formula.key_temperature, formula,
+          num_images=num_images)
+    else:
+      key_stat = _streamed_key_statistic(block, views, formula, block_size)
     return jnp.sum(formula.anchor_loss(
         key_stat, block.positive_similarities(), num_images=num_images,
         dim=block.anchors.shape[1]))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mio_jax import errors
+from mio_jax.models import batch_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,9 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 def _batch_norm(train: bool, dtype: Any) -> Callable[..., nn.Module]:
   # Flax momentum is the weight of the old average: PyTorch's 0.1 is 0.9 here.
-  return functools.partial(nn.BatchNorm, use_running_average=not train,
+  # batch_norm.BatchNorm also takes the residual and the ReLU (fewer passes
+  # over each activation on CPU; see its docstring).
+  return functools.partial(batch_norm.BatchNorm, use_running_average=not train,
                            momentum=0.9, epsilon=1e-5, dtype=dtype)
 
 
@@ -61,18 +64,17 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any,
                  kernel_init=_conv_init, dtype=dtype, name=name)
 
 
-def _add_shortcut(x: jnp.ndarray, y: jnp.ndarray, stride: int,
-                  norm: Callable[..., nn.Module], dtype: Any) -> jnp.ndarray:
-  """relu(shortcut(x) + y); a 1x1 conv + BN projects x when shapes differ.
+def _shortcut(x: jnp.ndarray, features: int, stride: int,
+              norm: Callable[..., nn.Module], dtype: Any) -> jnp.ndarray:
+  """x, or a 1x1 conv + BN projection of x when the shapes differ.
 
   Called inside a block's compact `__call__`, so the projection's modules
   belong to that block (as `downsample_conv`, `downsample_bn`).
   """
-  features = y.shape[-1]
   if x.shape[-1] != features or stride != 1:
     x = _conv(features, 1, stride, dtype, "downsample_conv")(x)
     x = norm(name="downsample_bn")(x)
-  return nn.relu(x + y)
+  return x
 
 
 class BasicBlock(nn.Module):
@@ -85,10 +87,10 @@ class BasicBlock(nn.Module):
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     norm = _batch_norm(train, self.dtype)
     y = _conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
-    y = nn.relu(norm(name="bn1")(y))
+    y = norm(name="bn1")(y, relu=True)
     y = _conv(self.features, 3, 1, self.dtype, "conv2")(y)
-    y = norm(name="bn2")(y)
-    return _add_shortcut(x, y, self.stride, norm, self.dtype)
+    shortcut = _shortcut(x, self.features, self.stride, norm, self.dtype)
+    return norm(name="bn2")(y, shortcut, relu=True)
 
 
 class BottleneckBlock(nn.Module):
@@ -102,12 +104,12 @@ class BottleneckBlock(nn.Module):
     norm = _batch_norm(train, self.dtype)
     out_features = self.features * _EXPANSION["bottleneck"]
     y = _conv(self.features, 1, 1, self.dtype, "conv1")(x)
-    y = nn.relu(norm(name="bn1")(y))
+    y = norm(name="bn1")(y, relu=True)
     y = _conv(self.features, 3, self.stride, self.dtype, "conv2")(y)
-    y = nn.relu(norm(name="bn2")(y))
+    y = norm(name="bn2")(y, relu=True)
     y = _conv(out_features, 1, 1, self.dtype, "conv3")(y)
-    y = norm(name="bn3")(y)
-    return _add_shortcut(x, y, self.stride, norm, self.dtype)
+    shortcut = _shortcut(x, out_features, self.stride, norm, self.dtype)
+    return norm(name="bn3")(y, shortcut, relu=True)
 
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
@@ -135,11 +137,11 @@ class ResNet(nn.Module):
     widths = self.stage_widths
     if self.stem == "imagenet":
       x = _conv(widths[0], 7, 2, self.dtype, "stem_conv")(x)
-      x = nn.relu(norm(name="stem_bn")(x))
+      x = norm(name="stem_bn")(x, relu=True)
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = _conv(widths[0], 3, 1, self.dtype, "stem_conv")(x)
-      x = nn.relu(norm(name="stem_bn")(x))
+      x = norm(name="stem_bn")(x, relu=True)
     block = _BLOCKS[self.spec.block]
     for stage, (num_blocks, width) in enumerate(
         zip(self.spec.stage_sizes, widths)):
@@ -167,7 +169,7 @@ class Projector(nn.Module):
     for i in range(self.num_layers - 1):
       x = nn.Dense(self.hidden_dim, use_bias=False, dtype=self.dtype,
                    name=f"dense{i + 1}")(x)
-      x = nn.relu(norm(name=f"bn{i + 1}")(x))
+      x = norm(name=f"bn{i + 1}")(x, relu=True)
     x = nn.Dense(self.output_dim, use_bias=not self.last_bn, dtype=self.dtype,
                  name=f"dense{self.num_layers}")(x)
     if self.last_bn:

@@ -108,6 +108,24 @@ def test_conv_benchmark_quick():
     assert record["ynnpack_fusion"] is False  # mio_jax's XLA:CPU setting
 
 
+def test_step_profile_quick_accounts_for_the_step():
+  records = _run("step_profile.py", "--quick")
+  classes = [r for r in records if "op" not in r and "output_shape" not in r]
+  kinds = {r["op_class"] for r in classes}
+  assert {"conv forward", "conv input gradient",
+          "conv weight gradient"} <= kinds, kinds
+  assert sum(r["ms"] for r in classes) == pytest.approx(
+      classes[0]["sum_of_ops_ms"], abs=0.1 * len(classes))
+  # One thread: the ops' own times are most of the step (the rest is the
+  # executor between them).
+  assert 0.3 * classes[0]["step_ms"] < classes[0]["sum_of_ops_ms"]
+  assert classes[0]["sum_of_ops_ms"] <= 1.05 * classes[0]["step_ms"]
+  for record in records:
+    if (record["op_class"].startswith("conv ") and "output_shape" in record
+        and "op" not in record):
+      assert record["gflop_per_s"] > 0
+
+
 def test_input_pipeline_benchmark_small():
   records = _run("input_pipeline.py", "--quick", "--sizes=32")
   assert [(r["mode"], r["stage"]) for r in records] == [

@@ -75,6 +75,22 @@ def test_streamed_equals_dense_in_float64(name):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
 
 
+def test_streamed_temperature_gradient_equals_dense():
+  # The streamed loss writes its own backward pass; a traced temperature
+  # (a sweep differentiating through it) must get the dense gradient too.
+  with jax.enable_x64(True):
+    u1, u2 = random_views(2, 8, 5, np.float64)
+
+    def loss(temperature, block_size):
+      return losses.mio_loss(u1, u2, temperature=temperature,
+                             block_size=block_size)
+
+    want = jax.grad(loss)(0.3, None)
+    for block_size in (2, 4):
+      np.testing.assert_allclose(jax.grad(loss)(0.3, block_size), want,
+                                 rtol=1e-10)
+
+
 def test_streamed_degenerate_embeddings_are_finite():
   u1 = np.tile(np.arange(1.0, 5.0, dtype=np.float32), (8, 1))
   for u2 in (u1, -u1):
