@@ -28,8 +28,12 @@ $(STAMP): requirements.txt setup.py
 libtpu: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps --upgrade --target $(VENV)/libtpu -r requirements-libtpu.txt
 
+# Two pytest-xdist workers by default (the CI machine has 2 cores); each
+# worker compiles on its own, so more cores take TEST_WORKERS=auto.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --durations=25 tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
