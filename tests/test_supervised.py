@@ -321,6 +321,28 @@ def test_early_stopping_keeps_the_head_of_the_lowest_validation_loss(
   assert int(state.best.waited) == 2
 
 
+def test_accuracy_compiles_once_per_task(setup, monkeypatch):
+  """Early stopping scores the validation split every epoch: one program."""
+  config, mesh, variables = setup
+  task = task_lib.make_task(config, mesh, "linear_eval", num_examples=64,
+                            num_classes=10, epochs=1.0)
+  traces = []
+  logits = task_lib._logits  # pylint: disable=protected-access
+  monkeypatch.setattr(task_lib, "_logits", lambda *a, **k: (
+      traces.append(1), logits(*a, **k))[1])
+  sharding = mesh_lib.batch_sharding(mesh)
+  batch = {"image": jax.device_put(jnp.zeros((16, 8, 8, 3)), sharding),
+           "label": jax.device_put(jnp.arange(16) % 10, sharding),
+           "mask": jax.device_put(jnp.arange(16) < 12, sharding)}
+  state = task_lib.init_state(task, variables)
+  frozen = task_lib.frozen_backbone(task, variables)
+  for _ in range(3):
+    result = task_lib.accuracy(task, state.params, None, frozen, [batch])
+  assert len(traces) == 1
+  # A zero head: every class ties, the loss is log(10) on the 12 rows.
+  np.testing.assert_allclose(result["loss"], np.log(10), rtol=1e-6)
+
+
 @pytest.mark.slow
 def test_public_code_recipe_end_to_end(setup, tmp_path):
   """linear_eval as the public code runs it: validation split, best head."""

@@ -5,9 +5,9 @@
 the jitted data-parallel step (replicated parameters, batch sharded over
 `data`, state donated), and `train` hands them to the one training loop
 (`loop.run`: resume, non-finite guard, logging, checkpoints in
-`<directory>/checkpoints`, SIGTERM), after `guard_resume` has checked that
-the directory holds this run's checkpoints. `accuracy` scores the head on
-any labelled split.
+`<directory>/checkpoints`, SIGTERM); the caller first checks with
+`guard_resume` that the directory holds this run's checkpoints. `accuracy`
+scores the head on any labelled split.
 """
 import dataclasses
 import functools
@@ -259,11 +259,10 @@ def train(task: Task, state: SupervisedState, frozen,
   Checkpoints (with `settings`, see `run_settings`) go to
   `<directory>/checkpoints`, every config.checkpoint_every_steps; metrics
   are logged as "<task.name>_<metric>". after_step / stop: as `loop.run`
-  (early stopping). Raises loop.NonFiniteLossError, SystemExit(0) after
-  saving on SIGTERM, and CheckpointMismatchError (`guard_resume`) when
-  `directory` holds checkpoints of another run.
+  (early stopping). Call `guard_resume` first: a protocol checks before it
+  writes anything beside the checkpoints. Raises loop.NonFiniteLossError
+  and SystemExit(0) after saving on SIGTERM.
   """
-  guard_resume(directory, task, settings)
   step_fn = make_train_step(task)
   with checkpointing.Checkpointer(directory, settings=settings,
                                   keep=int(config.keep_checkpoints)
@@ -277,12 +276,12 @@ def train(task: Task, state: SupervisedState, frozen,
                     after_step=after_step, stop=stop)
 
 
-def accuracy(task: Task, params, batch_stats, frozen, batches
-            ) -> dict[str, float]:
-  """{"top1", "top5", "loss"} of the classifier over `batches` (masked rows).
-
-  batches: `data.eval_batches` or `data.split_batches` of a labelled split.
-  """
+# One program per task: early stopping scores the validation split after
+# every epoch, and a jit of a new closure would trace and compile it again.
+@functools.cache
+def _hit_and_loss_counts(task: Task) -> Callable[..., tuple[jax.Array, ...]]:
+  """Jitted (params, batch_stats, frozen, batch) -> (top-1 hits, top-5 hits,
+  summed loss, rows) over the batch's unmasked rows."""
   replicated = mesh_lib.replicated_sharding(task.mesh)
 
   @functools.partial(jax.jit, in_shardings=(replicated, replicated, replicated,
@@ -298,6 +297,16 @@ def accuracy(task: Task, params, batch_stats, frozen, batches
     return (top1, top5, jnp.sum(jnp.where(batch["mask"], losses, 0.0)),
             jnp.sum(batch["mask"]))
 
+  return counts
+
+
+def accuracy(task: Task, params, batch_stats, frozen, batches
+            ) -> dict[str, float]:
+  """{"top1", "top5", "loss"} of the classifier over `batches` (masked rows).
+
+  batches: `data.eval_batches` or `data.split_batches` of a labelled split.
+  """
+  counts = _hit_and_loss_counts(task)
   totals = [0.0] * 4
   for batch in batches:
     totals = [t + float(c) for t, c in zip(
