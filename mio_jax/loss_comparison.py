@@ -110,6 +110,12 @@ def _online_curve(workdir: epath.Path) -> dict[str, list[float]]:
   return {"steps": [int(s) for s in steps], "values": [float(v) for v in values]}
 
 
+def protocol_results(results: Mapping[str, Any]) -> dict[str, Any]:
+  """The results of the EVAL_PROTOCOLS ("knn_top1", "feature_probe_top5", ...)."""
+  return {k: v for k, v in results.items()
+          if any(k.startswith(f"{protocol}_") for protocol in EVAL_PROTOCOLS)}
+
+
 def measure_trained(config: ml_collections.ConfigDict, workdir: epath.Path, *,
               hessian_options: Mapping[str, Any],
               hessian_subsets: Sequence[str], mesh,
@@ -128,8 +134,7 @@ def measure_trained(config: ml_collections.ConfigDict, workdir: epath.Path, *,
   if run is None:
     start = time.perf_counter()
     results = experiment.train_and_evaluate(config, str(workdir))
-    run = {k: v for k, v in results.items()
-           if k.split("_")[0] in EVAL_PROTOCOLS}
+    run = protocol_results(results)
     run.update(online_knn=_online_curve(workdir),
                train_eval_seconds=time.perf_counter() - start)
     files.write_json(path, run)

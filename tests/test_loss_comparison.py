@@ -157,6 +157,15 @@ def test_bad_requests_fail_before_any_work(tmp_path, kwargs, match):
   assert not (tmp_path / "out").exists()
 
 
+def test_a_run_keeps_every_probe_column():
+  results = {"knn_top1": 0.5, "fewshot_top1": 0.4, "fewshot_top1_std": 0.01,
+             "feature_probe_top1": 0.6, "feature_probe_top5": 0.9,
+             "online_knn_top1": 0.3}
+  kept = compare.protocol_results(results)
+  assert {key for key, _ in compare.PROBE_COLUMNS} <= set(kept)
+  assert "online_knn_top1" not in kept  # the curve is stored on its own
+
+
 def test_gains_are_paired_by_seed():
   runs = {"mio": [{"knn_top1": 0.8, "fewshot_top1": 0.5, "feature_probe_top1": 0.9},
                   {"knn_top1": 0.9, "fewshot_top1": 0.5, "feature_probe_top1": 0.9}]}
