@@ -163,6 +163,7 @@ def main():
       batch_size = 16 if args.quick else (256 if size <= 64 else 64)
       for mode in args.modes.split(","):
         config = _config(size, dataset, batch_size, mode == "on_device")
+        spec = registry.get_spec(dataset)
         common = {"benchmark": "pretrain_input_pipeline", "mode": mode,
                   "image_size": size, "data": f"synthetic {data}",
                   "batch_size": batch_size, "devices": jax.device_count(),
@@ -172,7 +173,7 @@ def main():
           # Built one at a time: tf.data starts prefetching at creation.
           rows = slice(0, batch_size)
           iterator = pipeline.pretrain_dataset(
-              source, config, rows=rows).as_numpy_iterator()
+              source, config, spec=spec, rows=rows).as_numpy_iterator()
           if stage == "device":
             iterator = pipeline.global_batches(iterator, mesh, batch_size,
                                                prefetch=2)

@@ -7,7 +7,7 @@ kept quiet before anything else imports it.
   pretrain_batches(config, mesh, *, start_step=0) -> Iterator[dict]
   pretrain_steps_per_epoch(config) -> int
   eval_batches(config, mesh, split) -> Iterator[dict]
-  split_batches(config, mesh, tfds_split) -> Iterator[dict]
+  split_passes(config, mesh, tfds_split) -> () -> Iterator[dict]  # passes
   ensure_prepared(config)  # raises DatasetNotPreparedError with the fix
   prepare_digits(data_dir=None), prepare_dataset(name, data_dir, manual_dir)
 """
@@ -29,7 +29,7 @@ from mio_jax.data.dataset import dataset_spec
 from mio_jax.data.pipeline import eval_batches
 from mio_jax.data.pipeline import pretrain_batches
 from mio_jax.data.pipeline import pretrain_steps_per_epoch
-from mio_jax.data.pipeline import split_batches
+from mio_jax.data.pipeline import split_passes
 from mio_jax.data.preparation import DatasetNotPreparedError
 from mio_jax.data.preparation import ensure_prepared
 from mio_jax.data.preparation import prepare_dataset
@@ -41,5 +41,5 @@ __all__ = [
     "DATASET_NAMES", "DATASETS", "DatasetInfo", "DatasetNotPreparedError",
     "check_config", "dataset_info", "dataset_spec",
     "ensure_prepared", "eval_batches", "prepare_dataset", "prepare_digits",
-    "pretrain_batches", "pretrain_steps_per_epoch", "split_batches",
+    "pretrain_batches", "pretrain_steps_per_epoch", "split_passes",
 ]

@@ -32,7 +32,7 @@ def check_data_dir(data_dir: Optional[str], *,
 
   def probe():
     try:
-      outcome["exists"] = epath.Path(data_dir).exists()
+      epath.Path(data_dir).exists()
     except Exception as e:  # pylint: disable=broad-except
       outcome["error"] = e
 

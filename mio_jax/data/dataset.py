@@ -74,26 +74,31 @@ class _SplitLength(NamedTuple):
   num_examples: int
 
 
-def split_size(spec: registry.DatasetSpec, split: str,
-               data_dir: Optional[str] = None) -> int:
-  """Examples in a split expression such as "train+unlabelled", "train[:80%]".
-
-  Split lengths come from the prepared dataset's info when it lists the
-  split, else from the spec's table; TFDS's own ReadInstruction resolves
-  slices, so the count is the one TFDS reads.
-  """
+def split_lengths(spec: registry.DatasetSpec,
+                  data_dir: Optional[str] = None) -> dict[str, int]:
+  """Examples per split: the prepared dataset's info where it lists the
+  split, else the spec's table."""
   builder = preparation.tfds_builder(spec, data_dir)
   known = builder.info.splits if preparation.is_prepared(builder) else {}
-  lengths = {name: _SplitLength(known[name].num_examples if name in known
-                                else size)
-             for name, size in spec.split_sizes.items()}
-  lengths.update({name: _SplitLength(info.num_examples)
-                  for name, info in dict(known).items()})
+  return {**spec.split_sizes,
+          **{name: info.num_examples for name, info in dict(known).items()}}
+
+
+def split_size(spec: registry.DatasetSpec, split: str,
+               lengths: Mapping[str, int], *,
+               key: str = "pretrain_split") -> int:
+  """Examples in a split expression such as "train+unlabelled", "train[:80%]".
+
+  lengths: `split_lengths(spec, data_dir)`. TFDS's own ReadInstruction
+  resolves slices, so the count is the one TFDS reads. Raises
+  InvalidValueError naming config `key` for a split the data set lacks.
+  """
+  lengths = {name: _SplitLength(size) for name, size in lengths.items()}
   try:
     parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(lengths)
   except (ValueError, KeyError, AssertionError) as e:
     raise errors.InvalidValueError(
-        "pretrain_split", split, f"is not a split of {spec.tfds_name} ({e})",
+        key, split, f"is not a split of {spec.tfds_name} ({e})",
         f"use one of {', '.join(sorted(lengths))}, optionally sliced, e.g. "
         "train[:80%]") from None
   total = 0
@@ -111,16 +116,16 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   Prepares an image folder on first use (see `dataset_spec`).
   """
   spec = dataset_spec(config)
-  data_dir = config.dataset.data_dir
+  lengths = split_lengths(spec, config.dataset.data_dir)
   return DatasetInfo(
       name=config.dataset.name,
-      num_pretrain_examples=split_size(spec, spec.pretrain_split, data_dir),
+      num_pretrain_examples=split_size(spec, spec.pretrain_split, lengths),
       num_classes=spec.num_classes,
       image_size=int(config.dataset.image_size),
       eval_splits=dict(spec.eval_splits),
       mean=spec.mean,
       std=spec.std,
-      num_eval_examples={k: split_size(spec, v, data_dir)
+      num_eval_examples={k: split_size(spec, v, lengths)
                          for k, v in spec.eval_splits.items()},
   )
 

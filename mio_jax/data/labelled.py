@@ -227,8 +227,9 @@ def labelled_batches(config: ml_collections.ConfigDict,
 
   Each: {"image": f32 (batch_size, S, S, 3) normalised, "label": int32
   (batch_size,)}, sharded over the mesh's `data` axis; S is
-  config.dataset.image_size, the flip follows config.augment.hflip (off for
-  data sets that are not mirror-symmetric, e.g. digits).
+  config.dataset.image_size; with `hflip`, a random horizontal flip (the
+  protocol's own setting, else config.augment.hflip: off for data sets that
+  are not mirror-symmetric, e.g. digits).
   Raises indexing.BatchTooLargeError (naming config `batch_key`) when
   batch_size exceeds the examples.
   """

@@ -127,9 +127,10 @@ def load_source(spec: registry.DatasetSpec, split: str,
   return ArraySource(images, labels)
 
 
-def _source(config: ml_collections.ConfigDict, split: str):
-  return load_source(dataset.dataset_spec(config), split,
-                     config.dataset.data_dir, int(config.dataset.image_size))
+def _source(spec: registry.DatasetSpec, config: ml_collections.ConfigDict,
+            split: str):
+  return load_source(spec, split, config.dataset.data_dir,
+                     int(config.dataset.image_size))
 
 
 def pretrain_steps_per_epoch(config: ml_collections.ConfigDict) -> int:
@@ -260,9 +261,12 @@ def two_view_fn(params: augment.AugmentParams, *, seed: int, mean, std,
 
 
 def pretrain_dataset(source, config: ml_collections.ConfigDict, *,
-                     rows: slice, start_step: int = 0) -> tf.data.Dataset:
-  """This process's share of the pretraining batches, as numpy-ready tf.data."""
-  spec = dataset.dataset_spec(config)
+                     spec: registry.DatasetSpec, rows: slice,
+                     start_step: int = 0) -> tf.data.Dataset:
+  """This process's share of the pretraining batches, as numpy-ready tf.data.
+
+  spec: `dataset.dataset_spec(config)` (its normalisation).
+  """
   read = functools.partial(
       pretrain_step_records, source, seed=int(config.seed),
       global_batch_size=int(config.batch_size), rows=rows)
@@ -288,9 +292,10 @@ def pretrain_batches(config: ml_collections.ConfigDict,
   """
   preparation.ensure_prepared(config)
   spec = dataset.dataset_spec(config)
-  source = _source(config, spec.pretrain_split)
+  source = _source(spec, config, spec.pretrain_split)
   rows = indexing.local_rows(mesh, int(config.batch_size))
-  ds = pretrain_dataset(source, config, rows=rows, start_step=start_step)
+  ds = pretrain_dataset(source, config, spec=spec, rows=rows,
+                        start_step=start_step)
   return global_batches(tfds.as_numpy(ds), mesh, int(config.batch_size),
                          int(config.dataset.prefetch))
 
@@ -310,8 +315,7 @@ def eval_batch_records(source, batch: int, *, global_batch_size: int,
 
 
 def eval_dataset(source, config: ml_collections.ConfigDict, *,
-                 rows: slice) -> tf.data.Dataset:
-  spec = dataset.dataset_spec(config)
+                 spec: registry.DatasetSpec, rows: slice) -> tf.data.Dataset:
   size = int(config.dataset.image_size)
   global_batch_size = int(config.eval.batch_size)
 
@@ -343,15 +347,27 @@ def eval_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   if split not in spec.eval_splits:
     raise ValueError(f"Unknown eval split {split!r}; valid: "
                      f"{', '.join(spec.eval_splits)}.")
-  return split_batches(config, mesh, spec.eval_splits[split])
+  return split_passes(config, mesh, spec.eval_splits[split])()
 
 
-def split_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                  tfds_split: str) -> Iterator[dict[str, jax.Array]]:
-  """`eval_batches` of a TFDS split expression (e.g. "train[80%:]")."""
+def split_passes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                 tfds_split: str) -> Callable[[], Iterator[dict[str, jax.Array]]]:
+  """A function whose every call is one pass over a TFDS split expression
+  (e.g. "train[80%:]"), batched as `eval_batches`.
+
+  The data are checked, read (and an image folder listed) once, here: early
+  stopping validates once per epoch.
+  """
   preparation.ensure_prepared(config)
-  source = _source(config, tfds_split)
+  spec = dataset.dataset_spec(config)
+  source = _source(spec, config, tfds_split)
   rows = indexing.local_rows(mesh, int(config.eval.batch_size))
-  ds = eval_dataset(source, config, rows=rows)
-  return global_batches(tfds.as_numpy(ds), mesh, int(config.eval.batch_size),
-                         int(config.dataset.prefetch))
+
+  def one_pass():
+    ds = eval_dataset(source, config, spec=spec, rows=rows)
+    return global_batches(tfds.as_numpy(ds), mesh,
+                          int(config.eval.batch_size),
+                          int(config.dataset.prefetch))
+
+  return one_pass
+

@@ -109,10 +109,12 @@ def test_one_and_eight_devices_give_identical_global_batches(config):
 def test_two_simulated_processes_together_equal_one_process(config):
   source = pipeline.load_source(registry.get_spec("digits"), "train", config.dataset.data_dir,
                                 config.dataset.image_size)
+  spec = registry.get_spec("digits")
   whole = next(iter(pipeline.pretrain_dataset(
-      source, config, rows=slice(0, 16), start_step=3).as_numpy_iterator()))
+      source, config, spec=spec, rows=slice(0, 16),
+      start_step=3).as_numpy_iterator()))
   halves = [next(iter(pipeline.pretrain_dataset(
-      source, config, rows=indexing.process_slice(16, p, 2),
+      source, config, spec=spec, rows=indexing.process_slice(16, p, 2),
       start_step=3).as_numpy_iterator())) for p in (0, 1)]
   for k in whole:
     np.testing.assert_array_equal(
@@ -169,7 +171,8 @@ def test_tensorflow_sees_no_accelerator():
 def _first_batch(source, config, start_step=0):
   rows = slice(0, int(config.batch_size))
   return next(iter(pipeline.pretrain_dataset(
-      source, config, rows=rows, start_step=start_step).as_numpy_iterator()))
+      source, config, spec=data.dataset_spec(config), rows=rows,
+      start_step=start_step).as_numpy_iterator()))
 
 
 def test_on_device_views_are_the_host_geometry_as_uint8_with_indices(config):
