@@ -182,8 +182,9 @@ def run(state: Any, step_fn: StepFn, batches_fn: BatchesFn, *,
   logged as "<name>_<metric>". preemption: the process's watch (None: one
   is opened for this call). after_step: updates the state between steps
   (its metrics logged like the step's); stop(state): True ends the run
-  early (early stopping; checked after each step and on resume), saving
-  that step.
+  early (early stopping), saving that step. It is asked on resume and after
+  each after_step that reports metrics, never after every step: it may read
+  the device (a wait for the step just dispatched).
 
   Raises NonFiniteLossError (naming the step; the last good checkpoint is
   kept) and SystemExit(0) after saving when preempted.
@@ -203,9 +204,11 @@ def run(state: Any, step_fn: StepFn, batches_fn: BatchesFn, *,
   # Throughput over the steps since the last log line; the first interval
   # includes compilation, and time spent in hooks (evaluations) is excluded.
   interval_start = (int(state.step), time.monotonic())
+  # Asked once on resume too: the saved run may have stopped already.
+  stopped = stop is not None and stop(state)
   with watch as preemption:
     for step in range(int(state.step), num_steps):
-      if stop is not None and stop(state):
+      if stopped:
         print_once(f"Stopped{' ' + name if name else ''} early at step {step}.")
         break
       state, metrics = step_fn(state, next(batches))
@@ -217,7 +220,8 @@ def run(state: Any, step_fn: StepFn, batches_fn: BatchesFn, *,
         state, own_metrics = after_step(done, state)
         if own_metrics:
           logger.log(done, {prefix + k: v for k, v in own_metrics.items()})
-      ends = done == num_steps or (stop is not None and stop(state))
+          stopped = stop is not None and stop(state)
+      ends = done == num_steps or stopped
       if _every(cadence.log_every_steps, done) or ends:
         if unchecked is not None:
           check_finite(*unchecked)

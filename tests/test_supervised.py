@@ -1,4 +1,4 @@
-"""Augmented linear evaluation and fine-tuning (mio_jax/supervised.py) on digits."""
+"""Augmented linear evaluation and fine-tuning (mio_jax/supervised/) on digits."""
 import json
 import os
 import signal
@@ -38,7 +38,7 @@ def tiny_config(data_dir) -> "config_base.ml_collections.ConfigDict":
   c.linear_eval.batch_size = 64
   c.linear_eval.epochs = 0.2  # 23 steps per epoch: 5 steps
   c.finetune.batch_size = 32  # 4 steps per epoch of the 149 labelled images
-  c.finetune.epochs = 1.5  # 6 steps
+  c.finetune.epochs = 1.5  # 7 steps: 149 * 1.5 // 32 + 1
   c.log_every_steps = 2
   c.checkpoint_every_steps = 2
   c.keep_checkpoints = 5
@@ -357,6 +357,13 @@ def test_public_code_recipe_end_to_end(setup, tmp_path):
   step, results = supervised.linear_eval(config, str(tmp_path), mesh,
                                          _encoder(variables), logger=logger)
   assert set(results) == {"linear_eval_top1", "linear_eval_top5"}
-  validated = [m for _, m in logger.lines if "linear_eval_val_loss" in m]
-  assert validated  # one line per epoch, until patience ran out
-  assert len(validated) <= 3
+  validated = [(step, m["linear_eval_val_epochs_since_best"])
+               for step, m in logger.lines if "linear_eval_val_loss" in m]
+  # 1200 examples, batch 400: epochs end at steps 3, 6 and 9 of 10. With
+  # patience 0 the first epoch without a better loss is the last one.
+  assert all(since == 0 for _, since in validated[:-1])
+  last_step, last_since = validated[-1]
+  if last_since:
+    assert max(step for step, _ in logger.lines) == last_step
+  else:
+    assert [step for step, _ in validated] == [3, 6, 9]

@@ -5,7 +5,9 @@ import subprocess
 import sys
 import time
 
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -199,3 +201,51 @@ def test_resume_with_a_changed_recipe_stops_naming_the_key(tmp_path):
   assert metadata["changes"] == [
       {"key": "total_steps", "from": 2, "to": 4, "from_step": 2}]
   assert metadata["settings"]["total_steps"] == 4
+
+
+@flax.struct.dataclass
+class _Counter:
+  step: jax.Array
+  reports: jax.Array
+
+
+def test_early_stop_is_asked_only_when_after_step_reports(tmp_path):
+  """stop() may wait for the device: asked on resume and at reports only."""
+
+  def step_fn(state, batch):
+    del batch
+    return state.replace(step=state.step + 1), {
+        "loss": jnp.float32(1.0), "grad_norm": jnp.float32(1.0)}
+
+  def after_step(done, state):  # an "epoch" ends every 3 steps
+    if done % 3:
+      return state, None
+    return state.replace(reports=state.reports + 1), {"reports": done}
+
+  asked = []
+
+  def stop(state):
+    asked.append(int(state.step))
+    return int(state.reports) >= 2
+
+  def train(directory):
+    logger = _RecordingLogger()
+    with checkpointing.Checkpointer(str(directory), settings={"test": 1},
+                                    keep=2) as checkpointer:
+      state = loop.run(
+          _Counter(step=jnp.zeros((), jnp.int32),
+                   reports=jnp.zeros((), jnp.int32)),
+          step_fn, lambda start: iter(lambda: None, 1), num_steps=20,
+          images_per_step=1, checkpointer=checkpointer,
+          cadence=loop.Cadence(log_every_steps=100,
+                               checkpoint_every_steps=100),
+          logger=logger, after_step=after_step, stop=stop)
+    return state, logger
+
+  state, logger = train(tmp_path)
+  assert int(state.step) == 6 and asked == [0, 3, 6]
+  assert checkpointing.saved_steps(str(tmp_path)) == [6]
+  assert [step for step, m in logger.logged if "loss" in m] == [6]
+  asked.clear()
+  state, logger = train(tmp_path)  # the resumed run had stopped: no step
+  assert int(state.step) == 6 and asked == [6] and not logger.logged

@@ -116,7 +116,16 @@ def _protocol(name: str, config: ml_collections.ConfigDict, workdir: str,
               per_class=None, logger: loop.Logger,
               preemption: Optional[loop.PreemptionWatch]
              ) -> tuple[int, dict[str, float]]:
-  """Trains protocol `name` on `encoder` and tests it: (steps, results)."""
+  """Trains protocol `name` on `encoder` and tests it: (steps, results).
+
+  preemption: the process's watch, else one is opened for this call; on
+  SIGTERM the training saves and exits, the test pass is abandoned
+  (loop.Preempted).
+  """
+  if preemption is None:
+    with loop.PreemptionWatch() as watch:
+      return _protocol(name, config, workdir, mesh, encoder, fraction=fraction,
+                       per_class=per_class, logger=logger, preemption=watch)
   # Imported here: the data package loads TensorFlow.
   from mio_jax import data  # pylint: disable=g-import-not-at-top
   from mio_jax import distributed  # pylint: disable=g-import-not-at-top
@@ -157,7 +166,7 @@ def _protocol(name: str, config: ml_collections.ConfigDict, workdir: str,
     stopping = dict(
         after_step=early_stopping.after_step_fn(
             task, frozen, num_examples=num_examples,
-            validation_batches=lambda: data.split_batches(
+            validation_batches=data.split_passes(
                 config, mesh, section.validation_split)),
         stop=early_stopping.stopped_fn(int(section.patience)))
   state = task_lib.init_state(
@@ -169,8 +178,9 @@ def _protocol(name: str, config: ml_collections.ConfigDict, workdir: str,
                          config=config, logger=logger, preemption=preemption,
                          **stopping)
   kept = state.best if public_code else state
-  results = task_lib.accuracy(task, kept.params, kept.batch_stats, frozen,
-                              data.eval_batches(config, mesh, "test"))
+  with preemption.interruptible():  # what it needs is saved
+    results = task_lib.accuracy(task, kept.params, kept.batch_stats, frozen,
+                                data.eval_batches(config, mesh, "test"))
   return int(state.step), {f"{name}_{k}": results[k] for k in ("top1", "top5")}
 
 

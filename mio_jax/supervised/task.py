@@ -304,7 +304,8 @@ def accuracy(task: Task, params, batch_stats, frozen, batches
             ) -> dict[str, float]:
   """{"top1", "top5", "loss"} of the classifier over `batches` (masked rows).
 
-  batches: `data.eval_batches` or `data.split_batches` of a labelled split.
+  batches: `data.eval_batches`, or a pass of `data.split_passes`, of a
+  labelled split.
   """
   counts = _hit_and_loss_counts(task)
   totals = [0.0] * 4
