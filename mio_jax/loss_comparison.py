@@ -29,6 +29,7 @@ from mio_jax import experiment
 from mio_jax import files
 from mio_jax import losses as losses_lib
 from mio_jax import mesh as mesh_lib
+from mio_jax import modes
 from mio_jax import plots
 from mio_jax import seed_statistics
 from mio_jax.analysis import hessian
@@ -50,7 +51,7 @@ PROBE_COLUMNS = (
     ("feature_probe_top1", "feature probe top-1 (all labels)"),
 )
 ONLINE_KNN = "online_knn_top1"
-EVAL_PROTOCOLS = ("knn", "fewshot", "feature_probe")
+EVAL_PROTOCOLS = modes.MODES["all"].protocols
 # λ_max only: one eigenvalue, and the shortest SLQ the analysis accepts
 # (its density is not used here).
 DEFAULT_HESSIAN_OPTIONS = {"top_k": 1, "lanczos_steps": 1, "num_probes": 1,

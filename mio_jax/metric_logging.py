@@ -291,7 +291,8 @@ class MetricLogger:
     print(f"{self._step_label(step)}  {shown}", flush=True)
 
   def _step_label(self, step: int) -> str:
-    # A supervised protocol's steps are not pretraining's: no total then.
+    # total_steps is 0 until pretraining sets it: a supervised protocol's
+    # steps are shown without a total.
     if 0 < step <= self.total_steps:
       return f"step {step}/{self.total_steps}"
     return f"step {step}"

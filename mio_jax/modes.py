@@ -69,14 +69,6 @@ class EncoderSource:
   path: str = ""
   step: Optional[int] = None  # WORKDIR: the saved step; None: the latest
 
-  def describe(self) -> str:
-    if self.kind == RANDOM:
-      return "a random initialisation"
-    if self.kind == FILE:
-      return f"the exported encoder {self.path}"
-    step = "its latest step" if self.step is None else f"step {self.step}"
-    return f"{step} of {self.path}"
-
 
 def is_export(path: str) -> bool:
   """True when `path` names an exported encoder (it has a .json beside it)."""

@@ -82,9 +82,8 @@ def _lars(opt: ml_collections.ConfigDict,
 
 def _sgd(opt: ml_collections.ConfigDict,
          lr: optax.Schedule) -> optax.GradientTransformation:
-  return optax.chain(
-      optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
-      optax.sgd(lr, momentum=opt.momentum))
+  return classifier_optimizer(lr, momentum=opt.momentum, nesterov=False,
+                              weight_decay=opt.weight_decay)
 
 
 def _adamw(opt: ml_collections.ConfigDict,

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from mio_jax import models
+from mio_jax import modes
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -37,8 +38,8 @@ def random_init_results(config: ml_collections.ConfigDict, mesh, *,
   """
   # Imported here: the evaluator reads data sets (TensorFlow).
   from mio_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
-  model = models.build_model(config.model, dtype=config.dtype)
+  encoder = modes.load_encoder(modes.EncoderSource(modes.RANDOM), config, mesh)
   return evaluator.evaluate(
-      models.initial_variables(model, seed=int(config.seed),
-                               image_size=config.dataset.image_size),
-      model=model, config=config, mesh=mesh, protocols=protocols)
+      encoder.variables,
+      model=models.build_model(config.model, dtype=config.dtype),
+      config=config, mesh=mesh, protocols=protocols)

@@ -6,7 +6,7 @@ A protocol is
        settings: ml_collections.ConfigDict, seed: int) -> dict[str, float]
 
 `settings` is its own config section (`config.knn`, `config.fewshot`,
-`config.feature_probe`: `SETTINGS[name]` names it), as big_vision gives
+`config.feature_probe`: `config[name]`), as big_vision gives
 each evaluator its own `config.evals.<name>`. It returns its results
 without a prefix ({"top1": ...}); `evaluate` names them
 "<protocol>_<result>" ("knn_top1", "feature_probe_top5", ...). The mesh is

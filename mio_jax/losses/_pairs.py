@@ -242,8 +242,8 @@ def psum(x: Any, axis_name: Optional[str]) -> Any:
 
 # Loop bodies of two blocks: at N = 512 with blocks of 256 (two blocks) the
 # streamed loss then has no loop left, and took 9.2-9.7 ms against 12-15 ms
-# with one block per iteration (the dense loss: 9.6-10.3 ms); at N = 2048
-# both took 200-225 ms (docs/performance.md, issue 20).
+# with one block per iteration (the dense loss: 9.6-10.3 ms; docs/
+# performance.md, "The streamed loss").
 _BLOCKS_PER_ITERATION = 2
 
 
@@ -346,7 +346,8 @@ def _streamed_key_statistic(block: AnchorBlock, views: Views,
   takes that block's gradient. Differentiating the streamed forward pass
   directly needs `jax.checkpoint` to bound memory, which recomputed every
   logit twice (the anchor level and the key level): the streamed loss took
-  1.4-1.7x the dense time, against 1.1-1.3x here (docs/performance.md).
+  1.4-1.6x the dense time, against 0.90-1.00x in CPU time here
+  (docs/performance.md, "The streamed loss").
   """
   num_images = views.num_images
   merge = formula.key_reduction.merge

@@ -33,13 +33,13 @@ from mio_jax import errors
 from mio_jax import files
 from mio_jax import loop
 from mio_jax import modes
+from mio_jax import optim
 from mio_jax.supervised import early_stopping
 from mio_jax.supervised import task as task_lib
 
 SUBSET_FILE = "subset.json"
 RECIPES = ("simclr", "public_code")
 SCHEDULES = ("cosine", "step")
-LR_SCALINGS = ("linear", "none")
 
 # ---- config checks (each protocol's own section) ----------------------------
 
@@ -52,7 +52,7 @@ def _check_common(section: ml_collections.ConfigDict) -> None:
     raise errors.InvalidValueError("momentum", section.momentum,
                                    "must be in [0, 1)", "e.g. {key}=0.9")
   errors.check_one_of("schedule", section.schedule, SCHEDULES)
-  errors.check_one_of("lr_scaling", section.lr_scaling, LR_SCALINGS)
+  errors.check_one_of("lr_scaling", section.lr_scaling, optim.LR_SCALINGS)
   if section.schedule == "step" and not 0 < section.lr_decay <= 1:
     raise errors.InvalidValueError("lr_decay", section.lr_decay,
                                    "must be in (0, 1]", "e.g. {key}=0.98")

@@ -68,8 +68,7 @@ def lr_schedule(section: ml_collections.ConfigDict, *, num_examples: int,
   epoch, the public MIO code's torch StepLR(step_size=1, gamma=0.98).
   """
   batch_size = int(section.batch_size)
-  peak = section.base_lr * (batch_size / 256 if section.lr_scaling == "linear"
-                            else 1.0)
+  peak = optim.peak_learning_rate(section, batch_size)
   if section.schedule == "cosine":
     return optax.cosine_decay_schedule(peak, decay_steps=max(total_steps, 1))
   decay = float(section.lr_decay)

@@ -146,7 +146,7 @@ def test_every_mode_runs_through_main_fresh_workdirs_included(tmp_path,
   export = subprocess.run(
       [sys.executable, "-m", "mio_jax.cli.export", f"--config={DIGITS}",
        f"--workdir={pretrained}", f"--out={exported}", *TINY], cwd=REPO,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+      env=child_env.child_env(2), capture_output=True,
       text=True, timeout=600)
   assert export.returncode == 0, export.stderr[-3000:]
   # Fresh workdirs: fine-tuning from the pretrained one, linear evaluation
