@@ -16,7 +16,8 @@ Conventions:
   * `hbm_usable_gib` is what libtpu's compiler (libtpu 0.0.42.1) reports
     as "available HBM" when a program does not fit, measured by compiling
     a program too large for each chip (docs/performance.md, "Compiled for
-    the TPU"); the documented capacity is a little larger.
+    the TPU"); it differs from the documented capacity by up to 1.3 GiB
+    (below it on v4, v5e and v6e, above the rounded 95 GiB of v5p).
 """
 import dataclasses
 from typing import Mapping, Optional
@@ -32,7 +33,6 @@ class Chip:
   hbm_gib: float  # documented HBM capacity per chip
   hbm_gb_per_s: float  # documented HBM bandwidth per chip (1e9 B/s)
   cores_per_chip: int  # TensorCores (TPU); 1 for a GPU
-  chips_per_host: int  # of the largest single-host machine
   source: str
   hbm_usable_gib: Optional[float] = None  # the compiler's limit (TPU)
   from_memory: tuple[str, ...] = ()  # fields not checked against `source`
@@ -40,6 +40,11 @@ class Chip:
   def peak_flops(self, dtype: str = "bfloat16") -> float:
     """Peak FLOP/s of one chip for `dtype` (bfloat16's when none is given)."""
     return 1e12 * self.peak_tflops.get(dtype, self.peak_tflops["bfloat16"])
+
+  @property
+  def hbm_limit_gib(self) -> float:
+    """What one program may use: the compiler's limit, else the capacity."""
+    return self.hbm_usable_gib or self.hbm_gib
 
   @property
   def hbm_bytes_per_s(self) -> float:
@@ -50,38 +55,37 @@ class Chip:
 # before "TPU v5", which is what a v5p reports).
 CHIPS: tuple[Chip, ...] = (
     Chip("TPU v6e", ("tpu v6 lite", "tpu v6e"), {"bfloat16": 918.0},
-         hbm_gib=32, hbm_gb_per_s=1640, cores_per_chip=1, chips_per_host=8,
+         hbm_gib=32, hbm_gb_per_s=1640, cores_per_chip=1,
          hbm_usable_gib=31.25,
          # An older copy of the same page gives 1600 GBps.
          source="https://cloud.google.com/tpu/docs/v6e"),
     Chip("TPU v5e", ("tpu v5 lite", "tpu v5e"), {"bfloat16": 197.0},
-         hbm_gib=16, hbm_gb_per_s=819, cores_per_chip=1, chips_per_host=8,
+         hbm_gib=16, hbm_gb_per_s=819, cores_per_chip=1,
          hbm_usable_gib=15.75, source="https://cloud.google.com/tpu/docs/v5e"),
     Chip("TPU v5p", ("tpu v5p", "tpu v5"), {"bfloat16": 459.0},
-         hbm_gib=95, hbm_gb_per_s=2765, cores_per_chip=2, chips_per_host=4,
+         hbm_gib=95, hbm_gb_per_s=2765, cores_per_chip=2,
          hbm_usable_gib=95.74,
          # Read on its copy at docs.cloud.google.com/tpu/docs/v5p-training.
          source="https://cloud.google.com/tpu/docs/v5p"),
     Chip("TPU v4", ("tpu v4",), {"bfloat16": 275.0}, hbm_gib=32,
-         hbm_gb_per_s=1200, cores_per_chip=2, chips_per_host=4,
+         hbm_gb_per_s=1200, cores_per_chip=2,
          hbm_usable_gib=30.75, source="https://cloud.google.com/tpu/docs/v4"),
     Chip("NVIDIA H200", ("h200",), {"bfloat16": 989.0, "float32": 67.0},
-         hbm_gib=141, hbm_gb_per_s=4800, cores_per_chip=1, chips_per_host=8,
+         hbm_gib=141, hbm_gb_per_s=4800, cores_per_chip=1,
          source="NVIDIA H200 data sheet (same SMs as H100 SXM)",
          from_memory=("peak_tflops", "hbm_gib", "hbm_gb_per_s")),
     Chip("NVIDIA H100 SXM", ("h100",), {"bfloat16": 989.0, "float32": 67.0},
-         hbm_gib=80, hbm_gb_per_s=3350, cores_per_chip=1, chips_per_host=8,
+         hbm_gib=80, hbm_gb_per_s=3350, cores_per_chip=1,
          source="NVIDIA H100 data sheet (SXM5; 1,979 TFLOP/s bf16 is with "
          "sparsity)", from_memory=("peak_tflops", "hbm_gib", "hbm_gb_per_s")),
     Chip("NVIDIA A100", ("a100",), {"bfloat16": 312.0, "float32": 19.5},
-         hbm_gib=80, hbm_gb_per_s=2039, cores_per_chip=1, chips_per_host=8,
+         hbm_gib=80, hbm_gb_per_s=2039, cores_per_chip=1,
          source="NVIDIA A100 data sheet (SXM 80 GB)",
          from_memory=("peak_tflops", "hbm_gib", "hbm_gb_per_s")),
     Chip("NVIDIA L4", ("l4",), {"bfloat16": 121.0, "float32": 30.3},
-         hbm_gib=24, hbm_gb_per_s=300, cores_per_chip=1, chips_per_host=8,
+         hbm_gib=24, hbm_gb_per_s=300, cores_per_chip=1,
          source="NVIDIA L4 data sheet",
-         from_memory=("peak_tflops", "hbm_gib", "hbm_gb_per_s",
-                      "chips_per_host")),
+         from_memory=("peak_tflops", "hbm_gib", "hbm_gb_per_s")),
 )
 
 

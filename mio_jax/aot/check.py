@@ -218,8 +218,7 @@ def _attempt(program: programs_lib.Program, compile_fn: Compiler,
   # name. What the program's process keeps beside it (extraction's
   # features) must fit in what is left.
   need = compiled.peak_bytes + program.resident_bytes_per_chip
-  fits = (program.resident_bytes_per_chip == 0
-          or need <= max(usable_bytes, compiled.peak_bytes))
+  fits = program.resident_bytes_per_chip == 0 or need <= usable_bytes
   return _Attempt(program.batch_size, need, fits, compiled,
                   seconds=time.monotonic() - start)
 
@@ -245,11 +244,7 @@ def _estimate(points: Sequence[_Attempt], fixed_bytes: int, usable_bytes: int,
 def _with_batch(config: ml_collections.ConfigDict, key: str,
                 batch_size: int) -> ml_collections.ConfigDict:
   changed = config.copy_and_resolve_references()
-  *sections, name = key.split(".")
-  holder = changed
-  for section in sections:
-    holder = holder[section]
-  holder[name] = int(batch_size)
+  changed.update_from_flattened_dict({key: int(batch_size)})
   return changed
 
 
@@ -304,7 +299,7 @@ def check_program(config: ml_collections.ConfigDict, name: str, mesh, info, *,
                   search_compiles: int = 3, log=print) -> StepReport:
   """Compiles program `name` of `config` on `mesh`; its StepReport."""
   program = programs_lib.build(name, config, mesh, info)
-  usable = int((chip.hbm_usable_gib or chip.hbm_gib) * GIB)
+  usable = int(chip.hbm_limit_gib * GIB)
   first = _attempt(program, compile_fn, usable)
   compiled = first.compiled
   gib = lambda b: b / GIB
@@ -398,7 +393,7 @@ def check(config: ml_collections.ConfigDict, tpu_slice: topology.TpuSlice, *,
   steps = {}
   for name in names:
     log(f"  compiling {name} at {programs_lib.BATCH_KEYS[name]}="
-        f"{_batch_of(config, name)} ...")
+        f"{config[programs_lib.BATCH_KEYS[name]]} ...")
     steps[name] = check_program(config, name, mesh, info, chip=chip,
                                 compile_fn=compile_fn,
                                 search_compiles=search_compiles, log=log)
@@ -408,7 +403,7 @@ def check(config: ml_collections.ConfigDict, tpu_slice: topology.TpuSlice, *,
       libtpu_topology=tpu_slice.topology, chip=chip.name,
       chips=len(devices), hosts=hosts, chips_per_host=len(devices) // hosts,
       hbm_per_chip_gib=chip.hbm_gib,
-      hbm_usable_gib=chip.hbm_usable_gib or chip.hbm_gib,
+      hbm_usable_gib=chip.hbm_limit_gib,
       peak_bf16_tflops=chip.peak_tflops["bfloat16"],
       hbm_gb_per_s=chip.hbm_gb_per_s, chip_source=chip.source,
       chip_figures_from_memory=list(chip.from_memory), dtype=str(config.dtype),
@@ -417,12 +412,6 @@ def check(config: ml_collections.ConfigDict, tpu_slice: topology.TpuSlice, *,
       run_chip_hours_bound=pretrain and pretrain.run_chip_hours_bound,
       compile_s=round(time.monotonic() - start, 1))
 
-
-def _batch_of(config: ml_collections.ConfigDict, name: str) -> int:
-  holder = config
-  for part in programs_lib.BATCH_KEYS[name].split("."):
-    holder = holder[part]
-  return int(holder)
 
 
 # ---- what the command prints ---------------------------------------------------

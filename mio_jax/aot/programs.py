@@ -90,9 +90,10 @@ def pretrain_program(config: ml_collections.ConfigDict, mesh: Mesh,
 
   info: `data.DatasetInfo` of the config (sizes, classes, normalisation).
   """
-  from mio_jax import data  # pylint: disable=g-import-not-at-top
+  from mio_jax.data import indexing  # pylint: disable=g-import-not-at-top
   run = run_lib.build_run(
-      config, mesh, steps_per_epoch=data.pretrain_steps_per_epoch(config),
+      config, mesh, steps_per_epoch=indexing.steps_per_epoch(
+          info.num_pretrain_examples, int(config.batch_size)),
       num_classes=info.num_classes, normalization=(info.mean, info.std))
   size, batch_size = int(config.dataset.image_size), int(config.batch_size)
   # The host pipeline's batch (data.pretrain_batches): normalised float32
@@ -145,12 +146,20 @@ def supervised_steps(config: ml_collections.ConfigDict, mesh: Mesh, info,
   `supervised.finetune` do: `supervised.task.make_task`, `init_state`
   (with early stopping's record for linear_eval.recipe "public_code"),
   `frozen_backbone`, `make_train_step`. Examples: the whole labelled train
-  split for linear evaluation, the configured fraction (or labels per
-  class) of it for fine-tuning; they set only the run length.
+  split for linear evaluation (or its linear_eval.train_split), the
+  configured fraction (or labels per class) of it for fine-tuning; they set
+  only the run length.
   """
   section = config[name]
   num_train = int(info.num_eval_examples["train"])
-  if name == "linear_eval":
+  if name == "linear_eval" and section.train_split:
+    from mio_jax.data import dataset  # pylint: disable=g-import-not-at-top
+    spec = dataset.dataset_spec(config)
+    num_examples = dataset.split_size(
+        spec, section.train_split,
+        dataset.split_lengths(spec, config.dataset.data_dir),
+        key="linear_eval.train_split")
+  elif name == "linear_eval":
     num_examples = num_train
   elif section.labels_per_class:
     num_examples = int(section.labels_per_class) * int(info.num_classes)

@@ -21,6 +21,7 @@ importable `libtpu` package (`pip install "jax[tpu]"`).
 """
 import dataclasses
 import importlib.util
+import math
 import os
 import pathlib
 import sys
@@ -53,17 +54,18 @@ class TpuSlice:
   accelerator_type: str  # gcloud's name, e.g. "v4-8"
   chip: chips.Chip
   topology: str  # libtpu's, e.g. "v4:2x2x1"
-  chip_config: str  # "megacore": one device per v4/v5p chip (2 TensorCores)
   chips_per_host_bounds: tuple[int, int, int]
   wrap: tuple[bool, bool, bool]  # torus links per dimension
 
   @property
+  def chip_config(self) -> str:
+    """libtpu's chip config: "megacore" makes the two TensorCores of a v4 or
+    v5p chip one device, as JAX runs them."""
+    return "megacore" if self.chip.cores_per_chip == 2 else "default"
+
+  @property
   def chips(self) -> int:
-    dims = [int(d) for d in self.topology.split(":")[1].split("x")]
-    count = 1
-    for d in dims:
-      count *= d
-    return count
+    return math.prod(_dims(self.topology.split(":")[1]))
 
   @property
   def chips_per_host(self) -> int:
@@ -93,7 +95,7 @@ def _slices() -> dict[str, TpuSlice]:
       torus = all(d % 4 == 0 for d in dims)
       table[f"{prefix}-{cores}"] = TpuSlice(
           f"{prefix}-{cores}", chips.by_name(chip), f"{libtpu_name}:{shape}",
-          "megacore", (2, 2, 1), (torus,) * 3)
+          (2, 2, 1), (torus,) * 3)
   # v5e (gcloud: v5litepod) and v6e: named by chips, 2-D. Up to 8 chips
   # one VM holds them all; larger slices are VMs of 4 chips (see above).
   # Only the full 256-chip pod is a torus.
@@ -106,7 +108,7 @@ def _slices() -> dict[str, TpuSlice]:
       x, y = _dims(shape)
       table[f"{prefix}-{x * y}"] = TpuSlice(
           f"{prefix}-{x * y}", chips.by_name(chip), f"{libtpu_name}:{shape}",
-          "default", bounds, (shape == "16x16", shape == "16x16", False))
+          bounds, (shape == "16x16", shape == "16x16", False))
   return table
 
 

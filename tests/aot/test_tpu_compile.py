@@ -48,8 +48,8 @@ def test_accelerator_types_map_to_libtpu_topologies_and_hosts(
   assert (tpu_slice.chips, tpu_slice.hosts, tpu_slice.chips_per_host) == (
       chips_, hosts, per_host)
   # One device per chip: v4 and v5p as megacore (two TensorCores).
-  assert tpu_slice.chip_config == ("megacore" if tpu_slice.chip.cores_per_chip
-                                   == 2 else "default")
+  assert tpu_slice.chip_config == ("megacore" if chip in ("TPU v4", "TPU v5p")
+                                   else "default")
 
 
 def test_an_unknown_type_lists_the_known_ones():
@@ -121,12 +121,7 @@ def tiny_config(**overrides):
   c.eval.batch_size = 32
   c.linear_eval.batch_size = 32
   c.finetune.batch_size = 32
-  for key, value in overrides.items():
-    holder = c
-    *path, name = key.split(".")
-    for part in path:
-      holder = holder[part]
-    holder[name] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 
@@ -254,6 +249,16 @@ def test_programs_lower_the_training_steps_with_their_inputs():
   linear = programs.build("linear_eval", tiny_config(), mesh).lower()
   state, frozen, batch = linear.in_avals[0]
   assert frozen is not None and set(state.params) == {"kernel", "bias"}
+
+
+def test_linear_evaluation_counts_the_steps_of_its_train_split():
+  mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4],
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  steps = [programs.build("linear_eval", tiny_config(**{
+      "linear_eval.epochs": 1.0, "linear_eval.train_split": split}), mesh).steps
+           for split in ("", "train[:80%]")]
+  # CIFAR-10's 50,000 training images, or the first 40,000: n // 32 + 1.
+  assert steps == [1563, 1251]
 
 
 @pytest.mark.parametrize("message, need, have", [
