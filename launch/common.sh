@@ -282,24 +282,28 @@ libtpu_installed() {
 # that slice on this machine (python -m mio_jax.cli.tpu_compile, from the
 # repository root, where the workers find CONFIG too; of ARG only the
 # --config.key=value overrides) and stops with its one line when a step
-# does not fit, before anything is created or started. A dry run shows the
-# check without running it.
+# does not fit, before anything is created or started. An empty
+# ACCELERATOR_TYPE is the existing TPU VM's, asked of gcloud only when the
+# check runs. A dry run shows the check without running it.
 compile_check() {
   local accelerator="$1" config_file="$2" arg overrides=()
   shift 2
   for arg in "$@"; do
     [[ "${arg}" != --config.* ]] || overrides+=("${arg}")
   done
-  require_one_of COMPILE_CHECK "${COMPILE_CHECK}" auto yes no
   [[ "${COMPILE_CHECK}" != no ]] || return 0
+  if [[ "${COMPILE_CHECK}" == auto && "${DRY_RUN}" != 1 ]] && ! libtpu_installed; then
+    echo "note: ${config_file} was not compiled for ${accelerator:-the TPU VM} first: libtpu is not installed here (make libtpu; --compile-check=no skips the check)." >&2
+    return 0
+  fi
+  if [[ -z "${accelerator}" ]]; then
+    accelerator_type
+    accelerator="${ACCELERATOR_TYPE}"
+  fi
   local check=("${LOCAL_PYTHON}" -m mio_jax.cli.tpu_compile
     --config="${config_file}" --topology="${accelerator}" "${overrides[@]}")
   if [[ "${DRY_RUN}" == 1 ]]; then
     echo "? (not run in a dry run) $(shell_quote "${check[@]}")" >&2
-    return 0
-  fi
-  if [[ "${COMPILE_CHECK}" == auto ]] && ! libtpu_installed; then
-    echo "note: ${config_file} was not compiled for ${accelerator} first: libtpu is not installed here (make libtpu; --compile-check=no skips the check)." >&2
     return 0
   fi
   echo "? $(shell_quote "${check[@]}")" >&2

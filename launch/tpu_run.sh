@@ -53,10 +53,7 @@ require_gcs TFDS_DATA_DIR
 require_one_of FOLLOW "${FOLLOW}" yes no
 require_one_of COMPILE_CHECK "${COMPILE_CHECK}" auto yes no
 require_ready_tpu
-if [[ "${COMPILE_CHECK}" != no ]]; then
-  [[ -n "${ACCELERATOR_TYPE}" ]] || accelerator_type
-  compile_check "${ACCELERATOR_TYPE}" "${CONFIG}" "${EXTRA_ARGS[@]}"
-fi
+compile_check "${ACCELERATOR_TYPE}" "${CONFIG}" "${EXTRA_ARGS[@]}"
 
 main_command="$(shell_quote env TFDS_DATA_DIR="${TFDS_DATA_DIR}" \
   .venv/bin/python -m mio_jax.main --config="${CONFIG}" --workdir="${WORKDIR}" \

@@ -595,3 +595,15 @@ def test_a_crashed_check_says_so_and_how_to_see_why(sandbox):
   assert "exit status 139 and no message" in line
   assert "mio_jax.cli.tpu_compile --config=configs/imagenet1k.py" in line
   assert not calls.exists()
+
+
+def test_run_without_libtpu_asks_gcloud_nothing_more(sandbox):
+  """auto and no libtpu: the VM's type is not needed, so not queried."""
+  env, calls = sandbox
+  result = _run("tpu_run.sh", "--config=configs/cifar10.py",
+                "--workdir=gs://b/w", "--tfds-data-dir=gs://b/tfds", env=env,
+                settings={**_TPU, "FAKE_TPU_STATE": "READY"})
+  assert "libtpu is not installed here" in result.stderr
+  assert not [q for q in _queries(sandbox) if "acceleratorType" in q]
+  assert not _compile_queries(sandbox)
+  assert calls.exists()  # went on to start the run
