@@ -40,7 +40,7 @@ def _parse_args() -> argparse.Namespace:
   parser.add_argument("--top", type=int, default=10,
                       help="also print the N largest single ops")
   parser.add_argument("--quick", action="store_true",
-                      help="resnet_tiny at 8 px, batch 8: seconds")
+                      help="resnet_tiny at 4 px, batch 8: seconds")
   return parser.parse_args()
 
 
@@ -85,12 +85,25 @@ def _instructions(hlo: str) -> dict[str, tuple[str, str, str]]:
   return found
 
 
+def _kernel(line: str, instructions) -> list[int]:
+  """The dimensions of a convolution's second operand (its kernel)."""
+  operands = re.search(r"convolution\(([^)]*)\)", line).group(1).split(", ")
+  return _dims(instructions[operands[1].lstrip("%")][1])
+
+
+def forward_kernel_shapes(instructions) -> set[tuple[int, ...]]:
+  """The kernels of the forward convolutions, as sorted dimensions: what a
+  weight gradient outputs (in whichever layout XLA chose)."""
+  return {tuple(sorted(_kernel(line.split("\n")[0], instructions)))
+          for name, (opcode, _, line) in instructions.items()
+          if opcode == "convolution" and name.startswith("conv_general_dilated")}
+
+
 def _convolution_flops(line: str, instructions) -> int:
   """2 x output elements x (window taps x input features) of a convolution."""
   line = line.split("\n")[0]
   output = _dims(_INSTRUCTION.match(line).group(2))
-  operands = re.search(r"convolution\(([^)]*)\)", line).group(1).split(", ")
-  kernel = _dims(instructions[operands[1].lstrip("%")][1])
+  kernel = _kernel(line, instructions)
   kernel_labels = re.search(r"dim_labels=\w+_(\w+)->", line).group(1)
   flops = 2
   for size in output:
@@ -101,19 +114,20 @@ def _convolution_flops(line: str, instructions) -> int:
   return flops
 
 
-def classify(name: str, instructions) -> tuple[str, str]:
-  """(class, detail) of one compiled op."""
+def classify(name: str, instructions,
+             kernel_shapes: set[tuple[int, ...]]) -> tuple[str, str]:
+  """(class, detail) of one compiled op; kernel_shapes: forward_kernel_shapes."""
   opcode, shape, line = instructions[name]
   line = line if opcode == "fusion" else line.split("\n")[0]
   if opcode == "convolution":
-    window = re.search(r"window=\{size=(\d+)x(\d+)", line)
-    taps = int(window.group(1)) * int(window.group(2)) if window else 1
     # XLA names the forward convolutions after the jax op; the backward ones
-    # are its transposes. A weight gradient's window is the output map.
+    # are its transposes, and a weight gradient outputs a kernel.
     if name.startswith("conv_general_dilated"):
       kind = "conv forward"
+    elif tuple(sorted(_dims(shape))) in kernel_shapes:
+      kind = "conv weight gradient"
     else:
-      kind = "conv weight gradient" if taps > 9 else "conv input gradient"
+      kind = "conv input gradient"
     return kind, shape.split("{")[0]
   if '"__ynn_fusion"' in line:
     return ("ynnpack fusion with a convolution" if " convolution(" in line
@@ -146,7 +160,7 @@ def _config(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> None:
   if args.quick:
     args.model, args.image_size, args.batch_size, args.steps = (
-        "resnet_tiny", 8, 8, 1)
+        "resnet_tiny", 4, 8, 1)
   config = _config(args)
   mesh = mesh_lib.make_data_mesh(jax.devices()[:1])
   # As a real run (and benchmarks/train_step.py): the online probe on.
@@ -156,6 +170,7 @@ def main(args: argparse.Namespace) -> None:
   batch = synthetic.synthetic_batch(config, mesh, 0)
   compiled = train.make_train_step(run).lower(state, batch).compile()
   instructions = _instructions(compiled.as_text())
+  kernel_shapes = forward_kernel_shapes(instructions)
   holder = [state]
 
   def step():
@@ -183,11 +198,12 @@ def main(args: argparse.Namespace) -> None:
       op_ms[event["name"]] += event["dur"] / 1e3 / args.steps
     elif event["name"].startswith("ThunkExecutor::Execute (wait"):
       step_ms += event["dur"] / 1e3 / args.steps
-  by_class, flops, by_shape = (collections.Counter(), collections.Counter(),
-                               collections.Counter())
+  by_class, flops, by_shape, ops = (collections.Counter(), collections.Counter(),
+                                    collections.Counter(), collections.Counter())
   for name, ms in op_ms.items():
-    kind, detail = classify(name, instructions)
+    kind, detail = classify(name, instructions, kernel_shapes)
     by_class[kind] += ms
+    ops[kind] += 1
     if kind.startswith("conv "):
       conv_flops = _convolution_flops(instructions[name][2], instructions)
       flops[kind] += conv_flops
@@ -199,7 +215,7 @@ def main(args: argparse.Namespace) -> None:
             "threads": 1, "step_ms": round(step_ms, 1),
             "sum_of_ops_ms": round(total, 1)}
   for kind, ms in by_class.most_common():
-    record = {**common, "op_class": kind, "ms": round(ms, 1),
+    record = {**common, "op_class": kind, "ops": ops[kind], "ms": round(ms, 1),
               "share": round(ms / total, 3)}
     if flops[kind]:
       record.update(gflop=round(flops[kind] / 1e9, 2),
@@ -210,7 +226,8 @@ def main(args: argparse.Namespace) -> None:
           "ms": round(ms, 1), "gflop": round(flops[(kind, shape)] / 1e9, 2),
           "gflop_per_s": round(flops[(kind, shape)] / ms / 1e6, 1)})
   for name, ms in op_ms.most_common(args.top):
-    emit({**common, "op": name, "op_class": classify(name, instructions)[0],
+    emit({**common, "op": name,
+          "op_class": classify(name, instructions, kernel_shapes)[0],
           "output_shape": instructions[name][1].split("{")[0],
           "ms": round(ms, 2)})
 

@@ -114,6 +114,10 @@ def test_step_profile_quick_accounts_for_the_step():
   kinds = {r["op_class"] for r in classes}
   assert {"conv forward", "conv input gradient",
           "conv weight gradient"} <= kinds, kinds
+  # Each forward convolution has its weight gradient, also where the map is
+  # smaller than the kernel's window (resnet_tiny at 4 px reaches 1x1).
+  ops = {r["op_class"]: r["ops"] for r in classes}
+  assert ops["conv weight gradient"] == ops["conv forward"], ops
   assert sum(r["ms"] for r in classes) == pytest.approx(
       classes[0]["sum_of_ops_ms"], abs=0.1 * len(classes))
   # One thread: the ops' own times are most of the step (the rest is the
