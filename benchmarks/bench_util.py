@@ -54,10 +54,8 @@ def cost_flops(compiled: jax.stages.Compiled) -> float:
   With several devices the program is the per-device (SPMD partition) one,
   so callers multiply by the device count for the whole step.
   """
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
-    analysis = analysis[0]
-  return float(analysis["flops"])
+  from mio_jax.aot import check  # pylint: disable=g-import-not-at-top
+  return float(check.cost_analysis(compiled)["flops"])
 
 
 def memory_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
@@ -72,6 +70,35 @@ def memory_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
   output = int(stats.output_size_in_bytes)
   return {"temp": temp, "argument": argument, "output": output,
           "peak": temp + argument + output}
+
+
+# Pretraining batches per epoch of the benchmarks' configs: with 10 epochs
+# it sets a learning-rate schedule as a real run has one.
+STEPS_PER_EPOCH = 1000
+
+
+def step_config(args, batch_size: int):
+  """The pretraining config the step benchmarks time (train_step.py,
+  step_profile.py): args.model at args.image_size (CIFAR stem below 64 px),
+  args.dtype, LARS unless args.optimizer says otherwise; --quick runs get a
+  small projector."""
+  # pylint: disable=g-import-not-at-top
+  from mio_jax import config_base
+  config = config_base.base_config()
+  config.model.name = args.model
+  config.model.stem = getattr(args, "stem", None) or (
+      "cifar" if args.image_size < 64 else "imagenet")
+  config.model.width_multiplier = args.width_multiplier
+  if args.quick:
+    config.model.projector_hidden_dim = 64
+    config.model.projector_output_dim = 16
+  config.dataset.image_size = args.image_size
+  config.batch_size = batch_size
+  config.dtype = args.dtype
+  config.optimizer.name = getattr(args, "optimizer", "lars")
+  config.loss_block_size = getattr(args, "loss_block_size", None)
+  config.total_steps = 10 * STEPS_PER_EPOCH
+  return config
 
 
 def emit(record: dict[str, Any]) -> None:

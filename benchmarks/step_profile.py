@@ -33,14 +33,16 @@ import tempfile
 def _parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="resnet18")
-  parser.add_argument("--image_size", type=int, default=32)
+  parser.add_argument("--image_size", type=int,
+                      help="default 32 (8 with --quick)")
   parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--width_multiplier", type=float, default=1.0)
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--steps", type=int, default=2)
   parser.add_argument("--top", type=int, default=10,
                       help="also print the N largest single ops")
   parser.add_argument("--quick", action="store_true",
-                      help="resnet_tiny at 4 px, batch 8: seconds")
+                      help="resnet_tiny at 8 px, batch 8: seconds")
   return parser.parse_args()
 
 
@@ -51,14 +53,12 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
-from bench_util import emit
-from mio_jax import config_base
+from bench_util import STEPS_PER_EPOCH, emit, step_config
 from mio_jax import mesh as mesh_lib
 from mio_jax import run as run_lib
 from mio_jax import synthetic
 from mio_jax import train
 
-STEPS_PER_EPOCH = 1000  # as benchmarks/train_step.py: sets the LR schedule
 
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(")
 
@@ -141,27 +141,12 @@ def classify(name: str, instructions,
   return "other xla fusion", ""
 
 
-def _config(args: argparse.Namespace):
-  config = config_base.base_config()
-  config.model.name = args.model
-  config.model.stem = "cifar" if args.image_size < 64 else "imagenet"
-  if args.quick:
-    config.model.width_multiplier = 0.5
-    config.model.projector_hidden_dim = 64
-    config.model.projector_output_dim = 16
-  config.dataset.image_size = args.image_size
-  config.batch_size = args.batch_size
-  config.dtype = args.dtype
-  config.optimizer.name = "lars"
-  config.total_steps = 10 * STEPS_PER_EPOCH
-  return config
-
-
 def main(args: argparse.Namespace) -> None:
   if args.quick:
-    args.model, args.image_size, args.batch_size, args.steps = (
-        "resnet_tiny", 4, 8, 1)
-  config = _config(args)
+    args.model, args.batch_size, args.steps = "resnet_tiny", 8, 1
+    args.width_multiplier = 0.5
+  args.image_size = args.image_size or (8 if args.quick else 32)
+  config = step_config(args, args.batch_size)
   mesh = mesh_lib.make_data_mesh(jax.devices()[:1])
   # As a real run (and benchmarks/train_step.py): the online probe on.
   run = run_lib.build_run(config, mesh, steps_per_epoch=STEPS_PER_EPOCH,

@@ -57,33 +57,12 @@ if max(_DEVICE_COUNTS) > 1:
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
-from bench_util import cost_flops, emit, matmul_peak, memory_bytes, time_repeats
-from mio_jax import config_base
+from bench_util import STEPS_PER_EPOCH, cost_flops, emit, matmul_peak, memory_bytes, step_config, time_repeats
 from mio_jax import mesh as mesh_lib
 from mio_jax import run as run_lib
 from mio_jax import synthetic
 from mio_jax import train
-
-STEPS_PER_EPOCH = 1000
-
-
-def benchmark_config(args: argparse.Namespace, batch_size: int):
-  config = config_base.base_config()
-  config.model.name = args.model
-  config.model.stem = args.stem or ("cifar" if args.image_size < 64
-                                    else "imagenet")
-  config.model.width_multiplier = args.width_multiplier
-  if args.quick:
-    config.model.projector_hidden_dim = 64
-    config.model.projector_output_dim = 16
-  config.dataset.image_size = args.image_size
-  config.batch_size = batch_size
-  config.dtype = args.dtype
-  config.optimizer.name = args.optimizer
-  config.loss_block_size = args.loss_block_size
-  config.total_steps = 10 * STEPS_PER_EPOCH
-  return config
-
+from mio_jax.aot import check
 
 def measure(args, config, mesh, peak_gflop_s: float) -> dict:
   # As a real run: the online probe on (synthetic labels have NUM_CLASSES).
@@ -93,6 +72,7 @@ def measure(args, config, mesh, peak_gflop_s: float) -> dict:
   batch = synthetic.synthetic_batch(config, mesh, 0)
   compiled = train.make_train_step(run).lower(state, batch).compile()
   step_flops = cost_flops(compiled) * mesh.size
+  bytes_per_device = check.cost_analysis(compiled).get("bytes accessed", 0.0)
   planned_bytes = memory_bytes(compiled)["peak"]  # per device
   holder = [state]
 
@@ -120,6 +100,7 @@ def measure(args, config, mesh, peak_gflop_s: float) -> dict:
       "images_per_cpu_s": round(config.batch_size / timing["cpu_s"], 2),
       "gflop_per_image": round(step_flops / config.batch_size / 1e9, 3),
       "flops_per_step": step_flops,
+      "bytes_accessed_per_device": bytes_per_device,
       "achieved_gflop_per_s": round(achieved, 1),
       "matmul_peak_gflop_per_s": round(peak_gflop_s, 1),
       "fraction_of_matmul_peak": round(achieved / peak_gflop_s, 3),
@@ -163,7 +144,7 @@ def main(args: argparse.Namespace) -> None:
   for device_count in _DEVICE_COUNTS:
     mesh = mesh_lib.make_data_mesh(jax.devices()[:device_count])
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-      config = benchmark_config(args, batch_size)
+      config = step_config(args, batch_size)
       emit(measure(args, config, mesh, peak["gflop_per_s"]))
       if args.breakdown:
         emit(measure_parts(args, config, mesh))

@@ -102,6 +102,16 @@ class Compiled:
 Compiler = Callable[[jax.stages.Lowered], Compiled]
 
 
+def cost_analysis(compiled: jax.stages.Compiled) -> dict[str, float]:
+  """XLA's cost analysis of a compiled program (per device): "flops",
+  "bytes accessed", ...; {} where the backend gives none (a compile-only
+  GPU client, jax-cuda12 0.10.2: zeros then leave the roofline unset)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0]
+  return dict(cost or {})
+
+
 def xla_compile(lowered: jax.stages.Lowered) -> Compiled:
   """Compiles `lowered`; raises OutOfMemory when the compiler refuses it."""
   try:
@@ -111,12 +121,7 @@ def xla_compile(lowered: jax.stages.Lowered) -> Compiled:
       raise out_of_memory(str(e)) from None
     raise
   memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
-    cost = cost[0]
-  # A compile-only GPU client (jax-cuda12 0.10.2) gives no cost analysis:
-  # zeros leave the roofline unset.
-  cost = cost or {}
+  cost = cost_analysis(compiled)
   return Compiled(argument_bytes=int(memory.argument_size_in_bytes),
                   output_bytes=int(memory.output_size_in_bytes),
                   alias_bytes=int(memory.alias_size_in_bytes),
@@ -159,20 +164,19 @@ class StepReport:
   compiler_message: Optional[str] = None  # the compiler's refusal, if any
 
 
-def roofline(compiled: Compiled, chip: chips.Chip, *,
+def roofline(flops: float, bytes_accessed: float, chip: chips.Chip, *,
              batch_size: int) -> dict[str, Any]:
-  """The roofline bound of one step from its per-chip FLOPs and bytes.
+  """The roofline bound of one step from its per-chip FLOPs and HBM bytes.
 
   step_time_bound_s = max(FLOPs / peak bf16 FLOP/s, bytes / HBM bandwidth);
   bound: which of the two is larger ("flops" or "hbm_bytes");
   images_per_s_bound = batch_size (global) / that time; mfu_bound: the
   model FLOP utilisation at that time (1.0 when FLOP-bound).
   """
-  flop_s = compiled.flops / chip.peak_flops("bfloat16")
-  byte_s = compiled.bytes_accessed / chip.hbm_bytes_per_s
+  flop_s = flops / chip.peak_flops("bfloat16")
+  byte_s = bytes_accessed / chip.hbm_bytes_per_s
   seconds = max(flop_s, byte_s)
-  return {"flops_per_step": compiled.flops,
-          "bytes_per_step": compiled.bytes_accessed,
+  return {"flops_per_step": flops, "bytes_per_step": bytes_accessed,
           "step_time_bound_s": seconds if seconds > 0 else None,
           "bound": (None if seconds <= 0 else
                     "flops" if flop_s >= byte_s else "hbm_bytes"),
@@ -182,7 +186,7 @@ def roofline(compiled: Compiled, chip: chips.Chip, *,
 
 def _roofline(report: "StepReport", compiled: Compiled, chip: chips.Chip,
               num_chips: int) -> None:
-  for key, value in roofline(compiled, chip,
+  for key, value in roofline(compiled.flops, compiled.bytes_accessed, chip,
                              batch_size=report.batch_size).items():
     setattr(report, key, value)
   if report.step_time_bound_s:

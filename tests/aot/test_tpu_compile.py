@@ -344,14 +344,14 @@ def test_the_accelerator_benchmark_puts_the_bound_beside_images_per_s(
     sys.path.remove(str(REPO / "benchmarks"))
   # As on a TPU v4 host: the chip's figures for these (CPU) devices.
   monkeypatch.setattr(chips, "find", lambda kind: chips.by_name("TPU v4"))
+  # benchmarks/train_step.py's record: the step's XLA counts (two devices).
   record = {"benchmark": "train_step", "model": "resnet_tiny",
-            "stem": "cifar", "image_size": 8, "width_multiplier": 0.5,
-            "batch_size": 8, "devices": 1, "dtype": "float32",
-            "optimizer": "lars", "loss_block_size": None,
+            "image_size": 8, "batch_size": 8, "devices": 2, "dtype": "float32",
+            "flops_per_step": 4e9, "bytes_accessed_per_device": 1e8,
             "images_per_s": 100.0}
-  accelerator._with_compile_bounds([record], 100)  # pylint: disable=protected-access
+  accelerator._with_compile_bounds([record])  # pylint: disable=protected-access
   bound = record["compile_bound"]
-  assert bound["chip"] == "TPU v4" and bound["flops_per_step"] > 0
+  assert bound["chip"] == "TPU v4" and bound["flops_per_step"] == 2e9
   assert bound["images_per_s_bound"] == pytest.approx(
       8 / max(bound["flops_per_step"] / 275e12,
               bound["bytes_per_step"] / 1200e9))

@@ -62,6 +62,8 @@ def test_train_step_benchmark_quick():
     assert record["images_per_s"] > 0 and record["step_s"] > 0
     assert record["gflop_per_image"] > 0
     assert 0 < record["fraction_of_matmul_peak"] < 2
+    # What benchmarks/accelerator.py sets beside the chip's bandwidth.
+    assert record["bytes_accessed_per_device"] > 0
   # The step's FLOPs hardly depend on the device count: the per-device
   # program's count times the devices (the replicated optimizer update is
   # counted once per device, a few percent for this tiny model).
@@ -114,10 +116,6 @@ def test_step_profile_quick_accounts_for_the_step():
   kinds = {r["op_class"] for r in classes}
   assert {"conv forward", "conv input gradient",
           "conv weight gradient"} <= kinds, kinds
-  # Each forward convolution has its weight gradient, also where the map is
-  # smaller than the kernel's window (resnet_tiny at 4 px reaches 1x1).
-  ops = {r["op_class"]: r["ops"] for r in classes}
-  assert ops["conv weight gradient"] == ops["conv forward"], ops
   assert sum(r["ms"] for r in classes) == pytest.approx(
       classes[0]["sum_of_ops_ms"], abs=0.1 * len(classes))
   # One thread: the ops' own times are most of the step (the rest is the
@@ -128,6 +126,15 @@ def test_step_profile_quick_accounts_for_the_step():
     if (record["op_class"].startswith("conv ") and "output_shape" in record
         and "op" not in record):
       assert record["gflop_per_s"] > 0
+
+
+def test_step_profile_finds_every_weight_gradient():
+  # Also where a map is smaller than a 3x3 window (resnet_tiny at 4 px
+  # reaches 1x1): one weight gradient per forward convolution.
+  records = _run("step_profile.py", "--quick", "--image_size=4")
+  ops = {r["op_class"]: r["ops"] for r in records
+         if "op" not in r and "output_shape" not in r}
+  assert ops["conv weight gradient"] == ops["conv forward"], ops
 
 
 def test_input_pipeline_benchmark_small():
