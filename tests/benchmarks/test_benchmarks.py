@@ -121,7 +121,10 @@ def test_step_profile_quick_accounts_for_the_step():
   # One thread: the ops' own times are most of the step (the rest is the
   # executor between them).
   assert 0.3 * classes[0]["step_ms"] < classes[0]["sum_of_ops_ms"]
-  assert classes[0]["sum_of_ops_ms"] <= 1.05 * classes[0]["step_ms"]
+  # The step's time is the executor's wait, which a few ops start before:
+  # on a loaded machine (two test workers on two cores) the ops' sum came
+  # out at up to 1.06x a 3 ms step.
+  assert classes[0]["sum_of_ops_ms"] <= 1.2 * classes[0]["step_ms"]
   for record in records:
     if (record["op_class"].startswith("conv ") and "output_shape" in record
         and "op" not in record):
