@@ -101,6 +101,17 @@ def step_config(args, batch_size: int):
   return config
 
 
+def synthetic_facts(batch_size: int):
+  """The data facts of the step benchmarks' synthetic batches: an epoch of
+  STEPS_PER_EPOCH batches, labels of synthetic.NUM_CLASSES classes (so the
+  online probe is on, as in a real run)."""
+  # pylint: disable=g-import-not-at-top
+  from mio_jax import recipe
+  from mio_jax import synthetic
+  return recipe.DataFacts(num_examples=STEPS_PER_EPOCH * batch_size,
+                          num_classes=synthetic.NUM_CLASSES)
+
+
 def emit(record: dict[str, Any]) -> None:
   """Prints one measurement as a JSON line, with the load and the machine."""
   record = {**record, "load_avg_1m": load_average(),

@@ -3,7 +3,7 @@ r"""Where the train step's time goes, by op class, on one CPU thread.
     taskset -c 0 python benchmarks/step_profile.py [--model=resnet18] \
         [--batch_size=32] [--steps=2] [--quick]
 
-Runs `train.make_train_step` (as benchmarks/train_step.py builds it) under
+Runs pretraining's step (`pretraining.setup`, as benchmarks/train_step.py) under
 `jax.profiler` and sums each compiled op's trace events per step, grouped
 by class: convolutions forward / input gradient / weight gradient (with
 their FLOPs and GFLOP/s), YNNPACK fusions (elementwise chains and the
@@ -53,11 +53,10 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
-from bench_util import STEPS_PER_EPOCH, emit, step_config
+from bench_util import emit, step_config, synthetic_facts
 from mio_jax import mesh as mesh_lib
-from mio_jax import run as run_lib
 from mio_jax import synthetic
-from mio_jax import train
+from mio_jax import pretraining
 
 
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(")
@@ -149,11 +148,10 @@ def main(args: argparse.Namespace) -> None:
   config = step_config(args, args.batch_size)
   mesh = mesh_lib.make_data_mesh(jax.devices()[:1])
   # As a real run (and benchmarks/train_step.py): the online probe on.
-  run = run_lib.build_run(config, mesh, steps_per_epoch=STEPS_PER_EPOCH,
-                          num_classes=synthetic.NUM_CLASSES)
-  state = train.init_state(run)
+  training = pretraining.setup(config, mesh, synthetic_facts(config.batch_size))
+  state = training.initial_state()
   batch = synthetic.synthetic_batch(config, mesh, 0)
-  compiled = train.make_train_step(run).lower(state, batch).compile()
+  compiled = training.lower().compile()
   instructions = _instructions(compiled.as_text())
   kernel_shapes = forward_kernel_shapes(instructions)
   holder = [state]

@@ -1,4 +1,4 @@
-r"""Throughput of the pretraining train step (`mio_jax.train`) on this machine.
+r"""Throughput of the pretraining train step (`mio_jax.pretraining`) on this machine.
 
     python benchmarks/train_step.py [--model=resnet18] [--image_size=32] \
         [--batch_sizes=32,128] [--devices=1] [--repeats=5] [--quick]
@@ -57,20 +57,20 @@ if max(_DEVICE_COUNTS) > 1:
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
-from bench_util import STEPS_PER_EPOCH, cost_flops, emit, matmul_peak, memory_bytes, step_config, time_repeats
+from bench_util import cost_flops, emit, matmul_peak, memory_bytes, step_config, synthetic_facts, time_repeats
 from mio_jax import mesh as mesh_lib
-from mio_jax import run as run_lib
+from mio_jax import pretraining
+from mio_jax import recipe
 from mio_jax import synthetic
-from mio_jax import train
 from mio_jax.aot import check
 
 def measure(args, config, mesh, peak_gflop_s: float) -> dict:
-  # As a real run: the online probe on (synthetic labels have NUM_CLASSES).
-  run = run_lib.build_run(config, mesh, steps_per_epoch=STEPS_PER_EPOCH,
-                          num_classes=synthetic.NUM_CLASSES)
-  state = train.init_state(run)
+  # The step `main` trains (pretraining.setup), with the online probe on
+  # as in a real run (synthetic labels have NUM_CLASSES).
+  training = pretraining.setup(config, mesh, synthetic_facts(config.batch_size))
+  state = training.initial_state()
   batch = synthetic.synthetic_batch(config, mesh, 0)
-  compiled = train.make_train_step(run).lower(state, batch).compile()
+  compiled = training.lower().compile()
   step_flops = cost_flops(compiled) * mesh.size
   bytes_per_device = check.cost_analysis(compiled).get("bytes accessed", 0.0)
   planned_bytes = memory_bytes(compiled)["peak"]  # per device
@@ -92,7 +92,7 @@ def measure(args, config, mesh, peak_gflop_s: float) -> dict:
       "batch_size": config.batch_size, "devices": mesh.size,
       "dtype": config.dtype, "optimizer": config.optimizer.name,
       "loss_block_size": config.loss_block_size,
-      "online_probe": run.probe_optimizer is not None,
+      "online_probe": state.probe is not None,
       "images_per_s": round(images_per_s, 2),
       "views_per_s": round(2 * images_per_s, 2),
       "step_s": round(timing["wall_s"], 4),
@@ -113,24 +113,26 @@ def measure(args, config, mesh, peak_gflop_s: float) -> dict:
 def measure_parts(args, config, mesh) -> dict:
   """Seconds of the forward pass and of forward + backward of the step's loss.
 
-  Same model, batch and loss as the train step (`train.training_objective`),
+  Same model, batch and loss as the train step
+  (`pretraining.training_objective`),
   without the optimizer update and the metrics: the differences to the full
   step time say what those cost.
   """
-  run = run_lib.build_run(config, mesh, steps_per_epoch=STEPS_PER_EPOCH)
-  state = train.init_state(run)
+  parts = recipe.build_recipe(config, mesh, synthetic_facts(config.batch_size))
+  state = pretraining.init_state(parts)
   batch = synthetic.synthetic_batch(config, mesh, 0)
 
   def loss(params):
-    return train.training_objective(run.model, params, state.batch_stats,
-                                    batch, run.loss_fn)[0]
+    return pretraining.training_objective(parts.model, params,
+                                          state.batch_stats, batch,
+                                          parts.loss_fn)[0]
 
-  parts = {"forward": jax.jit(loss), "forward_backward": jax.jit(
+  timed = {"forward": jax.jit(loss), "forward_backward": jax.jit(
       jax.value_and_grad(loss))}
   record = {"benchmark": "train_step_breakdown", "model": config.model.name,
             "image_size": config.dataset.image_size,
             "batch_size": config.batch_size, "devices": mesh.size}
-  for name, fn in parts.items():
+  for name, fn in timed.items():
     jax.block_until_ready(fn(state.params))
     timing = time_repeats(lambda fn=fn: fn(state.params), repeats=args.repeats)
     record[f"{name}_s"] = round(timing["wall_s"], 4)

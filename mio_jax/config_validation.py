@@ -25,8 +25,8 @@ from mio_jax import models
 from mio_jax import modes
 from mio_jax import optim
 from mio_jax import resume_guard
+from mio_jax import pretraining
 from mio_jax import supervised
-from mio_jax import train
 from mio_jax.evaluation import protocols
 
 
@@ -77,7 +77,7 @@ def validate_config(config: ml_collections.ConfigDict, *,
           "to a positive number of steps")
     models.check_dtype(config.dtype)
     loop.check_config(config)
-    train.check_config(config)
+    pretraining.check_config(config)
   with _section("logging."):
     metric_logging.check_config(config.logging)
   with _section("model."):
@@ -139,10 +139,11 @@ def validate_workdir(workdir: str,
   source = modes.encoder_source(config, workdir)
   if source is None:
     # Training must continue the stored recipe. Steps per epoch and run
-    # length are checked once the data set is read (train.pretrain).
+    # length are checked again once the data set is read (when the
+    # pretraining Checkpointer opens).
     _check_checkpoints(f"--workdir={workdir!r}", lambda: (
-        checkpointing.check_resume(workdir, config,
-                                   total_steps=config.total_steps)))
+        checkpointing.check_resume(workdir, resume_guard.pretraining_record(
+            config, total_steps=config.total_steps))))
   elif source.kind == modes.FILE:
     if not epath.Path(source.path).exists():
       raise ConfigError(
@@ -172,23 +173,23 @@ def _check_saved_encoder(config: ml_collections.ConfigDict, workdir: str,
   """The step `source` names is saved, and of config's architecture."""
   here = modes.MODES[config.mode].encoder == modes.EVALUATED  # --workdir's
   step_key = "config.eval.step" if here else "config.finetune.init_step"
-  saved = checkpointing.saved_steps(source.path)
-  if not saved:
+  try:
+    checkpointing.saved_step(source.path, source.step)
+  except checkpointing.NoCheckpointError as error:
+    if error.saved:
+      raise ConfigError(f"{step_key}={source.step}: {error}") from None
     if here:
       raise ConfigError(
           f"--mode={config.mode} evaluates a saved step, but --workdir="
           f"{workdir!r} holds no checkpoint; pretrain first (--mode=pretrain "
-          "or all with this --workdir), or set --config.eval.encoder_file")
+          "or all with this --workdir), or set --config.eval.encoder_file"
+          ) from None
     raise ConfigError(
         f"config.finetune.init_from={source.path!r} holds no checkpoint and "
         "no exported encoder; name a pretraining workdir or an exported "
         "file (python -m mio_jax.cli.export), or leave it empty to start "
-        "from a random initialisation")
-  if source.step is not None and source.step not in saved:
-    raise ConfigError(
-        f"{step_key}={source.step} is not saved in {source.path!r}; saved "
-        f"steps: {', '.join(map(str, saved))}")
+        "from a random initialisation") from None
   _check_checkpoints(
       f"--workdir={workdir!r}" if here else f"{_source_key(config)}="
       f"{source.path!r}", lambda: checkpointing.check_resume(
-          source.path, config, architecture_only=True))
+          source.path, resume_guard.architecture_record(config)))

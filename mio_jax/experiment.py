@@ -2,8 +2,9 @@
 
 `train_and_evaluate(config, workdir)` is importable; the tests and the
 demo call it. For config.mode it
-  1. gets the encoder: pretrains it here (`run.build_run`, `train.pretrain`)
-     or loads the one the modes table names (`modes.load_encoder`);
+  1. gets the encoder: pretrains it here (`pretraining.setup`, then
+     `loop.train`) or loads the one the modes table names
+     (`modes.load_encoder`);
   2. runs the mode's frozen-feature protocols on it (`evaluation`);
   3. trains the mode's supervised protocol on it (`supervised.PROTOCOLS`);
   4. writes `eval_results.json`, the metrics and the training curves.
@@ -25,33 +26,31 @@ from mio_jax import metric_logging
 from mio_jax import models
 from mio_jax import modes
 from mio_jax import plots
-from mio_jax import run as run_lib
+from mio_jax import pretraining
+from mio_jax import recipe
 from mio_jax import supervised
-from mio_jax import train
 from mio_jax.evaluation import evaluator
 
 RESULTS_FILE = "eval_results.json"
 
 
 def _pretrain(config, workdir, mesh, *, logger: metric_logging.MetricLogger,
-              preemption: loop.PreemptionWatch) -> modes.Encoder:
-  info = data.dataset_info(config)
-  run = run_lib.build_run(
-      config, mesh, steps_per_epoch=data.pretrain_steps_per_epoch(config),
-      num_classes=info.num_classes, normalization=(info.mean, info.std),
-      prepared_dataset=data.dataset_spec(config).tfds_name)
-  logger.total_steps = run.total_steps
+              preemption: loop.PreemptionWatch) -> modes.LoadedEncoder:
+  facts = recipe.DataFacts.of(data.dataset_info(config),
+                              identity=data.dataset_spec(config).tfds_name)
+  training = pretraining.setup(config, mesh, facts, workdir=workdir)
   hooks = []
   if config.online_eval_every_steps > 0:
-    hooks.append(evaluator.online_knn_hook(config, mesh, run.model))
-  state = train.pretrain(run, workdir, logger=logger, hooks=hooks,
-                         preemption=preemption)
+    hooks.append(evaluator.online_knn_hook(
+        config, mesh, models.build_model(config.model, dtype=config.dtype)))
+  state = loop.train(training, logger=logger, hooks=hooks,
+                     preemption=preemption)
   step = int(state.step)
-  return modes.Encoder(modes.EncoderSource(modes.WORKDIR, workdir, step),
-                       step, state.variables)
+  return modes.LoadedEncoder(
+      modes.EncoderSource(modes.WORKDIR, workdir, step), step, state.variables)
 
 
-def _evaluate(config, workdir, mesh, encoder: modes.Encoder,
+def _evaluate(config, workdir, mesh, encoder: modes.LoadedEncoder,
               protocols: Sequence[str]) -> Dict[str, float]:
   return evaluator.evaluate(
       encoder.variables,

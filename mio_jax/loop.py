@@ -1,7 +1,11 @@
-"""The one training loop: pretraining, `linear_eval` and `finetune` all run it.
+"""The one training loop: pretraining, `linear_eval` and `finetune` all train in it.
 
-What differs between them is passed in: the state, the jitted step, the
-batches and the hooks. What does not differ lives here once:
+What differs between them is one `Training`, made by each one's set-up
+(`pretraining.setup`, `supervised.setup`): the initial state, the jitted
+step, the batches, the checkpoint folder and its resume record. The
+compile check (`aot.programs`) lowers the very step a `Training` holds, on
+its abstract arguments (`Training.lower`). What does not differ lives here
+once:
 
   * resume: the latest checkpoint of the given `Checkpointer` is restored
     before the first batch is read, and batches start at its step (the
@@ -19,6 +23,7 @@ batches and the hooks. What does not differ lives here once:
 """
 import contextlib
 import dataclasses
+import os
 import signal
 import threading
 import time
@@ -31,7 +36,10 @@ from jax.experimental import multihost_utils
 
 from mio_jax import checkpointing
 from mio_jax import errors
+from mio_jax import files
+from mio_jax import mesh as mesh_lib
 from mio_jax import metric_logging
+from mio_jax import resume_guard
 
 Metrics = Mapping[str, Any]
 StepFn = Callable[[Any, Any], tuple[Any, Metrics]]
@@ -166,33 +174,118 @@ def _every(period: int, step: int) -> bool:
   return period > 0 and step % period == 0
 
 
-def run(state: Any, step_fn: StepFn, batches_fn: BatchesFn, *,
+def abstract(tree: Any, sharding) -> Any:
+  """`tree`'s arrays (or shapes) as ShapeDtypeStructs carrying `sharding`."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Training:
+  """What the loop trains, made once by a training's set-up.
+
+  step(state, *constants, batch) -> (state, metrics): jitted, donating its
+  state; metrics hold "loss", "grad_norm" and "params_finite" (the guard).
+  init(*init_args): the state at step 0, replicated; init_args are the
+  encoder's variables (arrays, or ShapeDtypeStructs for a compile-only
+  set-up) or nothing. constants: the step's arguments between state and
+  batch (a linear evaluation's frozen backbone). batch: the batch the
+  pipeline yields, as sharded ShapeDtypeStructs. batches(start_step): the
+  batches of steps start_step, start_step + 1, ... (None: compile only).
+  folder: where `checkpoints/` goes; record: what its resume must keep
+  (`resume_guard`). notes: JSON files written into folder once the resume
+  is accepted (the fine-tuning subset). after_step / stop: as `train`.
+  """
+  name: str  # "" (pretraining) or the protocol: metrics "<name>_<metric>"
+  mesh: Any
+  step: Callable[..., tuple[Any, Metrics]]
+  init: Callable[..., Any]
+  init_args: tuple
+  constants: tuple
+  batch: Mapping[str, jax.ShapeDtypeStruct]
+  num_steps: int
+  images_per_step: int
+  cadence: "Cadence"
+  keep_checkpoints: int
+  folder: Optional[str] = None
+  record: Optional[resume_guard.Record] = None
+  batches: Optional[BatchesFn] = None
+  notes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  after_step: Optional[AfterStep] = None
+  stop: Optional[Callable[[Any], bool]] = None
+
+  def initial_state(self) -> Any:
+    return self.init(*self.init_args)
+
+  def abstract_args(self) -> tuple:
+    """(state, *constants, batch) as sharded ShapeDtypeStructs."""
+    replicated = mesh_lib.replicated_sharding(self.mesh)
+    state = jax.eval_shape(self.init, *self.init_args)
+    return (abstract(state, replicated),
+            *abstract(self.constants, replicated), self.batch)
+
+  def lower(self) -> jax.stages.Lowered:
+    """The step lowered on abstract arguments: what `train` runs, compiled
+    for a check without allocating anything."""
+    return self.step.lower(*self.abstract_args())
+
+
+def train(training: Training, *, logger: Logger,
+          preemption: Optional[PreemptionWatch] = None,
+          hooks: Sequence[Hook] = ()) -> Any:
+  """Trains `training` to its num_steps (resuming) and returns the state.
+
+  Opens the checkpoints in training.folder, which refuses another run's
+  (resume_guard.CheckpointMismatchError), then writes training.notes.
+  preemption: the process's watch (None: one is opened for this call).
+  Raises NonFiniteLossError (naming the step; the last good checkpoint is
+  kept) and SystemExit(0) after saving when preempted.
+  """
+  if training.batches is None:
+    raise ValueError("this Training was set up to be compiled only")
+  step_fn = training.step
+  if training.constants:
+    constants = training.constants
+    step_fn = lambda state, batch: training.step(state, *constants, batch)
+  with checkpointing.Checkpointer(training.folder, record=training.record,
+                                  keep=training.keep_checkpoints
+                                 ) as checkpointer:
+    if jax.process_index() == 0:
+      for filename, content in training.notes.items():
+        files.write_json(os.path.join(training.folder, filename), content)
+    return _loop(training.initial_state(), step_fn, training.batches,
+               num_steps=training.num_steps,
+               images_per_step=training.images_per_step,
+               checkpointer=checkpointer, cadence=training.cadence,
+               logger=logger, preemption=preemption, hooks=hooks,
+               name=training.name, after_step=training.after_step,
+               stop=training.stop)
+
+
+def _loop(state: Any, step_fn: StepFn, batches_fn: BatchesFn, *,
         num_steps: int, images_per_step: int,
         checkpointer: checkpointing.Checkpointer, cadence: Cadence,
         logger: Logger, preemption: Optional[PreemptionWatch] = None,
         hooks: Sequence[Hook] = (), name: str = "",
         after_step: Optional[AfterStep] = None,
         stop: Optional[Callable[[Any], bool]] = None) -> Any:
-  """Trains `state` (a pytree with an int `.step`) to `num_steps`.
+  """The loop of `train`: trains `state` (a pytree with an int `.step`) to
+  `num_steps`, resuming from `checkpointer`.
 
-  step_fn(state, batch) -> (state, metrics): jitted, donating its state;
-  metrics hold "loss", "grad_norm" and "params_finite" (the guard).
   batches_fn(start_step): the batches of steps start_step, start_step + 1...
   name: "" for pretraining, else the protocol ("finetune"): metrics are
-  logged as "<name>_<metric>". preemption: the process's watch (None: one
-  is opened for this call). after_step: updates the state between steps
+  logged as "<name>_<metric>". after_step: updates the state between steps
   (its metrics logged like the step's); stop(state): True ends the run
   early (early stopping), saving that step. It is asked on resume and after
   each after_step that reports metrics, never after every step: it may read
   the device (a wait for the step just dispatched).
-
-  Raises NonFiniteLossError (naming the step; the last good checkpoint is
-  kept) and SystemExit(0) after saving when preempted.
   """
+  what = name or "pretraining"
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
-    print_once(f"Resumed{' ' + name if name else ''} from "
-               f"{checkpointer.directory} at step {int(state.step)}.")
+    print_once(f"Resumed {what} from {checkpointer.directory} at step "
+               f"{int(state.step)} of {num_steps}.")
+  logger.start(name, num_steps)
   watch = (contextlib.nullcontext(preemption) if preemption is not None
            else PreemptionWatch())
   prefix = f"{name}_" if name else ""
@@ -206,6 +299,11 @@ def run(state: Any, step_fn: StepFn, batches_fn: BatchesFn, *,
   interval_start = (int(state.step), time.monotonic())
   # Asked once on resume too: the saved run may have stopped already.
   stopped = stop is not None and stop(state)
+  if int(state.step) >= num_steps or stopped:
+    print_once(f"{what.capitalize()} is finished (step {int(state.step)} "
+               f"{'stopped early' if stopped else f'of {num_steps}'} is "
+               f"saved in {checkpointer.directory}): nothing left to do.")
+    return state
   with watch as preemption:
     for step in range(int(state.step), num_steps):
       if stopped:

@@ -59,6 +59,9 @@ WANDB_STEP = "step"  # the x-axis of every wandb chart
 class Logger(Protocol):
   """What the training loop logs to: a MetricLogger, or a stand-in."""
 
+  def start(self, name: str, total_steps: int) -> None:
+    """A training begins: "" (pretraining) or a protocol, total_steps long."""
+
   def log(self, step: int, metrics: Mapping[str, Any]) -> None:
     ...
 
@@ -72,6 +75,9 @@ class PrintLogger:
 
   def __init__(self, is_main_process: bool = True):
     self.is_main_process = is_main_process
+
+  def start(self, name: str, total_steps: int) -> None:
+    del name, total_steps  # each line names its step only
 
   def log(self, step: int, metrics: Mapping[str, Any]) -> None:
     if self.is_main_process:
@@ -208,6 +214,7 @@ class MetricLogger:
       WandbNotInstalledError: `wandb` given but the package is missing.
     """
     self.total_steps = total_steps
+    self._prefix = ""  # the training's metric prefix ("finetune_")
     self.is_main_process = is_main_process
     self._clock = clock
     self._first = None  # (step, time) of this process's first `log`
@@ -229,6 +236,13 @@ class MetricLogger:
                        _start_wandb_run(workdir, wandb))
     self._closed = False
 
+  def start(self, name: str, total_steps: int) -> None:
+    """A training begins ("" pretraining, or a protocol): its progress lines
+    show step N/total_steps and the ETA from its own speed."""
+    self.total_steps = int(total_steps)
+    self._prefix = f"{name}_" if name else ""
+    self._first = None
+
   def log(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Records training metrics (scalars, jax/numpy or Python) of `step`."""
     if not self.is_main_process:
@@ -238,7 +252,7 @@ class MetricLogger:
     if self._first is None:
       self._first = (step, now)
     self._write(step, values)
-    if "loss" in values:
+    if self._prefix + "loss" in values:
       print(self._progress_line(step, now, values), flush=True)
     else:
       self._print_values(step, values)
@@ -291,8 +305,6 @@ class MetricLogger:
     print(f"{self._step_label(step)}  {shown}", flush=True)
 
   def _step_label(self, step: int) -> str:
-    # total_steps is 0 until pretraining sets it: a supervised protocol's
-    # steps are shown without a total.
     if 0 < step <= self.total_steps:
       return f"step {step}/{self.total_steps}"
     return f"step {step}"
@@ -300,6 +312,10 @@ class MetricLogger:
   def _progress_line(self, step: int, now: float,
                      values: dict[str, float]) -> str:
     fields = [self._step_label(step)]
+    values = {name[len(self._prefix):]: value for name, value in values.items()
+              if name.startswith(self._prefix)}
+    if self._prefix:
+      fields.append(self._prefix[:-1])
     if "loss" in values:
       fields.append(f"loss {values['loss']:.4f}")
     if "learning_rate" in values:

@@ -12,9 +12,10 @@ by the checks before any work (`config_validation.validate_workdir`):
 | finetune | finetune.init_from: an exported file, another pretraining workdir (step finetune.init_step), or "" for a random initialisation | fine-tuning |
 
 `encoder_source(config, workdir)` applies the table to a config;
-`load_encoder` turns a source into variables, and `Encoder.identity()` is
-what a supervised protocol records so that its resume on another encoder
-is refused.
+`load_encoder` turns a source into a `LoadedEncoder` (variables and where
+they came from; the Flax network is `models.Encoder`), whose `identity()`
+a supervised protocol records so that its resume on another encoder is
+refused.
 """
 import dataclasses
 import hashlib
@@ -97,7 +98,7 @@ def encoder_source(config: ml_collections.ConfigDict,
 
 
 @dataclasses.dataclass(frozen=True)
-class Encoder:
+class LoadedEncoder:
   """Encoder variables ({"params", "batch_stats"}, replicated) and their origin."""
   source: EncoderSource
   step: int  # the pretraining step of the variables (0: random)
@@ -116,7 +117,7 @@ class Encoder:
 
 
 def load_encoder(source: EncoderSource, config: ml_collections.ConfigDict,
-                 mesh: Mesh) -> Encoder:
+                 mesh: Mesh) -> LoadedEncoder:
   """The encoder `source` names, for config's architecture, replicated on mesh.
 
   Raises checkpointing.NoCheckpointError / CheckpointMismatchError and
@@ -126,11 +127,11 @@ def load_encoder(source: EncoderSource, config: ml_collections.ConfigDict,
     model = models.build_model(config.model, dtype=config.dtype)
     variables = models.initial_variables(
         model, seed=int(config.seed), image_size=config.dataset.image_size)
-    return Encoder(source, 0, jax.device_put(
+    return LoadedEncoder(source, 0, jax.device_put(
         variables, mesh_lib.replicated_sharding(mesh)))
   if source.kind == FILE:
     step, variables = export.encoder_variables(source.path, config, mesh)
   else:
     step, variables = checkpointing.restore_variables(source.path, config,
                                                       mesh, step=source.step)
-  return Encoder(source, step, variables)
+  return LoadedEncoder(source, step, variables)

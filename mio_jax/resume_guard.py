@@ -1,32 +1,39 @@
-"""What a resumed run may change: the whole recipe is recorded and compared.
+"""Resume guarding, in one home: what a training records, compares, refuses.
 
-The checkpoints of a run are stored with its settings (`record`): every
-key of the config, flat ("optimizer.base_lr"), plus what is known only
-once the data are read (`steps_per_epoch`, `prepared_dataset`: the data
-set's TFDS name, which for an image folder holds a fingerprint of its
-files). A resume compares all of them (`differences`) except the few in
-`FREE_KEYS` / `FREE_SECTIONS`, which only say how often to log and save,
-how to evaluate, and where the same data lives. So a key added to the
-config later is guarded by default: a record made before it existed is
-compared with the key's default, the behaviour of that run.
+Every training's checkpoints (pretraining, `linear_eval`, `finetune`) are
+stored with a `Record` of its settings: every key of the config, flat
+("optimizer.base_lr"), plus what is known only once the data are read
+(`steps_per_epoch`, `prepared_dataset`: the data set's identity) and, for a
+supervised protocol, the identity of the encoder it trains on. `check`
+compares a record with the one stored beside the checkpoints and refuses,
+naming every guarded setting that differs; `write` stores it (with the
+first checkpoint: a training that saved nothing claims nothing). A record
+guards every key except the few `FREE_KEYS` / `FREE_SECTIONS` of
+pretraining (how often to log and save, how to evaluate, where the same
+data live), or, for a protocol, only what its training depends on. So a
+key added to the config later is guarded by default: a record made before
+it existed is compared with the key's default, the behaviour of that run.
 
-`config.resume_allow_changes` lets a user change guarded keys on purpose
-(`allowed_changes`), except those that change the shape of the saved
-state (`STRUCTURE_KEYS`), which no restore can bridge.
+`config.resume_allow_changes` lets a user change guarded pretraining keys
+on purpose (`allowed_changes`), except those that change the shape of the
+saved state (`STRUCTURE_KEYS`), which no restore can bridge.
 
-Records of earlier builds (a list of chosen keys, with the run's
-effective total steps) are still read, comparing the keys they hold; the
-next save rewrites them in this format.
+`stored_settings` is the one reader of the records of earlier builds (a
+list of chosen keys, with the run's effective total steps, or the first
+build's model/loss/optimizer); the next save rewrites them in this format.
 """
+import dataclasses
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 import ml_collections
+from etils import epath
 
 from mio_jax import config_base
 from mio_jax import errors
 from mio_jax import files
 
 FORMAT = 3
+METADATA_FILE = "run_metadata.json"
 
 # The state's shapes: never allowed to change.
 ARCHITECTURE_KEYS = (
@@ -52,6 +59,15 @@ FREE_SECTIONS = ("logging", "eval", "knn", "fewshot", "feature_probe",
                  "linear_eval", "finetune")
 # Known once the data are read.
 DERIVED_KEYS = ("steps_per_epoch", "prepared_dataset")
+# Besides the config keys it depends on, what a supervised protocol's
+# resume must keep: the encoder's variables and step, the labelled
+# examples. Where the encoder was read from may change (a moved workdir,
+# an export of the same step).
+PROTOCOL_KEYS = ("encoder.digest", "encoder.step", "num_labelled")
+
+
+class CheckpointMismatchError(errors.UserError):
+  """The checkpoints in a folder were made with other settings."""
 
 
 def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -69,14 +85,6 @@ def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return files.as_stored(flat)
 
 
-def record(config: ml_collections.ConfigDict, **derived: Any) -> dict[str, Any]:
-  """The settings stored with a run's checkpoints: the whole config, flat,
-  and the derived values given (None ones left out)."""
-  return {**flat_config(config),
-          **files.as_stored({k: v for k, v in derived.items()
-                             if v is not None})}
-
-
 def is_free(key: str) -> bool:
   return key in FREE_KEYS or key.split(".")[0] in FREE_SECTIONS
 
@@ -89,12 +97,12 @@ def guards_pretraining(key: str) -> bool:
 def guards_protocol(name: str) -> Callable[[str], bool]:
   """The keys a supervised protocol's resume must keep.
 
-  What its run depends on: the data set, the network, the compute dtype,
-  the seed, the flip of its crops, its own section; the encoder's
-  identity is compared by the protocol itself.
+  What its training depends on: the data set, the network, the compute
+  dtype, the seed, the flip of its crops, its own section, the encoder's
+  identity and the number of labelled examples.
   """
   sections = ("dataset", "model", name)
-  keys = ("dtype", "seed", "augment.hflip") + DERIVED_KEYS
+  keys = ("dtype", "seed", "augment.hflip") + DERIVED_KEYS + PROTOCOL_KEYS
 
   def guards(key: str) -> bool:
     if key in FREE_KEYS:
@@ -104,11 +112,82 @@ def guards_protocol(name: str) -> Callable[[str], bool]:
   return guards
 
 
+# ---- the record ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """What a training's checkpoints record, and how its resume is judged.
+
+  settings: the flat config and derived values stored with the checkpoints.
+  guards(key): whether a resume must keep `key`. what: the training in
+  messages ("pretraining", "linear_eval", "finetune"). allowed: guarded
+  keys the user allows to change (config.resume_allow_changes).
+  total_steps: the run's effective length, compared with an earlier
+  build's record (which stored that, not the config's total_steps).
+  """
+  settings: Mapping[str, Any]
+  guards: Callable[[str], bool]
+  what: str = "pretraining"
+  allowed: tuple[str, ...] = ()
+  total_steps: Optional[int] = None
+
+
+def _derived(derived: Mapping[str, Any]) -> dict[str, Any]:
+  return files.as_stored({k: v for k, v in derived.items() if v is not None})
+
+
+def pretraining_record(config: ml_collections.ConfigDict, *,
+                       total_steps: Optional[int] = None,
+                       **derived: Any) -> Record:
+  """The record of pretraining `config`: every key but the free ones.
+
+  derived: steps_per_epoch, prepared_dataset (None: not known yet, not
+  compared). Raises CheckpointMismatchError for a bad
+  config.resume_allow_changes.
+  """
+  try:
+    allowed = allowed_changes(config)
+  except errors.InvalidValueError as error:
+    raise CheckpointMismatchError(error.describe(
+        "config.resume_allow_changes", "--config.resume_allow_changes")
+                                  ) from None
+  return Record({**flat_config(config), **_derived(derived)},
+                guards_pretraining, "pretraining", allowed,
+                None if total_steps is None else int(total_steps))
+
+
+def protocol_record(name: str, config: ml_collections.ConfigDict,
+                    encoder_identity: Mapping[str, Any],
+                    **derived: Any) -> Record:
+  """The record of supervised protocol `name` on an encoder
+  (`modes.LoadedEncoder.identity`); derived: num_labelled, prepared_dataset."""
+  return Record({**flat_config(config),
+                 **files.as_stored({f"encoder.{k}": v
+                                    for k, v in encoder_identity.items()}),
+                 **_derived(derived)}, guards_protocol(name), name)
+
+
+def architecture_record(config: ml_collections.ConfigDict) -> Record:
+  """Only the network's shapes: what reading a saved encoder needs."""
+  return Record(flat_config(config), ARCHITECTURE_KEYS.__contains__,
+                "evaluation")
+
+
+# ---- stored records ------------------------------------------------------------
+
+
+def read(directory: epath.PathLike) -> Optional[dict[str, Any]]:
+  """The metadata stored beside the checkpoints in `directory`, or None."""
+  return files.read_json(epath.Path(directory) / METADATA_FILE)
+
+
 _DEFAULTS = flat_config(config_base.base_config())
 
 
 def stored_settings(metadata: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-  """(settings, whether the record is of an earlier build)."""
+  """(settings, whether the record is of an earlier build): the one reader
+  of every format a build has written."""
   if metadata.get("format") == FORMAT:
     return dict(metadata["settings"]), False
   if "settings" in metadata:  # the second build: chosen keys only
@@ -154,6 +233,82 @@ def differences(metadata: Mapping[str, Any], current: Mapping[str, Any],
     if old != current[key]:
       changes.append((key, old, current[key]))
   return changes
+
+
+def _named(key: str) -> str:
+  if key in DERIVED_KEYS or key in PROTOCOL_KEYS:
+    return key
+  return f"config.{key}"
+
+
+def _refusal(directory: epath.Path, record: Record,
+             refused: list[tuple[str, Any, Any]]) -> str:
+  """One line naming every refused setting, and the fix."""
+  keys = [key for key, _, _ in refused]
+  differ = "; ".join(f"made with {_named(key)}={old!r}, this run has {new!r}"
+                     for key, old, new in refused)
+  if record.what != "pretraining" and record.what != "evaluation":
+    return (f"{directory} holds a {record.what} run of other settings: "
+            f"{differ}; delete that folder or use another --workdir")
+  architecture = any(key in ARCHITECTURE_KEYS for key in keys)
+  if architecture or record.what == "evaluation":
+    fix = "use a new --workdir or the checkpoint's model"
+  elif any(key in STRUCTURE_KEYS for key in keys):
+    fix = "use a new --workdir, or set them back"
+  else:
+    fix = ("use a new --workdir, set them back, or pass "
+           f"--config.resume_allow_changes={','.join(keys)} to change "
+           "them on purpose")
+  return (f"the checkpoints in {directory} are of another "
+          f"{'model' if architecture else 'recipe'}: {differ}; {fix}")
+
+
+def check(directory: epath.PathLike, record: Record
+         ) -> list[tuple[str, Any, Any]]:
+  """Raises CheckpointMismatchError unless `record` may resume from the
+  checkpoints in `directory`, naming every guarded setting that differs.
+
+  Changes of keys in record.allowed pass (checked, `check_allowed`) and
+  are returned: `write` records them with the step they took effect at.
+  """
+  directory = epath.Path(directory)
+  metadata = read(directory)
+  if metadata is None:
+    return []
+  changes = differences(metadata, record.settings, record.guards,
+                        total_steps=record.total_steps)
+  refused = [change for change in changes if change[0] not in record.allowed]
+  if refused:
+    raise CheckpointMismatchError(_refusal(directory, record, refused))
+  try:
+    check_allowed(changes)
+  except errors.InvalidValueError as error:
+    raise CheckpointMismatchError(error.describe(
+        "config.resume_allow_changes", "--config.resume_allow_changes")
+                                  ) from None
+  return changes
+
+
+def write(directory: epath.PathLike, record: Record,
+          changes: Iterable[tuple[str, Any, Any]] = (),
+          from_step: Optional[int] = None) -> None:
+  """Stores `record` beside the checkpoints, with the allowed `changes`
+  taking effect at `from_step`; an earlier build's record is rewritten in
+  this format, one of this format kept as it is."""
+  path = epath.Path(directory) / METADATA_FILE
+  stored = files.read_json(path)
+  changes = list(changes)
+  if (stored is not None and not changes
+      and stored.get("format") == FORMAT):
+    return
+  history = (stored or {}).get("changes", []) + [
+      {"key": key, "from": old, "to": new, "from_step": from_step}
+      for key, old, new in changes]
+  files.write_json(path, {"format": FORMAT, "settings": dict(record.settings),
+                          "changes": history})
+
+
+# ---- allowed changes -----------------------------------------------------------
 
 
 def allowed_changes(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -17,13 +17,17 @@ NUM_CLASSES = 10
 
 def synthetic_batch(config: ml_collections.ConfigDict, mesh: Mesh,
                     step: int) -> dict[str, jax.Array]:
-  """The global batch of `step`: {"view1","view2": f32 (B,S,S,3), "label"}."""
+  """The global batch of `step`, shaped as the pipeline's
+  (`pretraining.batch_spec`): {"view1","view2": f32 (B,S,S,3), "label",
+  "index": int32 (B,)}."""
   size, batch_size = config.dataset.image_size, config.batch_size
   rng = np.random.default_rng([config.seed, step])
   host_batch = {
       "view1": rng.standard_normal((batch_size, size, size, 3), np.float32),
       "view2": rng.standard_normal((batch_size, size, size, 3), np.float32),
       "label": rng.integers(0, NUM_CLASSES, (batch_size,), dtype=np.int32),
+      "index": np.arange(step * batch_size, (step + 1) * batch_size,
+                         dtype=np.int32),
   }
   sharding = mesh_lib.batch_sharding(mesh)
   # Every process builds the same global batch and fills only the shards of

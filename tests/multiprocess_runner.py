@@ -12,7 +12,7 @@ Modes (the model and data are pretrain_runner.tiny_config's: resnet_tiny on
 synthetic batches, over a mesh of every global device):
   train: --steps calls of the train step; writes {"losses": [...],
     "device_count": ..., "process_count": ...}.
-  pretrain: `train.pretrain` into --workdir (checkpoints, resume, SIGTERM
+  pretrain: `pretrain_runner.pretrain` into --workdir (checkpoints, resume, SIGTERM
     save), sleeping --seconds_per_step after each step; appends one JSON
     line {"step", "loss"} per step to --out.
   collectives: an all-gather across processes every 0.1 s, forever; writes
@@ -42,26 +42,26 @@ _SECONDS_PER_STEP = flags.DEFINE_float(
     "test can signal the run between two steps.")
 
 
-def _setup():
-  """The tiny run over all global devices, and its batches."""
+def _config():
+  """The tiny config, logging every step."""
   # Imported after distributed.initialize(): nothing may touch the backend
   # before it.
   import pretrain_runner  # pylint: disable=g-import-not-at-top
-  from mio_jax import synthetic  # pylint: disable=g-import-not-at-top
-  run = pretrain_runner.tiny_run(total_steps=_STEPS.value, log_every_steps=1)
-  batches_fn = lambda start: synthetic.synthetic_batches(
-      run.config, run.mesh, start_step=start)
-  return run, batches_fn
+  return pretrain_runner.tiny_config(total_steps=_STEPS.value,
+                                     log_every_steps=1)
 
 
 def _train() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from mio_jax import train  # pylint: disable=g-import-not-at-top
-  run, batches_fn = _setup()
-  state = train.init_state(run)
-  train_step = train.make_train_step(run)
+  import pretrain_runner  # pylint: disable=g-import-not-at-top
+  from mio_jax import pretraining  # pylint: disable=g-import-not-at-top
+  from mio_jax import synthetic  # pylint: disable=g-import-not-at-top
+  config = _config()
+  recipe = pretrain_runner.build_tiny_recipe(config)
+  state = pretraining.init_state(recipe)
+  train_step = pretraining.make_train_step(recipe)
   losses = []
-  batches = batches_fn(0)
+  batches = synthetic.synthetic_batches(config, recipe.mesh)
   for _ in range(_STEPS.value):
     state, metrics = train_step(state, next(batches))
     # Metrics are replicated: any local shard holds the global value.
@@ -76,6 +76,9 @@ class _JsonLinesLogger:
   def __init__(self, path: str):
     self._file = open(path, "a")
 
+  def start(self, name: str, total_steps: int) -> None:
+    del name, total_steps
+
   def log(self, step: int, metrics: dict) -> None:
     self._file.write(json.dumps({"step": step, "loss": metrics["loss"]}) + "\n")
     self._file.flush()
@@ -85,12 +88,11 @@ class _JsonLinesLogger:
 
 
 def _pretrain() -> None:
-  from mio_jax import train  # pylint: disable=g-import-not-at-top
-  run, batches_fn = _setup()
+  import pretrain_runner  # pylint: disable=g-import-not-at-top
   logger = _JsonLinesLogger(_OUT.value)
   try:
-    train.pretrain(
-        run, _WORKDIR.value, batches_fn=batches_fn, logger=logger,
+    pretrain_runner.pretrain(
+        _config(), _WORKDIR.value, logger=logger,
         hooks=[lambda step, state: time.sleep(_SECONDS_PER_STEP.value)])
   finally:
     logger.close()

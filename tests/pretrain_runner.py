@@ -9,7 +9,6 @@ so callers pass XLA_FLAGS / JAX_PLATFORMS in its environment):
 SECONDS_PER_STEP slows the loop down (a sleep after each step) so that a
 test can kill the run between two checkpoints.
 """
-import functools
 import sys
 import time
 
@@ -42,22 +41,44 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 STEPS_PER_EPOCH = 3
 
 
-def build_tiny_run(config: ml_collections.ConfigDict, mesh=None):
-  """The Run of `config` (on all devices by default), STEPS_PER_EPOCH long."""
+def tiny_facts(config: ml_collections.ConfigDict):
+  """Synthetic data of STEPS_PER_EPOCH batches an epoch, without labels."""
+  from mio_jax import recipe  # pylint: disable=g-import-not-at-top
+  return recipe.DataFacts(num_examples=STEPS_PER_EPOCH * config.batch_size)
+
+
+def build_tiny_recipe(config: ml_collections.ConfigDict, mesh=None):
+  """The Recipe of `config` (on all devices by default) on `tiny_facts`,
+  as `pretraining.setup` builds it (so both share the compiled step)."""
   from mio_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from mio_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from mio_jax import pretraining  # pylint: disable=g-import-not-at-top
   mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
-  return run_lib.build_run(config, mesh, steps_per_epoch=STEPS_PER_EPOCH)
+  return pretraining.recipe_of(config, mesh, tiny_facts(config))
 
 
-@functools.cache
-def tiny_run(**overrides):
-  """`build_tiny_run(tiny_config(**overrides))`, shared across tests.
+def tiny_recipe(**overrides):
+  """`build_tiny_recipe(tiny_config(**overrides))`."""
+  return build_tiny_recipe(tiny_config(**overrides))
 
-  One Run per set of overrides, so tests that pretrain the same config
-  several times (crash, resume) compile its step once.
-  """
-  return build_tiny_run(tiny_config(**overrides))
+
+def pretrain(config: ml_collections.ConfigDict, workdir, *, batches=None,
+             logger=None, hooks=(), preemption=None, mesh=None):
+  """Pretrains `config` on synthetic batches (default) in workdir, as
+  `main` does (`pretraining.setup`, `loop.train`); returns the state."""
+  # pylint: disable=g-import-not-at-top
+  from mio_jax import loop
+  from mio_jax import mesh as mesh_lib
+  from mio_jax import metric_logging
+  from mio_jax import pretraining
+  from mio_jax import synthetic
+  mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
+  if batches is None:
+    batches = lambda start: synthetic.synthetic_batches(config, mesh,
+                                                        start_step=start)
+  training = pretraining.setup(config, mesh, tiny_facts(config),
+                               workdir=str(workdir), batches=batches)
+  return loop.train(training, logger=logger or metric_logging.PrintLogger(),
+                    hooks=hooks, preemption=preemption)
 
 
 def assert_trees_equal(a, b) -> None:
@@ -72,22 +93,17 @@ def assert_trees_equal(a, b) -> None:
 def open_checkpointer(workdir, config: ml_collections.ConfigDict):
   """A Checkpointer of `workdir` as pretraining `config` would open it."""
   from mio_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from mio_jax import resume_guard  # pylint: disable=g-import-not-at-top
   return checkpointing.Checkpointer(
       str(workdir), keep=config.keep_checkpoints,
-      settings=checkpointing.run_settings(config))
+      record=resume_guard.pretraining_record(config))
 
 
 def main(workdir: str, total_steps: int, checkpoint_every: int,
          seconds_per_step: float = 0.0) -> None:
-  from mio_jax import synthetic  # pylint: disable=g-import-not-at-top
-  from mio_jax import train  # pylint: disable=g-import-not-at-top
-  run = tiny_run(total_steps=total_steps,
-                 checkpoint_every_steps=checkpoint_every)
-  train.pretrain(
-      run, workdir,
-      batches_fn=lambda start: synthetic.synthetic_batches(
-          run.config, run.mesh, start_step=start),
-      hooks=[lambda step, state: time.sleep(seconds_per_step)])
+  pretrain(tiny_config(total_steps=total_steps,
+                       checkpoint_every_steps=checkpoint_every), workdir,
+           hooks=[lambda step, state: time.sleep(seconds_per_step)])
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from mio_jax import files
 from mio_jax import losses as losses_lib
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
-from mio_jax import train
+from mio_jax import pretraining
 from mio_jax import plots
 from mio_jax.analysis import spectrum
 
@@ -65,12 +65,12 @@ def training_loss_fn(model: models.Encoder, batch_stats: Any,
                      batch: Mapping[str, jax.Array],
                      pair_loss: Callable[..., jax.Array], *,
                      bn_views: str = "joint") -> Callable[[Any], jax.Array]:
-  """params -> the pretraining loss on `batch` (`train.training_objective`).
+  """params -> the pretraining loss on `batch` (`pretraining.training_objective`).
 
   BatchNorm runs in train mode over both views of the batch, exactly as in
   the train step; the running averages it would update are discarded.
   """
-  return lambda params: train.training_objective(
+  return lambda params: pretraining.training_objective(
       model, params, batch_stats, batch, pair_loss, bn_views=bn_views)[0]
 
 

@@ -1,22 +1,23 @@
 """The jitted steps a config runs, lowered with abstract, sharded inputs.
 
-Each `Program` is built exactly as training and evaluation build theirs,
-from the library's own functions, and lowered on `jax.ShapeDtypeStruct`s
+The training steps come from the very set-ups `main` trains
+(`pretraining.setup`, `supervised.setup`, without a workdir: compile
+only) and are lowered by `loop.Training.lower` on `jax.ShapeDtypeStruct`s
 that carry their shardings, so nothing is allocated and the mesh may be
 made of compile-only TPU devices:
 
-  * "pretrain": `train.make_train_step(run.build_run(...))`, with the
-    online probe and `augment.on_device` as configured (uint8 views then),
-    at config.batch_size;
+  * "pretrain": pretraining's update step, with the online probe and
+    `augment.on_device` as configured (uint8 views then), at
+    config.batch_size;
   * "extract": `evaluation.encoder.make_encode_fn`, the frozen encoder of
     feature extraction, at config.eval.batch_size; the train and test
     splits' features it fills stay on the chips (`resident_bytes_per_chip`);
-  * "linear_eval", "finetune": `supervised.make_train_step` of each
-    protocol's task, at config.linear_eval.batch_size and
-    config.finetune.batch_size (`supervised_steps`).
+  * "linear_eval", "finetune": each protocol's step, at
+    config.linear_eval.batch_size and config.finetune.batch_size.
 
 A Program's run length (`steps`) uses the data set's split sizes from
-`data.dataset_info`, which needs no prepared data.
+`data.dataset_info`, which needs no prepared data (a fine-tuning subset's
+size is estimated from them: `supervised.estimated_examples`).
 """
 import dataclasses
 from typing import Any, Callable, Mapping, Optional
@@ -27,13 +28,14 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
+from mio_jax import loop
 from mio_jax import mesh as mesh_lib
+from mio_jax import modes
 from mio_jax import models
-from mio_jax import run as run_lib
+from mio_jax import pretraining
+from mio_jax import recipe
 from mio_jax import supervised
-from mio_jax import train
 from mio_jax.evaluation import encoder
-from mio_jax.supervised import task as supervised_task
 
 NAMES = ("pretrain", "extract", "linear_eval", "finetune")
 # The config key of each program's global batch.
@@ -61,10 +63,7 @@ class Program:
     return BATCH_KEYS[self.name]
 
 
-def abstract(tree: Any, sharding: NamedSharding) -> Any:
-  """`tree`'s arrays (or shapes) as ShapeDtypeStructs carrying `sharding`."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+abstract = loop.abstract
 
 
 def bytes_per_chip(tree: Any) -> int:
@@ -84,31 +83,20 @@ def _initial_variables(config: ml_collections.ConfigDict,
       model, seed=int(config.seed), image_size=int(config.dataset.image_size)))
 
 
+def _program(name: str, training: loop.Training, batch_size: int) -> Program:
+  args = training.abstract_args()
+  return Program(name, batch_size, training.num_steps, training.lower,
+                 bytes_per_chip(args))
+
+
 def pretrain_program(config: ml_collections.ConfigDict, mesh: Mesh,
                      info) -> Program:
-  """The pretraining update step, as `train.pretrain` runs it.
+  """The pretraining update step `main` trains (`pretraining.setup`).
 
   info: `data.DatasetInfo` of the config (sizes, classes, normalisation).
   """
-  from mio_jax.data import indexing  # pylint: disable=g-import-not-at-top
-  run = run_lib.build_run(
-      config, mesh, steps_per_epoch=indexing.steps_per_epoch(
-          info.num_pretrain_examples, int(config.batch_size)),
-      num_classes=info.num_classes, normalization=(info.mean, info.std))
-  size, batch_size = int(config.dataset.image_size), int(config.batch_size)
-  # The host pipeline's batch (data.pretrain_batches): normalised float32
-  # views, or uint8 crops when the colour ops run on the device.
-  views = jnp.uint8 if config.augment.on_device else jnp.float32
-  batch = {"view1": _images(batch_size, size, views),
-           "view2": _images(batch_size, size, views),
-           "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
-           "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
-  state = jax.eval_shape(lambda: train.init_state(run))
-  step = train.make_train_step(run)
-  args = (abstract(state, mesh_lib.replicated_sharding(mesh)),
-          abstract(batch, mesh_lib.batch_sharding(mesh)))
-  return Program("pretrain", batch_size, run.total_steps,
-                 lambda: step.lower(*args), bytes_per_chip(args))
+  training = pretraining.setup(config, mesh, recipe.DataFacts.of(info))
+  return _program("pretrain", training, int(config.batch_size))
 
 
 def extract_program(config: ml_collections.ConfigDict, mesh: Mesh,
@@ -137,58 +125,15 @@ def extract_program(config: ml_collections.ConfigDict, mesh: Mesh,
                  resident_bytes_per_chip=int(resident))
 
 
-def supervised_steps(config: ml_collections.ConfigDict, mesh: Mesh, info,
-                     name: str) -> tuple[Callable[..., Any], int, int, tuple]:
-  """(jitted step, global batch, run steps, abstract (state, frozen, batch)).
-
-  The one place that builds the supervised protocols' steps (name
-  "linear_eval" or "finetune") as `supervised.linear_eval` and
-  `supervised.finetune` do: `supervised.task.make_task`, `init_state`
-  (with early stopping's record for linear_eval.recipe "public_code"),
-  `frozen_backbone`, `make_train_step`. Examples: the whole labelled train
-  split for linear evaluation (or its linear_eval.train_split), the
-  configured fraction (or labels per class) of it for fine-tuning; they set
-  only the run length.
-  """
-  section = config[name]
-  num_train = int(info.num_eval_examples["train"])
-  if name == "linear_eval" and section.train_split:
-    from mio_jax.data import dataset  # pylint: disable=g-import-not-at-top
-    spec = dataset.dataset_spec(config)
-    num_examples = dataset.split_size(
-        spec, section.train_split,
-        dataset.split_lengths(spec, config.dataset.data_dir),
-        key="linear_eval.train_split")
-  elif name == "linear_eval":
-    num_examples = num_train
-  elif section.labels_per_class:
-    num_examples = int(section.labels_per_class) * int(info.num_classes)
-  else:
-    num_examples = max(1, int(round(float(section.label_fraction) * num_train)))
-  task = supervised_task.make_task(
-      config, mesh, name, num_examples=num_examples,
-      num_classes=int(info.num_classes), epochs=supervised.epochs(config, name))
-  model = models.build_model(config.model, dtype=config.dtype)
-  variables = _initial_variables(config, model)
-  early_stopping = name == "linear_eval" and section.recipe == "public_code"
-  state = jax.eval_shape(lambda v: supervised_task.init_state(
-      task, v, best=supervised.early_stopping.initial_best(task, v)
-      if early_stopping else None), variables)
-  frozen = supervised_task.frozen_backbone(task, variables)
-  batch_size = int(section.batch_size)
-  batch = {"image": _images(batch_size, int(config.dataset.image_size)),
-           "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
-  replicated = mesh_lib.replicated_sharding(mesh)
-  return (supervised_task.make_train_step(task), batch_size, task.total_steps,
-          (abstract(state, replicated), abstract(frozen, replicated),
-           abstract(batch, mesh_lib.batch_sharding(mesh))))
-
-
 def supervised_program(config: ml_collections.ConfigDict, mesh: Mesh, info,
                        name: str) -> Program:
-  step, batch_size, steps, args = supervised_steps(config, mesh, info, name)
-  return Program(name, batch_size, steps, lambda: step.lower(*args),
-                 bytes_per_chip(args))
+  """Protocol `name`'s step as `main` trains it (`supervised.setup`), on the
+  shapes of the encoder's initial variables."""
+  model = models.build_model(config.model, dtype=config.dtype)
+  encoder_shapes = modes.LoadedEncoder(
+      modes.EncoderSource(modes.RANDOM), 0, _initial_variables(config, model))
+  made = supervised.setup(name, config, mesh, info, encoder_shapes)
+  return _program(name, made.training, int(config[name].batch_size))
 
 
 _BUILDERS = {"pretrain": pretrain_program, "extract": extract_program,

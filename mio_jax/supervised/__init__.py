@@ -1,9 +1,9 @@
 """The supervised protocols: augmented linear evaluation and fine-tuning.
 
-Both train a linear classifier on the backbone's pooled features with
-labelled, augmented batches (`data.labelled`: random resized crop and
-flip only), SGD with momentum (`optim.classifier_optimizer`), then report
-top-1 and top-5 on the centre-resized test split:
+Both train on labelled, augmented batches (`data.labelled`: random resized
+crop and flip only) with SGD with momentum (`optim.classifier_optimizer`),
+a new linear head on the backbone's pooled features, then report top-1
+and top-5 on the centre-resized test split:
 
   * `linear_eval`: the backbone is frozen and only the head is trained.
     recipe "simclr" (default): SimCLR's, BYOL's and solo-learn's linear
@@ -20,20 +20,31 @@ top-1 and top-5 on the centre-resized test split:
     (SimCLR's semi-supervised fine-tuning), from a pretrained encoder or,
     as the baseline, from a random initialisation.
 
-The encoder comes from the orchestrator (`modes.load_encoder`); the task,
-its step and the loop are in `task`.
+The encoder comes from the orchestrator (`modes.load_encoder`). `setup`
+is the one place that turns (config, data set facts, encoder) into what
+the loop trains (`loop.Training`); `main` trains it, the compile check
+lowers its step. Each encoder gets its own folder,
+`<workdir>/<protocol>/step_000040/` (a pretraining step) or
+`.../file_<digest>/` (an exported or random encoder), so evaluating a newer
+step is a new run beside the older one's. The task, its step and its test
+pass are in `task`.
 """
+import dataclasses
 import os
-from typing import Optional
+from typing import Any, Mapping, Optional
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
+from mio_jax import checkpointing
 from mio_jax import errors
-from mio_jax import files
 from mio_jax import loop
+from mio_jax import mesh as mesh_lib
 from mio_jax import modes
 from mio_jax import optim
+from mio_jax import resume_guard
 from mio_jax.supervised import early_stopping
 from mio_jax.supervised import task as task_lib
 
@@ -108,12 +119,154 @@ def epochs(config: ml_collections.ConfigDict, name: str) -> float:
   return 60.0 if small else 30.0
 
 
+# ---- the set-up -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolSetup:
+  """What `setup` makes: the task (for the test pass) and its Training."""
+  task: task_lib.Task
+  training: loop.Training
+  frozen: Any  # the step's frozen backbone (linear_eval) or None
+
+
+def _labels(config: ml_collections.ConfigDict, name: str
+           ) -> tuple[Optional[float], Optional[int]]:
+  """(label fraction, labels per class) of protocol `name`'s subset; both
+  None for the whole split."""
+  if name != "finetune":
+    return None, None
+  section = config.finetune
+  per_class = int(section.labels_per_class or 0) or None
+  return (None if per_class else float(section.label_fraction)), per_class
+
+
+def estimated_examples(config: ml_collections.ConfigDict, info,
+                       name: str) -> int:
+  """The labelled examples protocol `name` trains on, from the split sizes
+  alone (a compile-only set-up reads no labels): exact for linear
+  evaluation and labels_per_class below the smallest class; for a label
+  fraction, the fraction of the split (the stratified subset rounds per
+  class)."""
+  section = config[name]
+  fraction, per_class = _labels(config, name)
+  if name == "linear_eval" and section.train_split:
+    from mio_jax.data import dataset  # pylint: disable=g-import-not-at-top
+    spec = dataset.dataset_spec(config)
+    return dataset.split_size(
+        spec, section.train_split,
+        dataset.split_lengths(spec, config.dataset.data_dir),
+        key="linear_eval.train_split")
+  num_train = int(info.num_eval_examples["train"])
+  if per_class:
+    return per_class * int(info.num_classes)
+  if fraction is not None and fraction < 1.0:
+    return max(1, int(round(fraction * num_train)))
+  return num_train
+
+
+def encoder_folder(workdir: str, name: str,
+                   encoder: modes.LoadedEncoder,
+                   identity: Mapping[str, Any]) -> str:
+  """Where protocol `name` trains on `encoder`: one folder per encoder.
+
+  `<workdir>/<name>/step_<step>` for a pretraining workdir's step, else
+  `file_<digest>` (an exported file, a random initialisation). A folder
+  of an earlier build (`<workdir>/<name>/checkpoints`) is used while it
+  holds this very encoder's run.
+  """
+  base = os.path.join(workdir, name)
+  stored = resume_guard.read(checkpointing.checkpoint_dir(base))
+  if stored is not None:
+    settings, _ = resume_guard.stored_settings(stored)
+    if settings.get("encoder.digest") == identity["digest"]:
+      return base
+  if encoder.source.kind == modes.WORKDIR:
+    return os.path.join(base, f"step_{encoder.step:06d}")
+  return os.path.join(base, f"file_{identity['digest']}")
+
+
+def setup(name: str, config: ml_collections.ConfigDict, mesh: Mesh, info,
+          encoder: modes.LoadedEncoder, *, workdir: Optional[str] = None,
+          dataset_identity: Optional[str] = None) -> ProtocolSetup:
+  """What protocol `name` ("linear_eval" | "finetune") trains: the one set-up.
+
+  info: `data.DatasetInfo` of config's data set. encoder: the variables
+  trained on (ShapeDtypeStructs for a compile-only set-up). workdir: the
+  command's --workdir: the labelled examples are read, the training gets
+  its batches, its folder (`encoder_folder`) and the record that guards
+  its resume (with dataset_identity); None: compile only, the example
+  count estimated (`estimated_examples`).
+  """
+  section = config[name]
+  public_code = section.get("recipe") == "public_code"
+  fraction, per_class = _labels(config, name)
+  labelled_set = None
+  if workdir is None:
+    num_examples = estimated_examples(config, info, name)
+  else:
+    # Imported here: the data package loads TensorFlow.
+    from mio_jax.data import labelled  # pylint: disable=g-import-not-at-top
+    labelled_set = labelled.labelled_set(config, fraction=fraction,
+                                         per_class=per_class,
+                                         split=section.get("train_split"))
+    num_examples = len(labelled_set.indices)
+  task = task_lib.make_task(config, mesh, name, num_examples=num_examples,
+                            num_classes=int(info.num_classes),
+                            epochs=epochs(config, name))
+  frozen = task_lib.frozen_backbone(task, encoder.variables)
+  init = (lambda variables: task_lib.init_state(
+      task, variables, best=early_stopping.initial_best(task, variables))
+         ) if public_code else (lambda variables: task_lib.init_state(
+             task, variables))
+  size = int(config.dataset.image_size)
+  sharding = mesh_lib.batch_sharding(mesh)
+  # The batch `data.labelled.labelled_batches` yields.
+  batch = {"image": jax.ShapeDtypeStruct((task.batch_size, size, size, 3),
+                                         jnp.float32, sharding=sharding),
+           "label": jax.ShapeDtypeStruct((task.batch_size,), jnp.int32,
+                                         sharding=sharding)}
+  runtime = {}
+  if workdir is not None:
+    from mio_jax import data  # pylint: disable=g-import-not-at-top
+    from mio_jax.data import labelled  # pylint: disable=g-import-not-at-top
+    identity = encoder.identity()
+    hflip = section.get("hflip")
+    if hflip is None:
+      hflip = bool(config.augment.hflip)
+    runtime = dict(
+        folder=encoder_folder(workdir, name, encoder, identity),
+        record=resume_guard.protocol_record(
+            name, config, identity, num_labelled=num_examples,
+            prepared_dataset=dataset_identity),
+        batches=lambda start_step: labelled.labelled_batches(
+            config, mesh, labelled=labelled_set, batch_size=task.batch_size,
+            crop_scale=tuple(section.crop_scale), hflip=hflip,
+            batch_key=f"config.{name}.batch_size", start_step=start_step),
+        notes=({SUBSET_FILE: labelled_set.description}
+               if fraction is not None or per_class is not None else {}))
+    if public_code:
+      runtime.update(
+          after_step=early_stopping.after_step_fn(
+              task, frozen, num_examples=num_examples,
+              validation_batches=data.split_passes(
+                  config, mesh, section.validation_split)),
+          stop=early_stopping.stopped_fn(int(section.patience)))
+  training = loop.Training(
+      name=name, mesh=mesh, step=task_lib.make_train_step(task), init=init,
+      init_args=(encoder.variables,), constants=(frozen,), batch=batch,
+      num_steps=task.total_steps, images_per_step=task.batch_size,
+      cadence=loop.Cadence.from_config(config),
+      keep_checkpoints=int(config.keep_checkpoints), **runtime)
+  return ProtocolSetup(task, training, frozen)
+
+
 # ---- the two protocols ---------------------------------------------------------
 
 
 def _protocol(name: str, config: ml_collections.ConfigDict, workdir: str,
-              mesh: Mesh, encoder: modes.Encoder, *, fraction=None,
-              per_class=None, logger: loop.Logger,
+              mesh: Mesh, encoder: modes.LoadedEncoder, *,
+              logger: loop.Logger,
               preemption: Optional[loop.PreemptionWatch]
              ) -> tuple[int, dict[str, float]]:
   """Trains protocol `name` on `encoder` and tests it: (steps, results).
@@ -124,77 +277,33 @@ def _protocol(name: str, config: ml_collections.ConfigDict, workdir: str,
   """
   if preemption is None:
     with loop.PreemptionWatch() as watch:
-      return _protocol(name, config, workdir, mesh, encoder, fraction=fraction,
-                       per_class=per_class, logger=logger, preemption=watch)
+      return _protocol(name, config, workdir, mesh, encoder, logger=logger,
+                       preemption=watch)
   # Imported here: the data package loads TensorFlow.
   from mio_jax import data  # pylint: disable=g-import-not-at-top
-  from mio_jax import distributed  # pylint: disable=g-import-not-at-top
-  from mio_jax.data import labelled  # pylint: disable=g-import-not-at-top
-  section = config[name]
-  public_code = section.get("recipe") == "public_code"
-  labelled_set = labelled.labelled_set(config, fraction=fraction,
-                                       per_class=per_class,
-                                       split=section.get("train_split"))
-  num_examples = len(labelled_set.indices)
-  task = task_lib.make_task(config, mesh, name, num_examples=num_examples,
-                            num_classes=data.dataset_info(config).num_classes,
-                            epochs=epochs(config, name))
-  directory = os.path.join(workdir, name)
-  settings = task_lib.run_settings(
-      config, encoder.identity(), num_labelled=num_examples,
-      prepared_dataset=data.dataset_spec(config).tfds_name)
-  # Checked before the subset is written: a refused resume must leave the
-  # record of the subset the kept checkpoints were trained on.
-  task_lib.guard_resume(directory, task, settings)
-  if fraction is not None or per_class is not None:
-    if distributed.is_main_process():
-      files.write_json(os.path.join(directory, SUBSET_FILE),
-                       labelled_set.description)
-  hflip = section.get("hflip")
-  if hflip is None:
-    hflip = bool(config.augment.hflip)
-
-  def batches_fn(start_step):
-    return labelled.labelled_batches(
-        config, mesh, labelled=labelled_set, batch_size=task.batch_size,
-        crop_scale=tuple(section.crop_scale), hflip=hflip,
-        batch_key=f"config.{name}.batch_size", start_step=start_step)
-
-  frozen = task_lib.frozen_backbone(task, encoder.variables)
-  stopping = {}
-  if public_code:
-    stopping = dict(
-        after_step=early_stopping.after_step_fn(
-            task, frozen, num_examples=num_examples,
-            validation_batches=data.split_passes(
-                config, mesh, section.validation_split)),
-        stop=early_stopping.stopped_fn(int(section.patience)))
-  state = task_lib.init_state(
-      task, encoder.variables,
-      best=early_stopping.initial_best(task, encoder.variables)
-      if public_code else None)
-  state = task_lib.train(task, state, frozen, batches_fn,
-                         directory=directory, settings=settings,
-                         config=config, logger=logger, preemption=preemption,
-                         **stopping)
-  kept = state.best if public_code else state
+  made = setup(name, config, mesh, data.dataset_info(config), encoder,
+               workdir=workdir,
+               dataset_identity=data.dataset_spec(config).tfds_name)
+  state = loop.train(made.training, logger=logger, preemption=preemption)
+  kept = state.best if made.training.stop is not None else state
   with preemption.interruptible():  # what it needs is saved
-    results = task_lib.accuracy(task, kept.params, kept.batch_stats, frozen,
+    results = task_lib.accuracy(made.task, kept.params, kept.batch_stats,
+                                made.frozen,
                                 data.eval_batches(config, mesh, "test"))
   return int(state.step), {f"{name}_{k}": results[k] for k in ("top1", "top5")}
 
 
 def linear_eval(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
-                encoder: modes.Encoder, *, logger: loop.Logger,
+                encoder: modes.LoadedEncoder, *, logger: loop.Logger,
                 preemption: Optional[loop.PreemptionWatch] = None
                ) -> tuple[int, dict[str, float]]:
   """Linear evaluation of the frozen `encoder` (config.linear_eval.recipe).
 
   The head is trained on augmented views of the labelled train split (or
-  config.linear_eval.train_split), checkpointed in `<workdir>/linear_eval/`;
-  a resume on another encoder (another digest of its variables) is
-  refused. Returns (the encoder's pretraining step, {"linear_eval_top1",
-  "linear_eval_top5"} on the test split).
+  config.linear_eval.train_split), checkpointed in the encoder's folder
+  under `<workdir>/linear_eval/` (`encoder_folder`). Returns (the
+  encoder's pretraining step, {"linear_eval_top1", "linear_eval_top5"} on
+  the test split).
   """
   check_linear_eval_config(config.linear_eval)
   _, results = _protocol("linear_eval", config, workdir, mesh, encoder,
@@ -203,22 +312,19 @@ def linear_eval(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
 
 
 def finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
-             encoder: modes.Encoder, *, logger: loop.Logger,
+             encoder: modes.LoadedEncoder, *, logger: loop.Logger,
              preemption: Optional[loop.PreemptionWatch] = None
             ) -> tuple[int, dict[str, float]]:
   """Fine-tunes `encoder`'s backbone + a new linear head on a labelled subset.
 
   The subset (config.finetune.label_fraction or labels_per_class) is
-  written to `<workdir>/finetune/subset.json`; checkpoints go to
-  `<workdir>/finetune/checkpoints`. Returns (fine-tuning steps,
-  {"finetune_top1", "finetune_top5"} on the test split).
+  written to `subset.json` in the encoder's folder under
+  `<workdir>/finetune/`, beside its checkpoints. Returns (fine-tuning
+  steps, {"finetune_top1", "finetune_top5"} on the test split).
   """
-  section = config.finetune
-  check_finetune_config(section)
-  per_class = int(section.labels_per_class or 0) or None
-  return _protocol("finetune", config, workdir, mesh, encoder,
-                   fraction=None if per_class else float(section.label_fraction),
-                   per_class=per_class, logger=logger, preemption=preemption)
+  check_finetune_config(config.finetune)
+  return _protocol("finetune", config, workdir, mesh, encoder, logger=logger,
+                   preemption=preemption)
 
 
 # Name (modes.Mode.trains) -> fn(config, workdir, mesh, encoder, *, logger,

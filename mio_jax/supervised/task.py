@@ -1,13 +1,10 @@
-"""A supervised run: its task, state, jitted step, training and test.
+"""A supervised protocol's task, state, jitted step and test pass.
 
 `make_task` builds what a protocol trains (network, optimizer, length),
 `init_state` its state from the encoder's variables, `make_train_step`
 the jitted data-parallel step (replicated parameters, batch sharded over
-`data`, state donated), and `train` hands them to the one training loop
-(`loop.run`: resume, non-finite guard, logging, checkpoints in
-`<directory>/checkpoints`, SIGTERM); the caller first checks with
-`guard_resume` that the directory holds this run's checkpoints. `accuracy`
-scores the head on any labelled split.
+`data`, state donated); `supervised.setup` hands them to the one training
+loop (`loop.train`). `accuracy` scores the head on any labelled split.
 """
 import dataclasses
 import functools
@@ -20,21 +17,14 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from mio_jax import checkpointing
 from mio_jax import loop
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
 from mio_jax import optim
-from mio_jax import resume_guard
 from mio_jax.evaluation import accuracy as accuracy_lib
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
-# Besides the config keys it depends on (resume_guard.guards_protocol),
-# what a supervised run's resume must keep: the encoder's variables and
-# step, the labelled examples. Where the encoder was read from may change
-# (a moved workdir, an export of the same step).
-_RUN_KEYS = ("encoder.digest", "encoder.step", "num_labelled")
 # How a frozen backbone's BatchNorm normalises while its head trains:
 # "running": its running statistics, untouched (SimCLR, BYOL, solo-learn);
 # "batch": the batch's, updating the running statistics the test then uses
@@ -221,58 +211,7 @@ def frozen_backbone(task: Task, variables: Mapping[str, Any]) -> Optional[dict]:
           "batch_stats": variables["batch_stats"]["backbone"]}
 
 
-# ---- training -----------------------------------------------------------------
-
-
-def run_settings(config: ml_collections.ConfigDict,
-                 encoder_identity: Mapping[str, Any],
-                 **extra: Any) -> dict[str, Any]:
-  """What a supervised run's checkpoints record: the whole config, the
-  encoder's identity (`modes.Encoder.identity`) and `extra`."""
-  return checkpointing.run_settings(
-      config, **{f"encoder.{k}": v for k, v in encoder_identity.items()},
-      **extra)
-
-
-def guard_resume(directory: str, task: Task,
-                 settings: Mapping[str, Any]) -> None:
-  """Raises CheckpointMismatchError if `directory` holds another run's steps."""
-  config_keys = resume_guard.guards_protocol(task.name)
-  checkpointing.refuse_changes(
-      directory, settings, lambda key: key in _RUN_KEYS or config_keys(key),
-      describe=lambda key, stored, new: (
-          f"{checkpointing.checkpoint_dir(directory)} holds a {task.name} "
-          f"run made with {key}={stored!r}, this one has {new!r}; delete "
-          "that folder or use another --workdir"))
-
-
-def train(task: Task, state: SupervisedState, frozen,
-          batches_fn: loop.BatchesFn, *, directory: str,
-          settings: Mapping[str, Any], config: ml_collections.ConfigDict,
-          logger: loop.Logger,
-          preemption: Optional[loop.PreemptionWatch] = None,
-          after_step: Optional[loop.AfterStep] = None,
-          stop: Optional[Callable[[Any], bool]] = None) -> SupervisedState:
-  """Trains `state` to task.total_steps in the one loop, resuming from `directory`.
-
-  Checkpoints (with `settings`, see `run_settings`) go to
-  `<directory>/checkpoints`, every config.checkpoint_every_steps; metrics
-  are logged as "<task.name>_<metric>". after_step / stop: as `loop.run`
-  (early stopping). Call `guard_resume` first: a protocol checks before it
-  writes anything beside the checkpoints. Raises loop.NonFiniteLossError
-  and SystemExit(0) after saving on SIGTERM.
-  """
-  step_fn = make_train_step(task)
-  with checkpointing.Checkpointer(directory, settings=settings,
-                                  keep=int(config.keep_checkpoints)
-                                 ) as checkpointer:
-    return loop.run(state, lambda state, batch: step_fn(state, frozen, batch),
-                    batches_fn, num_steps=task.total_steps,
-                    images_per_step=task.batch_size,
-                    checkpointer=checkpointer,
-                    cadence=loop.Cadence.from_config(config), logger=logger,
-                    preemption=preemption, name=task.name,
-                    after_step=after_step, stop=stop)
+# ---- the test pass ----------------------------------------------------------------
 
 
 # One program per task: early stopping scores the validation split after

@@ -1,9 +1,12 @@
-"""Pretraining, top to bottom: state, objective, update step, the run.
+"""Pretraining, top to bottom: state, objective, update step, its set-up.
 
-`pretrain(run, workdir)` guards and opens `<workdir>/checkpoints`, and
-hands the state, the jitted update step and the batches to the one
-training loop (`loop.run`: resume, non-finite guard, logging, hooks such
-as the online kNN, checkpoints, SIGTERM).
+`setup(config, mesh, facts, workdir=...)` is the one place that turns a
+config into what the loop trains (`loop.Training`): the initial state,
+the jitted update step, the batches (the data pipeline's), the checkpoint
+folder and its resume record. `main` trains it (`loop.train`: resume,
+non-finite guard, logging, hooks such as the online kNN, checkpoints,
+SIGTERM); the compile check and the benchmarks lower its very step
+(`loop.Training.lower`).
 
 The step runs unchanged on 1 CPU, 8 fake CPU devices or a TPU pod slice:
 parameters and optimizer state are replicated, the batch is split over the
@@ -12,20 +15,23 @@ the gradient all-reduce); the pair loss splits its anchors over the devices
 itself (`losses.make_loss(..., mesh=)`). The old state is donated.
 """
 import functools
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
+from jax.sharding import Mesh
 
-from mio_jax import checkpointing
 from mio_jax import errors
 from mio_jax import loop
 from mio_jax import mesh as mesh_lib
-from mio_jax import metric_logging
 from mio_jax import models
-from mio_jax.run import Run
+from mio_jax import resume_guard
+from mio_jax.recipe import DataFacts
+from mio_jax.recipe import Recipe
+from mio_jax.recipe import build_recipe
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -47,41 +53,40 @@ class TrainState:
 
   @property
   def variables(self) -> dict[str, Any]:
-    """What the encoder needs to run: {"params", "batch_stats"}."""
+    """What the encoder needs to recipe: {"params", "batch_stats"}."""
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-@functools.cache  # per Run (hashed by identity): compiled once per run
-def _init_fn(run: Run) -> Callable[[], TrainState]:
-  config = run.config
+@functools.cache  # per Recipe (hashed by identity): compiled once
+def _init_fn(recipe: Recipe) -> Callable[[], TrainState]:
 
   def init() -> TrainState:
-    variables = models.initial_variables(run.model, seed=config.seed,
-                                         image_size=config.dataset.image_size)
+    variables = models.initial_variables(recipe.model, seed=recipe.seed,
+                                         image_size=recipe.image_size)
     return TrainState(step=jnp.zeros((), jnp.int32),
                       params=variables["params"],
                       batch_stats=variables["batch_stats"],
-                      opt_state=run.optimizer.init(variables["params"]),
-                      rng=jax.random.key_data(models.initial_keys(config.seed)[1]),
-                      probe=_init_probe(run))
+                      opt_state=recipe.optimizer.init(variables["params"]),
+                      rng=jax.random.key_data(models.initial_keys(recipe.seed)[1]),
+                      probe=_init_probe(recipe))
 
-  return jax.jit(init, out_shardings=mesh_lib.replicated_sharding(run.mesh))
+  return jax.jit(init, out_shardings=mesh_lib.replicated_sharding(recipe.mesh))
 
 
-def _init_probe(run: Run) -> Optional[dict[str, Any]]:
-  if run.probe_optimizer is None:
+def _init_probe(recipe: Recipe) -> Optional[dict[str, Any]]:
+  if recipe.probe_optimizer is None:
     return None
-  dim = run.model.backbone.feature_dim
+  dim = recipe.model.backbone.feature_dim
   # Zeros: the probe starts at chance, and no key is drawn from the run's
   # stream, so the encoder is the same with and without it.
-  params = {"kernel": jnp.zeros((dim, run.num_classes)),
-            "bias": jnp.zeros((run.num_classes,))}
-  return {"params": params, "opt_state": run.probe_optimizer.init(params)}
+  params = {"kernel": jnp.zeros((dim, recipe.num_classes)),
+            "bias": jnp.zeros((recipe.num_classes,))}
+  return {"params": params, "opt_state": recipe.probe_optimizer.init(params)}
 
 
-def init_state(run: Run) -> TrainState:
-  """A freshly initialised state (seeded by config.seed), replicated."""
-  return _init_fn(run)()
+def init_state(recipe: Recipe) -> TrainState:
+  """A freshly initialised state (seeded by the recipe's seed), replicated."""
+  return _init_fn(recipe)()
 
 
 # ---- objective and update step ----------------------------------------------
@@ -138,8 +143,8 @@ def training_objective(model: models.Encoder, params: Any, batch_stats: Any,
   return loss_fn(u1, u2), (batch_stats, u1, u2, features)
 
 
-@functools.cache  # per Run (hashed by identity): compiled once per run
-def make_train_step(run: Run
+@functools.cache  # per Recipe (hashed by identity): compiled once
+def make_train_step(recipe: Recipe
                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The jitted update step; the input state is donated (do not reuse it).
 
@@ -150,22 +155,22 @@ def make_train_step(run: Run
   """
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    if run.augment_fn is not None:
-      batch = run.augment_fn(batch, state.step)
+    if recipe.augment_fn is not None:
+      batch = recipe.augment_fn(batch, state.step)
     # The per-step key goes to any stochastic layer (the ResNet has none);
     # derived from (state key, step) it is the same after a resume.
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng),
                                   state.step)
     (loss, (batch_stats, u1, u2, features)), grads = jax.value_and_grad(
         lambda params: training_objective(
-            run.model, params, state.batch_stats, batch, run.loss_fn,
-            bn_views=run.config.bn_views, rng=step_rng),
+            recipe.model, params, state.batch_stats, batch, recipe.loss_fn,
+            bn_views=recipe.bn_views, rng=step_rng),
         has_aux=True)(state.params)
-    updates, opt_state = run.optimizer.update(grads, state.opt_state,
+    updates, opt_state = recipe.optimizer.update(grads, state.opt_state,
                                               state.params)
     params = optax.apply_updates(state.params, updates)
     probe, probe_metrics = _probe_update(
-        run, state.probe, jax.lax.stop_gradient(features),
+        recipe, state.probe, jax.lax.stop_gradient(features),
         jnp.concatenate([batch["label"], batch["label"]]))
     new_state = state.replace(step=state.step + 1, params=params,
                               batch_stats=batch_stats, opt_state=opt_state,
@@ -174,19 +179,19 @@ def make_train_step(run: Run
         **probe_metrics,
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
-        "learning_rate": run.schedule(state.step),
+        "learning_rate": recipe.schedule(state.step),
         "params_finite": loop.all_finite(params).astype(jnp.float32),
-        **run.pair_metrics_fn(u1, u2),
+        **recipe.pair_metrics_fn(u1, u2),
     }
     return new_state, metrics
 
-  replicated = mesh_lib.replicated_sharding(run.mesh)
+  replicated = mesh_lib.replicated_sharding(recipe.mesh)
   return jax.jit(train_step,
-                 in_shardings=(replicated, mesh_lib.batch_sharding(run.mesh)),
+                 in_shardings=(replicated, mesh_lib.batch_sharding(recipe.mesh)),
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-def _probe_update(run: Run, probe: Optional[dict[str, Any]],
+def _probe_update(recipe: Recipe, probe: Optional[dict[str, Any]],
                   features: jax.Array, labels: jax.Array
                  ) -> tuple[Optional[dict[str, Any]], Metrics]:
   """One SGD step of the online linear probe on the labelled rows.
@@ -209,7 +214,7 @@ def _probe_update(run: Run, probe: Optional[dict[str, Any]],
 
   (loss, logits), grads = jax.value_and_grad(probe_loss, has_aux=True)(
       probe["params"])
-  updates, opt_state = run.probe_optimizer.update(grads, probe["opt_state"],
+  updates, opt_state = recipe.probe_optimizer.update(grads, probe["opt_state"],
                                                   probe["params"])
   hits = jnp.where(labelled, jnp.argmax(logits, axis=1) == labels, False)
   return ({"params": optax.apply_updates(probe["params"], updates),
@@ -218,7 +223,7 @@ def _probe_update(run: Run, probe: Optional[dict[str, Any]],
            "online_probe_top1": jnp.sum(hits) / count})
 
 
-# ---- the run ------------------------------------------------------------------
+# ---- the set-up ----------------------------------------------------------------
 
 
 def check_config(config) -> None:
@@ -228,41 +233,62 @@ def check_config(config) -> None:
   errors.check_one_of("bn_views", config.bn_views, BN_VIEWS)
 
 
-def _default_batches(run: Run) -> loop.BatchesFn:
-  # Imported lazily: tests and benchmarks run without TensorFlow data.
-  from mio_jax import data  # pylint: disable=g-import-not-at-top
-  return lambda start_step: data.pretrain_batches(run.config, run.mesh,
-                                                  start_step=start_step)
+def batch_spec(recipe: Recipe, *, on_device_colour: bool
+              ) -> dict[str, jax.ShapeDtypeStruct]:
+  """The batch the data pipeline yields (`data.pretrain_batches`), sharded:
+  normalised float32 views, or uint8 crops when the colour ops run on the
+  device, with each example's label and index in the split."""
+  size, rows = recipe.image_size, recipe.batch_size
+  views = jnp.uint8 if on_device_colour else jnp.float32
+  sharding = mesh_lib.batch_sharding(recipe.mesh)
+  image = jax.ShapeDtypeStruct((rows, size, size, 3), views, sharding=sharding)
+  row = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=sharding)
+  return {"view1": image, "view2": image, "label": row, "index": row}
 
 
-def pretrain(run: Run, workdir: str, *,
-             batches_fn: Optional[loop.BatchesFn] = None,
-             logger: Optional[loop.Logger] = None,
-             hooks: Sequence[loop.Hook] = (),
-             preemption: Optional[loop.PreemptionWatch] = None) -> TrainState:
-  """Pretrains (or resumes pretraining) and returns the final TrainState.
+@functools.lru_cache(maxsize=8)
+def _recipe(config: ml_collections.FrozenConfigDict, mesh: Mesh,
+            facts: DataFacts) -> Recipe:
+  return build_recipe(config, mesh, facts)
 
-  batches_fn(start_step): the batches of steps start_step, start_step+1, ...
-  (default: the data set's pipeline). The caller owns `logger` (and closes
-  it). Raises loop.NonFiniteLossError (naming the step) on a NaN/inf loss,
-  gradient norm or parameter, keeping the last good checkpoint; raises
-  SystemExit(0) after saving when preempted (SIGTERM); raises
-  CheckpointMismatchError when workdir holds checkpoints made with other
-  settings (see checkpointing.check_resume).
+
+def recipe_of(config: ml_collections.ConfigDict, mesh: Mesh,
+              facts: DataFacts) -> Recipe:
+  """`recipe.build_recipe`, one per (config values, mesh, facts): a config
+  set up again (a resume, a test's second run) reuses its compiled step."""
+  return _recipe(ml_collections.FrozenConfigDict(config), mesh, facts)
+
+
+def setup(config: ml_collections.ConfigDict, mesh: Mesh, facts: DataFacts, *,
+          workdir: Optional[str] = None,
+          batches: Optional[loop.BatchesFn] = None) -> loop.Training:
+  """What pretraining `config` on `mesh` trains: the one set-up.
+
+  facts: the data set's size, classes, normalisation and identity
+  (`recipe.DataFacts`). workdir: where the checkpoints go, with the record
+  that guards their resume; None sets up the step to be compiled only
+  (no batches). batches(start_step): the batches to train on (default:
+  the data set's pipeline, `data.pretrain_batches`).
+  Raises errors.InvalidValueError for a bad setting and
+  CheckpointMismatchError for a bad config.resume_allow_changes.
   """
-  config = run.config
-  derived = dict(steps_per_epoch=run.steps_per_epoch,
-                 prepared_dataset=run.prepared_dataset)
-  allowed_changes = checkpointing.check_resume(
-      workdir, config, total_steps=run.total_steps, **derived)
-  with checkpointing.Checkpointer(
-      workdir, keep=config.keep_checkpoints, allowed_changes=allowed_changes,
-      settings=checkpointing.run_settings(config, **derived)) as checkpointer:
-    return loop.run(
-        init_state(run), make_train_step(run),
-        _default_batches(run) if batches_fn is None else batches_fn,
-        num_steps=run.total_steps, images_per_step=int(config.batch_size),
-        checkpointer=checkpointer, cadence=loop.Cadence.from_config(config),
-        logger=(metric_logging.PrintLogger(jax.process_index() == 0)
-                if logger is None else logger),
-        preemption=preemption, hooks=hooks)
+  recipe = recipe_of(config, mesh, facts)
+  record = None
+  if workdir is not None:
+    record = resume_guard.pretraining_record(
+        config, total_steps=recipe.total_steps,
+        steps_per_epoch=recipe.steps_per_epoch, prepared_dataset=facts.identity)
+    if batches is None:
+      # Imported here: the data package loads TensorFlow, which a run on
+      # synthetic batches (tests, benchmarks) does not need.
+      from mio_jax import data  # pylint: disable=g-import-not-at-top
+      batches = lambda start_step: data.pretrain_batches(
+          config, mesh, start_step=start_step)
+  return loop.Training(
+      name="", mesh=mesh, step=make_train_step(recipe), init=_init_fn(recipe),
+      init_args=(), constants=(),
+      batch=batch_spec(recipe, on_device_colour=bool(config.augment.on_device)),
+      num_steps=recipe.total_steps, images_per_step=recipe.batch_size,
+      cadence=loop.Cadence.from_config(config),
+      keep_checkpoints=int(config.keep_checkpoints), folder=workdir,
+      record=record, batches=batches if workdir is not None else None)

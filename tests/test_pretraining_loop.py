@@ -14,9 +14,10 @@ import pytest
 import child_env
 from mio_jax import checkpointing
 from mio_jax import loop
+from mio_jax import pretraining
+from mio_jax import resume_guard
 from mio_jax import synthetic
-from mio_jax import train
-from pretrain_runner import open_checkpointer, tiny_config, tiny_run
+from pretrain_runner import open_checkpointer, pretrain, tiny_config, tiny_recipe
 
 TOTAL_STEPS = 6
 RUNNER = pathlib.Path(__file__).parent / "pretrain_runner.py"
@@ -26,6 +27,10 @@ class _RecordingLogger:
 
   def __init__(self):
     self.logged = []
+    self.started = []
+
+  def start(self, name, total_steps):
+    self.started.append((name, total_steps))
 
   def log(self, step, metrics):
     self.logged.append((step, metrics))
@@ -34,13 +39,10 @@ class _RecordingLogger:
     pass
 
 
-def _pretrain(workdir, run=None, hooks=(), batches_fn=None, logger=None):
-  run = tiny_run(total_steps=TOTAL_STEPS) if run is None else run
-  if batches_fn is None:
-    batches_fn = lambda start: synthetic.synthetic_batches(
-        run.config, run.mesh, start_step=start)
-  return train.pretrain(run, str(workdir), batches_fn=batches_fn,
-                        logger=logger or _RecordingLogger(), hooks=hooks)
+def _pretrain(workdir, config=None, hooks=(), batches_fn=None, logger=None):
+  config = tiny_config(total_steps=TOTAL_STEPS) if config is None else config
+  return pretrain(config, workdir, batches=batches_fn,
+                  logger=logger or _RecordingLogger(), hooks=hooks)
 
 
 def _host(state):
@@ -67,7 +69,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_uninterrupted_run_trains_and_saves(uninterrupted, tmp_path):
   assert int(uninterrupted.step) == TOTAL_STEPS
-  fresh = train.init_state(tiny_run(total_steps=TOTAL_STEPS))
+  fresh = pretraining.init_state(tiny_recipe(total_steps=TOTAL_STEPS))
   kernel = lambda s: np.asarray(s.params["projector"]["dense2"]["kernel"])
   assert not np.allclose(kernel(fresh), kernel(uninterrupted))
 
@@ -82,6 +84,16 @@ def test_resume_after_a_crash_is_bit_identical(uninterrupted, tmp_path):
   assert open_checkpointer(tmp_path, tiny_config()).latest_step() == 4
   resumed = _pretrain(tmp_path)  # resumes at 4, trains steps 5 and 6
   _assert_identical(_host(resumed), uninterrupted)
+
+
+def test_rerun_of_a_finished_run_says_nothing_is_left(tmp_path, capsys):
+  _pretrain(tmp_path)
+  logger = _RecordingLogger()
+  state = _pretrain(tmp_path, logger=logger)
+  assert int(state.step) == TOTAL_STEPS and not logger.logged
+  out = capsys.readouterr().out
+  assert f"Pretraining is finished (step {TOTAL_STEPS} of {TOTAL_STEPS}" in out
+  assert "nothing left to do" in out
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(uninterrupted,
@@ -104,8 +116,8 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(uninterrupted,
 # at once because its result (step 4) would be saved.
 @pytest.mark.parametrize("bad_step", [2, 3])
 def test_non_finite_loss_stops_naming_the_step(tmp_path, bad_step):
-  run = tiny_run(total_steps=TOTAL_STEPS)
-  config = run.config
+  config = tiny_config(total_steps=TOTAL_STEPS)
+  run = tiny_recipe(total_steps=TOTAL_STEPS)
 
   def batches_with_nan(start):
     for step, batch in enumerate(
@@ -115,11 +127,11 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, bad_step):
       yield batch
 
   with pytest.raises(loop.NonFiniteLossError, match=f"at step {bad_step}:"):
-    _pretrain(tmp_path, run=run, batches_fn=batches_with_nan)
+    _pretrain(tmp_path, config, batches_fn=batches_with_nan)
   # The last good checkpoint (step 2) is kept; no NaN state was saved.
   checkpointer = open_checkpointer(tmp_path, config)
   assert checkpointer.all_steps() == [2]
-  restored = checkpointer.restore(train.init_state(run))
+  restored = checkpointer.restore(pretraining.init_state(run))
   checkpointer.close()
   assert all(np.isfinite(np.asarray(x)).all()
              for x in jax.tree.leaves(restored.params))
@@ -152,11 +164,11 @@ def test_sigkill_mid_run_then_restart_matches_uninterrupted(uninterrupted,
   restart = subprocess.run(command, env=env, capture_output=True, text=True,
                            timeout=240)
   assert restart.returncode == 0, restart.stdout + restart.stderr
-  assert f"at step {max(killed_at)}." in restart.stdout
+  assert f"at step {max(killed_at)} of {TOTAL_STEPS}." in restart.stdout
   checkpointer = open_checkpointer(tmp_path, tiny_config())
   assert checkpointer.latest_step() == TOTAL_STEPS
-  final = checkpointer.restore(train.init_state(
-      tiny_run(total_steps=TOTAL_STEPS)))
+  final = checkpointer.restore(pretraining.init_state(
+      tiny_recipe(total_steps=TOTAL_STEPS)))
   checkpointer.close()
   _assert_identical(_host(final), uninterrupted)
 
@@ -184,17 +196,21 @@ def test_sigterm_during_a_long_hook_saves_within_seconds(tmp_path):
   checkpointer.close()
 
 
-def test_resume_with_a_changed_recipe_stops_naming_the_key(tmp_path):
-  _pretrain(tmp_path, run=tiny_run(total_steps=2))
+def test_resume_with_a_changed_recipe_stops_naming_every_key(tmp_path):
+  _pretrain(tmp_path, tiny_config(total_steps=2))
   with pytest.raises(checkpointing.CheckpointMismatchError,
-                     match=r"config.batch_size=16, this run has 8"):
-    _pretrain(tmp_path, run=tiny_run(total_steps=4, batch_size=8))
+                     match=r"config.batch_size=16, this run has 8") as err:
+    _pretrain(tmp_path, tiny_config(total_steps=4, batch_size=8))
+  # Every difference is named, none left as "n more settings".
+  assert "config.total_steps=2, this run has 4" in str(err.value)
+  assert "steps_per_epoch" not in str(err.value)  # 3 either way: 48 / 16
+  assert "more settings" not in str(err.value)
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match=r"config.total_steps=2, this run has 4.*"
                            r"resume_allow_changes=total_steps"):
-    _pretrain(tmp_path, run=tiny_run(total_steps=4))
+    _pretrain(tmp_path, tiny_config(total_steps=4))
   # Allowed on purpose: trains on, and the change is recorded.
-  state = _pretrain(tmp_path, run=tiny_run(
+  state = _pretrain(tmp_path, tiny_config(
       total_steps=4, resume_allow_changes="total_steps"))
   assert int(state.step) == 4
   metadata = checkpointing.read_metadata(str(tmp_path))
@@ -230,16 +246,17 @@ def test_early_stop_is_asked_only_when_after_step_reports(tmp_path):
 
   def train(directory):
     logger = _RecordingLogger()
-    with checkpointing.Checkpointer(str(directory), settings={"test": 1},
-                                    keep=2) as checkpointer:
-      state = loop.run(
-          _Counter(step=jnp.zeros((), jnp.int32),
-                   reports=jnp.zeros((), jnp.int32)),
-          step_fn, lambda start: iter(lambda: None, 1), num_steps=20,
-          images_per_step=1, checkpointer=checkpointer,
-          cadence=loop.Cadence(log_every_steps=100,
-                               checkpoint_every_steps=100),
-          logger=logger, after_step=after_step, stop=stop)
+    state = loop.train(loop.Training(
+        name="", mesh=None, step=step_fn,
+        init=lambda: _Counter(step=jnp.zeros((), jnp.int32),
+                              reports=jnp.zeros((), jnp.int32)),
+        init_args=(), constants=(), batch={}, num_steps=20,
+        images_per_step=1, cadence=loop.Cadence(log_every_steps=100,
+                                                checkpoint_every_steps=100),
+        keep_checkpoints=2, folder=str(directory),
+        record=resume_guard.Record({"test": 1}, lambda key: True),
+        batches=lambda start: iter(lambda: None, 1),
+        after_step=after_step, stop=stop), logger=logger)
     return state, logger
 
   state, logger = train(tmp_path)

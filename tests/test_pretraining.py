@@ -8,16 +8,16 @@ import pytest
 
 from mio_jax import loop
 from mio_jax import mesh as mesh_lib
-from mio_jax import run as run_lib
+from mio_jax import pretraining
+from mio_jax import recipe as recipe_lib
 from mio_jax import synthetic
-from mio_jax import train
-from pretrain_runner import build_tiny_run, tiny_config, tiny_run
+from pretrain_runner import build_tiny_recipe, tiny_config, tiny_recipe
 
 
 def _run_steps(config, mesh, num_steps):
-  run = build_tiny_run(config, mesh)
-  state = train.init_state(run)
-  step_fn = train.make_train_step(run)
+  run = build_tiny_recipe(config, mesh)
+  state = pretraining.init_state(run)
+  step_fn = pretraining.make_train_step(run)
   losses = []
   for step in range(num_steps):
     state, metrics = step_fn(state,
@@ -39,16 +39,16 @@ def test_one_device_equals_eight_devices_with_batchnorm():
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
                                  atol=1e-6)
   # The parameters moved (a step that changes nothing would also "match").
-  fresh = train.init_state(tiny_run())
+  fresh = pretraining.init_state(tiny_recipe())
   kernel = lambda s: np.asarray(s.params["projector"]["dense2"]["kernel"])
   assert not np.allclose(kernel(fresh), kernel(state8))
 
 
 def test_total_steps_override_and_check_finite_names_step():
   config = tiny_config(total_steps=None, num_epochs=4)
-  assert run_lib.total_steps(config, 7) == 28
+  assert recipe_lib.total_steps(config, 7) == 28
   config.total_steps = 5
-  assert run_lib.total_steps(config, 7) == 5
+  assert recipe_lib.total_steps(config, 7) == 5
   loop.check_finite(3, {"loss": 1.0, "grad_norm": 2.0, "params_finite": 1.0})
   with pytest.raises(loop.NonFiniteLossError, match="at step 12"):
     loop.check_finite(12, {"loss": 1.0, "grad_norm": np.inf})
@@ -59,14 +59,15 @@ def test_total_steps_override_and_check_finite_names_step():
 
 
 def test_step_reports_non_finite_updated_parameters():
-  run = tiny_run()
-  step_fn = train.make_train_step(run)
-  batch = lambda: synthetic.synthetic_batch(run.config, run.mesh, 0)
-  _, metrics = step_fn(train.init_state(run), batch())
+  config = tiny_config()
+  run = build_tiny_recipe(config)
+  step_fn = pretraining.make_train_step(run)
+  batch = lambda: synthetic.synthetic_batch(config, run.mesh, 0)
+  _, metrics = step_fn(pretraining.init_state(run), batch())
   assert float(metrics["params_finite"]) == 1.0
   # An infinite momentum: loss and gradient finite, the update not. (The
   # same compiled step: an infinite learning rate would compile another.)
-  state = train.init_state(run)
+  state = pretraining.init_state(run)
   infinite = lambda x: (jnp.full_like(x, jnp.inf)
                         if jnp.issubdtype(x.dtype, jnp.floating) else x)
   _, metrics = step_fn(
@@ -88,13 +89,15 @@ def test_online_probe_learns_without_touching_the_encoder():
   mesh = mesh_lib.make_data_mesh()
   config = tiny_config()
   runs = {
-      "without": run_lib.build_run(config, mesh, steps_per_epoch=3),
-      "with": run_lib.build_run(config, mesh, steps_per_epoch=3,
-                                num_classes=synthetic.NUM_CLASSES),
+      "without": recipe_lib.build_recipe(
+          config, mesh, recipe_lib.DataFacts(num_examples=48)),
+      "with": recipe_lib.build_recipe(
+          config, mesh, recipe_lib.DataFacts(
+              num_examples=48, num_classes=synthetic.NUM_CLASSES)),
   }
   states, metrics = {}, {}
   for name, run in runs.items():
-    state, step_fn = train.init_state(run), train.make_train_step(run)
+    state, step_fn = pretraining.init_state(run), pretraining.make_train_step(run)
     for step in range(3):
       batch = synthetic.synthetic_batch(config, mesh, step)
       if step == 1:  # rows without a label (STL-10's unlabelled split)
@@ -119,17 +122,17 @@ def test_online_probe_learns_without_touching_the_encoder():
 
 def test_per_view_batch_norm_differs_from_joint_and_updates_twice():
   mesh = mesh_lib.make_data_mesh()
-  joint = build_tiny_run(tiny_config(), mesh)
-  per_view = build_tiny_run(tiny_config(bn_views="per_view"), mesh)
-  batch = synthetic.synthetic_batch(joint.config, mesh, 0)
-  state = train.init_state(joint)
+  joint = build_tiny_recipe(tiny_config(), mesh)
+  per_view = build_tiny_recipe(tiny_config(bn_views="per_view"), mesh)
+  batch = synthetic.synthetic_batch(tiny_config(), mesh, 0)
+  state = pretraining.init_state(joint)
   outputs = {}
   for name, run in (("joint", joint), ("per_view", per_view)):
     # Jitted: one compile per objective (op by op, each of its hundreds of
     # primitives compiles for 8 devices on its own).
     outputs[name] = jax.jit(functools.partial(
-        train.training_objective, run.model, loss_fn=run.loss_fn,
-        bn_views=run.config.bn_views))(state.params, state.batch_stats, batch)
+        pretraining.training_objective, run.model, loss_fn=run.loss_fn,
+        bn_views=run.bn_views))(state.params, state.batch_stats, batch)
   assert not np.isclose(float(outputs["joint"][0]),
                         float(outputs["per_view"][0]))
   # Per view: view 1 alone gives the same projections as a pass of view 1.
