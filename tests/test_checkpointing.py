@@ -6,14 +6,22 @@ import pytest
 
 from mio_jax import checkpointing
 from mio_jax import mesh as mesh_lib
+from mio_jax import pretraining
 from mio_jax import resume_guard
-from mio_jax import train
-from pretrain_runner import (assert_trees_equal, build_tiny_run,
-                             open_checkpointer, tiny_config, tiny_run)
+from pretrain_runner import (assert_trees_equal, build_tiny_recipe,
+                             open_checkpointer, tiny_config, tiny_recipe)
 
 
 def _state(**overrides):
-  return train.init_state(tiny_run(**overrides))
+  return pretraining.init_state(tiny_recipe(**overrides))
+
+
+def _pretraining(config):
+  return resume_guard.pretraining_record(config)
+
+
+def _architecture(config):
+  return resume_guard.architecture_record(config)
 
 
 def test_save_restore_roundtrip_is_exact(tmp_path):
@@ -53,20 +61,19 @@ def test_checkpoints_of_another_model_are_refused(tmp_path):
   checkpointer.save(_state())
   checkpointer.close()
   metadata = checkpointing.read_metadata(str(tmp_path))
-  assert metadata["settings"] == checkpointing.run_settings(config)
+  assert metadata["settings"] == dict(_pretraining(config).settings)
 
   other = tiny_config()
   other.model.width_multiplier = 1.0
   assert resume_guard.differences(
-      metadata, checkpointing.run_settings(other),
+      metadata, _pretraining(other).settings,
       resume_guard.ARCHITECTURE_KEYS.__contains__) == [
           ("model.width_multiplier", 0.5, 1.0)]
-  checkpointing.check_resume(str(tmp_path), config)  # the same: fine
-  for architecture_only in (True, False):
+  checkpointing.check_resume(str(tmp_path), _pretraining(config))  # fine
+  for record in (_architecture, _pretraining):
     with pytest.raises(checkpointing.CheckpointMismatchError,
                        match="another model.*width_multiplier=0.5.*1.0"):
-      checkpointing.check_resume(str(tmp_path), other,
-                                 architecture_only=architecture_only)
+      checkpointing.check_resume(str(tmp_path), record(other))
   with pytest.raises(checkpointing.CheckpointMismatchError):
     checkpointing.restore_variables(str(tmp_path), other,
                                     mesh_lib.make_data_mesh())
@@ -74,8 +81,8 @@ def test_checkpoints_of_another_model_are_refused(tmp_path):
   other = tiny_config(seed=3)
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match="config.seed=0, this run has 3"):
-    checkpointing.check_resume(str(tmp_path), other)
-  checkpointing.check_resume(str(tmp_path), other, architecture_only=True)
+    checkpointing.check_resume(str(tmp_path), _pretraining(other))
+  checkpointing.check_resume(str(tmp_path), _architecture(other))
 
 
 def test_first_build_metadata_is_still_understood(tmp_path):
@@ -86,8 +93,8 @@ def test_first_build_metadata_is_still_understood(tmp_path):
       {"model": config.model.to_dict(), "loss": "bce", "optimizer": "lars"}))
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match="config.loss='bce', this run has 'mio'"):
-    checkpointing.check_resume(str(tmp_path), config)
-  checkpointing.check_resume(str(tmp_path), config, architecture_only=True)
+    checkpointing.check_resume(str(tmp_path), _pretraining(config))
+  checkpointing.check_resume(str(tmp_path), _architecture(config))
 
 
 def test_restore_variables_of_any_saved_step(tmp_path):
@@ -123,7 +130,8 @@ def test_structure_mismatch_at_restore_is_a_clear_error(tmp_path):
   # would refuse it first is bypassed): the shapes differ.
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match="does not match"):
-    checkpointer.restore(train.init_state(build_tiny_run(_other_config())))
+    checkpointer.restore(pretraining.init_state(
+        build_tiny_recipe(_other_config())))
   checkpointer.close()
 
 

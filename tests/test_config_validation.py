@@ -67,12 +67,13 @@ def test_bad_augmentation_value_is_a_config_error():
 
 def test_workdir_with_another_models_checkpoint_is_a_config_error(tmp_path):
   from mio_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from mio_jax import resume_guard  # pylint: disable=g-import-not-at-top
   trained = digits_config()
   trained.model.name = "resnet50"
   directory = checkpointing.checkpoint_dir(str(tmp_path))
   (directory / "3").mkdir(parents=True)  # a saved step
   (directory / checkpointing.METADATA_FILE).write_text(json.dumps(
-      {"settings": checkpointing.run_settings(trained)}))
+      {"settings": dict(resume_guard.pretraining_record(trained).settings)}))
   config_validation.validate_workdir(str(tmp_path), trained)  # same model: fine
   with pytest.raises(config_validation.ConfigError,
                      match="another model.*resnet50"):

@@ -6,14 +6,14 @@ import pytest
 
 from mio_jax import export
 from mio_jax import mesh as mesh_lib
-from mio_jax import train
+from mio_jax import pretraining
 from pretrain_runner import (assert_trees_equal, open_checkpointer, tiny_config,
-                             tiny_run)
+                             tiny_recipe)
 
 
 def test_export_and_load_back_the_backbone(tmp_path):
   config = tiny_config()
-  state = jax.tree.map(lambda x: x + 1, train.init_state(tiny_run()))
+  state = jax.tree.map(lambda x: x + 1, pretraining.init_state(tiny_recipe()))
   checkpointer = open_checkpointer(tmp_path, config)
   for step in (2, 4):
     checkpointer.save(state.replace(step=np.int32(step)))
@@ -42,7 +42,7 @@ def test_export_and_load_back_the_backbone(tmp_path):
 def test_an_export_of_another_network_is_refused(tmp_path):
   config = tiny_config()
   checkpointer = open_checkpointer(tmp_path, config)
-  checkpointer.save(train.init_state(tiny_run()))
+  checkpointer.save(pretraining.init_state(tiny_recipe()))
   checkpointer.close()
   out = str(tmp_path / "encoder.msgpack")
   export.export_encoder(str(tmp_path), config, out)

@@ -7,7 +7,7 @@ from mio_jax import checkpointing
 from mio_jax import config_base
 from mio_jax import config_validation
 from mio_jax import resume_guard
-from mio_jax import train
+from mio_jax import pretraining
 
 
 def _config(**overrides):
@@ -18,13 +18,22 @@ def _config(**overrides):
   return config
 
 
+def _settings(config, **derived):
+  return dict(resume_guard.pretraining_record(config, **derived).settings)
+
+
 def _record(workdir, config, **derived):
   directory = checkpointing.checkpoint_dir(str(workdir))
   directory.mkdir(parents=True, exist_ok=True)
-  checkpointing.files.write_json(
+  resume_guard.files.write_json(
       directory / checkpointing.METADATA_FILE,
       {"format": resume_guard.FORMAT,
-       "settings": checkpointing.run_settings(config, **derived)})
+       "settings": _settings(config, **derived)})
+
+
+def _check(workdir, config, **derived):
+  return checkpointing.check_resume(
+      str(workdir), resume_guard.pretraining_record(config, **derived))
 
 
 # Each accepted silently by the guard's former key list (issue 19).
@@ -46,8 +55,8 @@ def test_every_recipe_key_is_guarded(tmp_path, key, value):
   _record(tmp_path, _config())
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match=f"config.{key}=.*resume_allow_changes={key}"):
-    checkpointing.check_resume(str(tmp_path), _config(**{key: value}))
-  checkpointing.check_resume(str(tmp_path), _config(
+    _check(tmp_path, _config(**{key: value}))
+  _check(tmp_path, _config(
       **{key: value, "resume_allow_changes": key}))
 
 
@@ -61,37 +70,35 @@ def test_every_recipe_key_is_guarded(tmp_path, key, value):
     ("logging.wandb_mode", "online")])
 def test_cadence_evaluation_and_paths_may_change_freely(tmp_path, key, value):
   _record(tmp_path, _config())
-  assert checkpointing.check_resume(str(tmp_path),
-                                    _config(**{key: value})) == []
+  assert _check(tmp_path, _config(**{key: value})) == []
 
 
 def test_a_key_the_record_predates_is_compared_with_its_default(tmp_path):
   directory = checkpointing.checkpoint_dir(str(tmp_path))
   directory.mkdir(parents=True)
-  settings = checkpointing.run_settings(_config())
+  settings = _settings(_config())
   del settings["optimizer.final_lr"]  # as if added to the config later
-  checkpointing.files.write_json(
+  resume_guard.files.write_json(
       directory / checkpointing.METADATA_FILE,
       {"format": resume_guard.FORMAT, "settings": settings})
-  checkpointing.check_resume(str(tmp_path), _config())  # its default: fine
+  _check(tmp_path, _config())  # its default: fine
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match="config.optimizer.final_lr=0.0, this run has 0.1"):
-    checkpointing.check_resume(str(tmp_path),
-                               _config(**{"optimizer.final_lr": 0.1}))
+    _check(tmp_path, _config(**{"optimizer.final_lr": 0.1}))
 
 
 def test_other_data_stop_a_resume_by_their_derived_values(tmp_path):
   _record(tmp_path, _config(), steps_per_epoch=93,
           prepared_dataset="image_folder/cats_32px_abc")
-  checkpointing.check_resume(str(tmp_path), _config(), steps_per_epoch=93,
+  _check(tmp_path, _config(), steps_per_epoch=93,
                              prepared_dataset="image_folder/cats_32px_abc")
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match=r"made with prepared_dataset='image_folder/cats_"):
-    checkpointing.check_resume(str(tmp_path), _config(), steps_per_epoch=93,
+    _check(tmp_path, _config(), steps_per_epoch=93,
                                prepared_dataset="image_folder/cats_32px_def")
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match=r"made with steps_per_epoch=93, this run has 94"):
-    checkpointing.check_resume(str(tmp_path), _config(), steps_per_epoch=94)
+    _check(tmp_path, _config(), steps_per_epoch=94)
 
 
 @pytest.mark.parametrize("key", ["online_probe.enabled", "optimizer.name",
@@ -107,11 +114,11 @@ def test_a_change_of_the_saved_states_structure_cannot_be_allowed(key):
 def test_gradient_clipping_may_change_its_norm_but_not_appear(tmp_path):
   _record(tmp_path, _config(**{"optimizer.grad_clip_norm": 1.0}))
   allowed = "optimizer.grad_clip_norm"
-  checkpointing.check_resume(str(tmp_path), _config(**{
+  _check(tmp_path, _config(**{
       "optimizer.grad_clip_norm": 2.0, "resume_allow_changes": allowed}))
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match="cannot change from 1.0 to None on resume"):
-    checkpointing.check_resume(str(tmp_path), _config(**{
+    _check(tmp_path, _config(**{
         "optimizer.grad_clip_norm": None, "resume_allow_changes": allowed}))
 
 
@@ -129,25 +136,24 @@ def test_an_earlier_builds_record_is_read_and_upgraded_on_the_next_save(
   directory = checkpointing.checkpoint_dir(str(tmp_path))
   directory.mkdir(parents=True)
   # The second build's record: chosen keys, the effective run length.
-  checkpointing.files.write_json(directory / checkpointing.METADATA_FILE, {
+  resume_guard.files.write_json(directory / checkpointing.METADATA_FILE, {
       "settings": {"model.name": "resnet18", "batch_size": 512,
                    "total_steps": 600, "steps_per_epoch": 3},
       "changes": [{"key": "total_steps", "from": 300, "to": 600,
                    "from_step": 10}]})
-  checkpointing.check_resume(str(tmp_path), config, steps_per_epoch=3,
+  _check(tmp_path, config, steps_per_epoch=3,
                              total_steps=600)
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match="config.total_steps=600, this run has 900"):
-    checkpointing.check_resume(str(tmp_path), config, steps_per_epoch=3,
+    _check(tmp_path, config, steps_per_epoch=3,
                                total_steps=900)
-  state = train.TrainState(step=jnp.asarray(11, jnp.int32),
-                           params={"w": jnp.zeros(2)}, batch_stats={},
-                           opt_state={}, rng=jax.random.key_data(
-                               jax.random.key(0)))
+  state = pretraining.TrainState(step=jnp.asarray(11, jnp.int32),
+                                 params={"w": jnp.zeros(2)}, batch_stats={},
+                                 opt_state={}, rng=jax.random.key_data(
+                                     jax.random.key(0)))
   with checkpointing.Checkpointer(
-      str(tmp_path), keep=1,
-      settings=checkpointing.run_settings(config, steps_per_epoch=3)
-  ) as checkpointer:
+      str(tmp_path), keep=1, record=resume_guard.pretraining_record(
+          config, steps_per_epoch=3, total_steps=600)) as checkpointer:
     checkpointer.save(state)
   metadata = checkpointing.read_metadata(str(tmp_path))
   assert metadata["format"] == resume_guard.FORMAT

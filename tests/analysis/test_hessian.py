@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from mio_jax import losses
 from mio_jax.analysis import spectrum
-from pretrain_runner import open_checkpointer, tiny_config, tiny_run
+from pretrain_runner import open_checkpointer, tiny_config, tiny_recipe
 
 NUM_IMAGES, INPUT_DIM, HIDDEN_DIM, OUTPUT_DIM = 6, 5, 10, 6
 
@@ -180,8 +180,8 @@ def test_bad_arguments_name_the_fix(x64):
 
 def _saved_checkpoint(workdir, config, step):
   """A fresh resnet_tiny state saved as the checkpoint of `step` in workdir."""
-  from mio_jax import train
-  state = train.init_state(tiny_run()).replace(step=jnp.int32(step))
+  from mio_jax import pretraining
+  state = pretraining.init_state(tiny_recipe()).replace(step=jnp.int32(step))
   checkpointer = open_checkpointer(workdir, config)
   checkpointer.save(state)
   checkpointer.close()
@@ -192,7 +192,7 @@ def test_analyze_checkpoint_writes_json_and_png(tmp_path):
   import json
 
   from mio_jax import synthetic
-  from mio_jax import train
+  from mio_jax import pretraining
   from mio_jax.analysis import hessian
 
   config = tiny_config()
@@ -209,8 +209,8 @@ def test_analyze_checkpoint_writes_json_and_png(tmp_path):
       x.size for x in jax.tree.leaves(state.params["projector"]))
   # The analysed loss is the training loss: the train step's loss on the
   # batch of the same step at the same parameters (the config's loss is mio).
-  run = tiny_run()
-  _, metrics = train.make_train_step(run)(
+  run = tiny_recipe()
+  _, metrics = pretraining.make_train_step(run)(
       jax.tree.map(jnp.copy, state),
       synthetic.synthetic_batch(config, run.mesh, step))
   np.testing.assert_allclose(results["losses"]["mio"]["loss"],
