@@ -20,8 +20,9 @@ from mio_jax import modes
 from mio_jax import supervised
 from mio_jax.supervised import early_stopping
 from mio_jax.supervised import task as task_lib
-from mio_jax import train
-from mio_jax.data import labelled
+from mio_jax import pretraining
+from mio_jax import resume_guard
+from mio_jax import data
 
 
 def tiny_config(data_dir) -> "config_base.ml_collections.ConfigDict":
@@ -60,6 +61,10 @@ class ListLogger:
 
   def __init__(self, crash_at=None):
     self.lines, self.crash_at = [], crash_at
+    self.started = []
+
+  def start(self, name, total_steps):
+    self.started.append((name, total_steps))
 
   def log(self, step, metrics):
     self.lines.append((step, dict(metrics)))
@@ -70,8 +75,8 @@ class ListLogger:
     pass
 
 
-def _encoder(variables, step=7):
-  return modes.Encoder(modes.EncoderSource(modes.RANDOM), step, variables)
+def _encoder(variables, step=7, source=modes.EncoderSource(modes.RANDOM)):
+  return modes.LoadedEncoder(source, step, variables)
 
 
 def test_linear_eval_trains_the_head_only_and_reports_top1_top5(setup,
@@ -86,23 +91,54 @@ def test_linear_eval_trains_the_head_only_and_reports_top1_top5(setup,
   steps = [step for step, _ in logger.lines]
   assert steps == [2, 4, 5]  # SimCLR's count: 1500 * 0.2 // 64 + 1
   assert all(np.isfinite(m["linear_eval_loss"]) for _, m in logger.lines)
-  assert (tmp_path / "linear_eval" / "checkpoints" / "5").exists()
-  # A rerun on another encoder is refused instead of reporting a head
-  # trained on the first one: another step of it, or other variables.
-  with pytest.raises(checkpointing.CheckpointMismatchError,
-                     match="encoder.step=7"):
-    supervised.linear_eval(config, str(tmp_path), mesh,
-                           _encoder(variables, step=8), logger=logger)
+  assert logger.started == [("linear_eval", 5)]  # progress: step N/5, ETA
+  digest = _encoder(variables).identity()["digest"]
+  folder = tmp_path / "linear_eval" / f"file_{digest}"
+  assert (folder / "checkpoints" / "5").exists()
+  # Other variables are another encoder: a run of their own beside it.
   other = jax.tree.map(lambda x: x * 1.01, variables)
-  with pytest.raises(checkpointing.CheckpointMismatchError,
-                     match="encoder.digest="):
-    supervised.linear_eval(config, str(tmp_path), mesh, _encoder(other),
-                           logger=logger)
+  supervised.linear_eval(config, str(tmp_path), mesh, _encoder(other),
+                         logger=ListLogger())
+  assert len(list((tmp_path / "linear_eval").iterdir())) == 2
   # The same variables reached by another path resume the finished head.
-  moved = modes.Encoder(modes.EncoderSource(modes.FILE, "elsewhere"), 7,
-                        variables)
+  moved = _encoder(variables, source=modes.EncoderSource(modes.FILE,
+                                                         "elsewhere"))
   assert supervised.linear_eval(config, str(tmp_path), mesh, moved,
                                 logger=logger) == (step, results)
+  # A head of other settings in the encoder's folder is refused, every
+  # differing setting named.
+  changed = config.copy_and_resolve_references()
+  changed.linear_eval.base_lr = 0.5
+  changed.linear_eval.momentum = 0.5
+  with pytest.raises(checkpointing.CheckpointMismatchError) as err:
+    supervised.linear_eval(changed, str(tmp_path), mesh, _encoder(variables),
+                           logger=logger)
+  assert "config.linear_eval.base_lr=" in str(err.value)
+  assert "config.linear_eval.momentum=0.9, this run has 0.5" in str(err.value)
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match="encoder.step=7, this run has 8"):
+    supervised.linear_eval(config, str(tmp_path), mesh,
+                           _encoder(variables, step=8), logger=logger)
+
+
+def test_each_pretraining_step_gets_its_own_folder_and_old_ones_resume(
+    tmp_path):
+  source = modes.EncoderSource(modes.WORKDIR, "W", 40)
+  encoder = _encoder({}, step=40, source=source)
+  identity = {"digest": "abc"}
+  assert supervised.encoder_folder(str(tmp_path), "linear_eval", encoder,
+                                   identity) == str(
+                                       tmp_path / "linear_eval" / "step_000040")
+  # A folder of an earlier build holding this encoder's run is used on.
+  legacy = checkpointing.checkpoint_dir(str(tmp_path / "linear_eval"))
+  legacy.mkdir(parents=True)
+  resume_guard.files.write_json(legacy / resume_guard.METADATA_FILE, {
+      "format": resume_guard.FORMAT, "settings": {"encoder.digest": "abc"}})
+  assert supervised.encoder_folder(str(tmp_path), "linear_eval", encoder,
+                                   identity) == str(tmp_path / "linear_eval")
+  assert supervised.encoder_folder(
+      str(tmp_path), "linear_eval", encoder, {"digest": "def"}).endswith(
+          "step_000040")
 
 
 def test_linear_eval_step_uses_the_frozen_backbone_in_eval_mode(setup):
@@ -138,40 +174,38 @@ def test_linear_eval_step_uses_the_frozen_backbone_in_eval_mode(setup):
   jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(frozen))
 
 
-def _finetune_task(config, mesh, num_examples):
-  return task_lib.make_task(config, mesh, "finetune",
-                            num_examples=num_examples, num_classes=10,
-                            epochs=config.finetune.epochs)
+def _fit(config, mesh, variables, workdir, logger):
+  """Fine-tunes `variables` in workdir as `main` does; (state, setup)."""
+  made = supervised.setup("finetune", config, mesh, data.dataset_info(config),
+                          _encoder(variables), workdir=str(workdir))
+  return loop.train(made.training, logger=logger), made
 
 
-def _fit(task, config, variables, labelled_set, directory, logger):
-  def batches_fn(start_step):
-    return labelled.labelled_batches(
-        config, task.mesh, labelled=labelled_set, batch_size=task.batch_size,
-        crop_scale=(0.5, 1.0), hflip=True,
-      batch_key="config.finetune.batch_size",
-        start_step=start_step)
-
-  return task_lib.train(
-      task, task_lib.init_state(task, variables), None, batches_fn,
-      directory=str(directory), settings={"test": 1}, config=config,
-      logger=logger)
+def _saved(made):
+  return checkpointing.saved_steps(made.training.folder)
 
 
-def test_finetune_resume_after_a_crash_is_bit_identical(setup, tmp_path):
+def test_finetune_resume_after_a_crash_is_bit_identical(setup, tmp_path,
+                                                       capsys):
   config, mesh, variables = setup
-  labelled_set = labelled.labelled_set(config, fraction=0.1)
-  task = _finetune_task(config, mesh, len(labelled_set.indices))
-  assert task.total_steps == 7  # SimCLR's count: 149 * 1.5 // 32 + 1
-  whole = _fit(task, config, variables, labelled_set, tmp_path / "whole",
-               ListLogger())
+  whole, made = _fit(config, mesh, variables, tmp_path / "whole", ListLogger())
+  assert made.task.total_steps == 7  # SimCLR's count: 149 * 1.5 // 32 + 1
   with pytest.raises(RuntimeError, match="crash"):  # after step 4's log,
-    _fit(task, config, variables, labelled_set, tmp_path / "crashed",
+    _fit(config, mesh, variables, tmp_path / "crashed",
          ListLogger(crash_at=4))  # before step 4 is saved
-  assert checkpointing.saved_steps(str(tmp_path / "crashed")) == [2]
-  resumed = _fit(task, config, variables, labelled_set, tmp_path / "crashed",
-                 ListLogger())
+  made = supervised.setup("finetune", config, mesh, data.dataset_info(config),
+                          _encoder(variables), workdir=str(tmp_path / "crashed"))
+  assert _saved(made) == [2]
+  capsys.readouterr()
+  resumed, made = _fit(config, mesh, variables, tmp_path / "crashed",
+                       ListLogger())
   assert int(resumed.step) == 7
+  assert "Resumed finetune from" in capsys.readouterr().out
+  # A rerun of the finished run trains nothing and says so.
+  logger = ListLogger()
+  _fit(config, mesh, variables, tmp_path / "crashed", logger)
+  assert not logger.lines
+  assert "Finetune is finished (step 7 of 7" in capsys.readouterr().out
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole.params),
                jax.device_get(resumed.params))
   jax.tree.map(np.testing.assert_array_equal,
@@ -187,8 +221,6 @@ def test_finetune_resume_after_a_crash_is_bit_identical(setup, tmp_path):
 
 def test_sigterm_saves_the_current_step_and_exits_0(setup, tmp_path):
   config, mesh, variables = setup
-  labelled_set = labelled.labelled_set(config, fraction=0.1)
-  task = _finetune_task(config, mesh, len(labelled_set.indices))
 
   class SigtermAtStep2(ListLogger):
 
@@ -198,21 +230,21 @@ def test_sigterm_saves_the_current_step_and_exits_0(setup, tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
 
   with pytest.raises(SystemExit) as exit_info:
-    _fit(task, config, variables, labelled_set, tmp_path, SigtermAtStep2())
+    _fit(config, mesh, variables, tmp_path, SigtermAtStep2())
   assert exit_info.value.code == 0
   # Received while step 2 was logged: step 2 is saved, nothing after it.
-  assert checkpointing.saved_steps(str(tmp_path)) == [2]
+  folder = next((tmp_path / "finetune").iterdir())
+  assert checkpointing.saved_steps(str(folder)) == [2]
 
 
 def test_a_non_finite_step_stops_the_run(setup, tmp_path):
   config, mesh, variables = setup
   config = config.copy_and_resolve_references()
   config.finetune.base_lr = 1e30
-  labelled_set = labelled.labelled_set(config, fraction=0.1)
-  task = _finetune_task(config, mesh, len(labelled_set.indices))
   with pytest.raises(loop.NonFiniteLossError):
-    _fit(task, config, variables, labelled_set, tmp_path, ListLogger())
-  assert checkpointing.saved_steps(str(tmp_path)) == []
+    _fit(config, mesh, variables, tmp_path, ListLogger())
+  folder = next((tmp_path / "finetune").iterdir())
+  assert checkpointing.saved_steps(str(folder)) == []
 
 
 @pytest.mark.parametrize("key,value", [
@@ -247,7 +279,8 @@ def test_finetune_mode_end_to_end_writes_results_and_subset(tmp_path):
   stored = json.loads((workdir / experiment.RESULTS_FILE).read_text())
   assert stored["finetune_top1"] == results["finetune_top1"]
   assert stored["step"] == 7
-  subset = json.loads((workdir / "finetune" / "subset.json").read_text())
+  folder = next((workdir / "finetune").iterdir())  # the random encoder's
+  subset = json.loads((folder / "subset.json").read_text())
   assert subset["label_fraction"] == 0.1 and len(subset["indices"]) == 149
   lines = [json.loads(line) for line in
            (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -264,12 +297,12 @@ def test_linear_eval_mode_end_to_end_on_a_saved_step(setup, tmp_path):
   config = config.copy_and_resolve_references()
   config.mode = "linear_eval"
   workdir = str(tmp_path)
-  state = train.TrainState(
+  state = pretraining.TrainState(
       step=jax.numpy.asarray(3, jax.numpy.int32), params=variables["params"],
       batch_stats=variables["batch_stats"], opt_state={},
       rng=jax.random.key_data(jax.random.key(0)))
   checkpointer = checkpointing.Checkpointer(
-      workdir, settings=checkpointing.run_settings(config), keep=1)
+      workdir, record=resume_guard.pretraining_record(config), keep=1)
   checkpointer.save(state)
   checkpointer.close()
   results = experiment.train_and_evaluate(config, workdir)
