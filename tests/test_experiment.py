@@ -26,7 +26,7 @@ def test_sigterm_during_the_final_evaluation_exits_cleanly_at_once(
   monkeypatch.setattr(experiment.data, "ensure_prepared", lambda config: None)
   monkeypatch.setattr(
       experiment.modes, "load_encoder",
-      lambda source, config, mesh: modes.Encoder(source, 3, {}))
+      lambda source, config, mesh: modes.LoadedEncoder(source, 3, {}))
   config = config_base.base_config()
   config.model.name = "resnet_tiny"
   config.mode = "knn_eval"
