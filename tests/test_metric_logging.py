@@ -247,6 +247,23 @@ def test_real_wandb_writes_an_offline_run(tmp_path, monkeypatch):
     assert b"eval/knn/top1" in f.read()
 
 
+def test_a_supervised_protocol_shows_its_total_and_eta(tmp_path, capsys):
+  clock = _FakeClock()
+  logger = MetricLogger(str(tmp_path), total_steps=40, clock=clock)
+  logger.start("linear_eval", 528)  # after pretraining's 40 steps
+  logger.log(2, {"linear_eval_loss": 2.0, "linear_eval_learning_rate": 0.1,
+                 "linear_eval_images_per_sec": 10.0})
+  clock.now += 10.0
+  logger.log(12, {"linear_eval_loss": 1.5, "linear_eval_learning_rate": 0.1,
+                  "linear_eval_images_per_sec": 64.0})
+  logger.close()
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[0].startswith("step 2/528  linear_eval  loss 2.0000")
+  # 10 steps in 10 s: 516 steps left.
+  assert "step 12/528" in lines[1] and "64.0 img/s" in lines[1]
+  assert "ETA 0:08:36" in lines[1]
+
+
 def test_steps_beyond_the_pretraining_total_print_without_one(tmp_path, capsys):
   logger = metric_logging.MetricLogger(str(tmp_path), total_steps=0)
   logger.log(5, {"finetune_loss": 0.5})

@@ -43,7 +43,7 @@ def epoch_ended(done: int, *, batch_size: int, num_examples: int) -> bool:
 def after_step_fn(task: task_lib.Task, frozen, *, num_examples: int,
                   validation_batches: Callable[[], Any]
                  ) -> Callable[[int, Any], tuple[Any, Optional[dict]]]:
-  """loop.run's after_step: at each epoch's end, validate and keep the best."""
+  """The loop's after_step: at each epoch's end, validate and keep the best."""
 
   def after_step(done: int, state):
     if not epoch_ended(done, batch_size=task.batch_size,
@@ -68,5 +68,5 @@ def after_step_fn(task: task_lib.Task, frozen, *, num_examples: int,
 
 
 def stopped_fn(patience: int) -> Callable[[Any], bool]:
-  """loop.run's stop: more than `patience` epochs without a better head."""
+  """The loop's stop: more than `patience` epochs without a better head."""
   return lambda state: int(state.best.waited) > patience

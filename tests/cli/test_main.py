@@ -93,6 +93,11 @@ def test_main_pretrains_evaluates_and_resumes(tmp_path, data_dir, pretrained):
     assert {"loss", "learning_rate", "images_per_sec"} <= set(m)
   assert list(pathlib.Path(workdir).glob("events.out.tfevents*"))
 
+  # A linear evaluation of step 4 ...
+  linear = run_main(*common, "--mode=linear_eval")
+  assert linear.returncode == 0, linear.stderr[-3000:]
+  assert "linear_eval" in linear.stdout and "ETA" in linear.stdout
+
   # Raising total_steps changes the schedule: refused unless asked for ...
   refused = run_main(*common, "--config.total_steps=6")
   assert refused.returncode == 2, refused.stderr[-3000:]
@@ -111,6 +116,13 @@ def test_main_pretrains_evaluates_and_resumes(tmp_path, data_dir, pretrained):
     assert 0.0 <= results[key] <= 1.0
   for png in ("training_curves.png", "embedding_tsne.png"):
     assert pathlib.Path(workdir, png).read_bytes()[:4] == b"\x89PNG"
+
+  # ... and of the newer step, in the same workdir: a run of its own.
+  linear = run_main(*common, "--mode=linear_eval")
+  assert linear.returncode == 0, linear.stderr[-3000:]
+  assert _results(workdir)["step"] == 6
+  assert sorted(p.name for p in pathlib.Path(workdir, "linear_eval").iterdir()
+               ) == ["step_000004", "step_000006"]
 
   # An evaluation of an earlier saved step.
   third = run_main(*common, "--mode=knn_eval", "--config.eval.step=4")
@@ -156,7 +168,8 @@ def test_every_mode_runs_through_main_fresh_workdirs_included(tmp_path,
                     f"--config.finetune.init_from={pretrained}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert _results(finetuned)["step"] == 2  # fine-tuning steps
-  assert pathlib.Path(finetuned, "finetune", "subset.json").exists()
+  assert pathlib.Path(finetuned, "finetune", f"step_{PRETRAINED_STEPS:06d}",
+                      "subset.json").exists()
   evaluated = str(tmp_path / "evaluated")
   result = run_main(*common, f"--workdir={evaluated}", "--mode=linear_eval",
                     f"--config.eval.encoder_file={exported}")
