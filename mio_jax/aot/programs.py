@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from mio_jax import loop
 from mio_jax import mesh as mesh_lib
