@@ -93,7 +93,7 @@ def test_linear_eval_trains_the_head_only_and_reports_top1_top5(setup,
   assert all(np.isfinite(m["linear_eval_loss"]) for _, m in logger.lines)
   assert logger.started == [("linear_eval", 5)]  # progress: step N/5, ETA
   digest = _encoder(variables).identity()["digest"]
-  folder = tmp_path / "linear_eval" / f"file_{digest}"
+  folder = tmp_path / "linear_eval" / f"random_{digest}"
   assert (folder / "checkpoints" / "5").exists()
   # Other variables are another encoder: a run of their own beside it.
   other = jax.tree.map(lambda x: x * 1.01, variables)

@@ -24,10 +24,10 @@ The encoder comes from the orchestrator (`modes.load_encoder`). `setup`
 is the one place that turns (config, data set facts, encoder) into what
 the loop trains (`loop.Training`); `main` trains it, the compile check
 lowers its step. Each encoder gets its own folder,
-`<workdir>/<protocol>/step_000040/` (a pretraining step) or
-`.../file_<digest>/` (an exported or random encoder), so evaluating a newer
-step is a new run beside the older one's. The task, its step and its test
-pass are in `task`.
+`<workdir>/<protocol>/step_000040/` (a pretraining step),
+`.../file_<digest>/` (an exported encoder) or `.../random_<digest>/` (a
+random initialisation), so evaluating a newer step is a new run beside the
+older one's. The task, its step and its test pass are in `task`.
 """
 import dataclasses
 import os
@@ -171,7 +171,8 @@ def encoder_folder(workdir: str, name: str,
   """Where protocol `name` trains on `encoder`: one folder per encoder.
 
   `<workdir>/<name>/step_<step>` for a pretraining workdir's step, else
-  `file_<digest>` (an exported file, a random initialisation). A folder
+  `file_<digest>` (an exported file) or `random_<digest>` (a random
+  initialisation), the digest of the backbone's variables. A folder
   of an earlier build (`<workdir>/<name>/checkpoints`) is used while it
   holds this very encoder's run.
   """
@@ -183,7 +184,7 @@ def encoder_folder(workdir: str, name: str,
       return base
   if encoder.source.kind == modes.WORKDIR:
     return os.path.join(base, f"step_{encoder.step:06d}")
-  return os.path.join(base, f"file_{identity['digest']}")
+  return os.path.join(base, f"{encoder.source.kind}_{identity['digest']}")
 
 
 def setup(name: str, config: ml_collections.ConfigDict, mesh: Mesh, info,
