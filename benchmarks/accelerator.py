@@ -11,7 +11,10 @@ and the rest still runs, each under a time limit):
   3. `benchmarks/input_pipeline.py` at 32 and 224 px (both modes).
 and writes one JSON: the device, every record, and for each train-step
 record its model FLOP utilisation (MFU) against the chip's peak from the
-project's chip table (`mio_jax.chips`; null for a chip not in it) and,
+project's chip table (`mio_jax.chips.matmul_peak`), with the arithmetic
+that peak counts (`mfu_against`: a float32 step's matmuls run as TF32 on
+recent NVIDIA GPUs unless jax_default_matmul_precision is the highest),
+or null and `mfu_not_reported` saying why (a chip not in the table), and,
 beside the measured images/s, the roofline bound of the same compiled step
 (`compile_bound`: the FLOPs and HBM bytes XLA counts for the program
 train_step.py timed, against the chip's peaks, as `python -m
@@ -27,7 +30,7 @@ import pathlib
 import subprocess
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -40,12 +43,6 @@ FULL_STEPS = (
     ("resnet50", "imagenet", 224, (64, 128), 130),
 )
 QUICK_STEPS = (("resnet_tiny", "cifar", 8, (8,), 120),)
-
-
-def chip_peak(device_kind: str, dtype: str) -> Optional[float]:
-  """Peak FLOP/s of one chip for `dtype` (bfloat16's for float32 on TPU)."""
-  from mio_jax import chips  # pylint: disable=g-import-not-at-top
-  return chips.peak_flops(device_kind, dtype)
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:
@@ -90,17 +87,28 @@ def _device() -> dict[str, Any]:
 
 
 def _with_mfu(records: list[dict[str, Any]], device_kind: str) -> None:
-  """Adds achieved TFLOP/s, the devices' peak and MFU to train-step records."""
+  """Adds achieved TFLOP/s, the devices' peak and MFU to train-step records.
+
+  The MFU is against the peak of the arithmetic the step's matmuls ran in
+  (`mfu_against`); where there is none, it is null and `mfu_not_reported`
+  says why.
+  """
+  from mio_jax import chips  # pylint: disable=g-import-not-at-top
   for record in records:
     if record.get("benchmark") != "train_step":
       continue
-    peak = chip_peak(device_kind, record.get("dtype", "bfloat16"))
     achieved = record["flops_per_step"] / record["step_s"]
     record["achieved_tflop_per_s"] = round(achieved / 1e12, 3)
-    record["peak_tflop_per_s"] = (None if peak is None
-                                  else peak * record["devices"] / 1e12)
-    record["mfu"] = (None if peak is None
-                     else round(achieved / (peak * record["devices"]), 4))
+    try:
+      peak = chips.matmul_peak(device_kind, record.get("dtype", "bfloat16"),
+                               record.get("matmul_precision"))
+    except chips.PeakUnknownError as e:
+      record.update(peak_tflop_per_s=None, mfu=None, mfu_not_reported=str(e))
+      continue
+    all_chips = peak.flops * record["devices"]
+    record.update(peak_tflop_per_s=all_chips / 1e12,
+                  mfu=round(achieved / all_chips, 4),
+                  mfu_against=peak.arithmetic)
 
 
 def _compile_bound(record: dict[str, Any]) -> dict[str, Any]:

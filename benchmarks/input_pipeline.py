@@ -31,18 +31,18 @@ import sys
 import tempfile
 import time
 
-from mio_jax.data import pipeline  # first: quiets TF, hides accelerators
 import jax
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 import bench_util
 from mio_jax import config_base
 from mio_jax import mesh as mesh_lib
-from mio_jax.data import augment
+from mio_jax.data import augment_recipe
 from mio_jax.data import device_augment
+from mio_jax.data import pipeline
 from mio_jax.data import registry
+from mio_jax.host_tf import tf
+from mio_jax.host_tf import tfds
 
 
 def _smooth_image(rng, height, width):
@@ -125,7 +125,7 @@ def _rate(iterator, steps: int, warmup: int, batch_size: int) -> dict:
 def _device_augment_rate(config, batch, steps: int) -> dict:
   """images/s of the jitted `augment_batch` on this machine's devices."""
   spec = registry.get_spec(config.dataset.name)
-  params = augment.AugmentParams.from_config(config)
+  params = augment_recipe.AugmentParams.from_config(config)
   fn = jax.jit(lambda b, step: device_augment.augment_batch(
       b, seed=0, step=step, params=params, mean=spec.mean, std=spec.std))
   jax.block_until_ready(fn(batch, 0))

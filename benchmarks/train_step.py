@@ -91,6 +91,8 @@ def measure(args, config, mesh, peak_gflop_s: float) -> dict:
       "width_multiplier": config.model.width_multiplier,
       "batch_size": config.batch_size, "devices": mesh.size,
       "dtype": config.dtype, "optimizer": config.optimizer.name,
+      # How float32 matmuls ran (None: JAX's default, TF32 on recent GPUs).
+      "matmul_precision": jax.config.jax_default_matmul_precision,
       "loss_block_size": config.loss_block_size,
       "online_probe": state.probe is not None,
       "images_per_s": round(images_per_s, 2),

@@ -104,14 +104,14 @@ def validate_config(config: ml_collections.ConfigDict, *,
     losses.check_block_size(config.loss_block_size,
                             num_images=config.batch_size,
                             num_devices=device_count)
-  # Last, and imported here: the data package loads TensorFlow (seconds),
+  # Last, and imported here: the data set checks load TensorFlow (seconds),
   # which a mistake in any other key need not wait for.
   from mio_jax import data  # pylint: disable=g-import-not-at-top
-  from mio_jax.data import augment  # pylint: disable=g-import-not-at-top
+  from mio_jax.data import augment_recipe  # pylint: disable=g-import-not-at-top
   with _section("dataset."):
     data.check_config(config.dataset)
   try:
-    augment.AugmentParams.from_config(config)
+    augment_recipe.AugmentParams.from_config(config)
   except ValueError as e:
     raise ConfigError(f"{e}; fix the --config.augment.* value") from None
 

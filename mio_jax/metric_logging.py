@@ -221,7 +221,7 @@ class MetricLogger:
     if not is_main_process:
       return
     # TensorFlow only writes the events; import it where it is needed.
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from mio_jax.host_tf import tf  # pylint: disable=g-import-not-at-top
     from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
     self._tf = tf
     # Marks the tensors as scalars for TensorBoard, as tf.summary.scalar does

@@ -8,107 +8,27 @@ its own sub-key with `tf.random.experimental.stateless_split`.
 
 Images are uint8 in, float32 in [0, 1] after `random_resized_crop` (or
 `eval_resize_crop`), HWC with 3 channels. The recipe follows SimCLR/MIO:
-random resized crop, horizontal flip, colour jitter (p), grayscale (p),
-Gaussian blur (p), solarise (p), then the small-image extras
-(rotation/translation, Gaussian noise) used for digits.
+random resized crop, horizontal flip, then the colour stage of
+`augment_recipe` (colour jitter, grayscale, blur, solarise, and the
+small-image extras used for digits: rotation/translation, Gaussian
+noise), which this module implements with tf ops.
 
 A view is built in two stages so that the host can stop after the first:
 `crop_window` + `resize_view` + flip (geometry, `geometric_view`) and the
-colour ops (`host_colour`). With `AugmentParams.on_device` the host emits
+colour stage (`host_colour`). With `AugmentParams.on_device` the host emits
 the geometric views as uint8 and `mio_jax.data.device_augment` applies the
 colour ops on the accelerator. The crop window needs only the image's
 shape, so JPEG records are decoded only inside it (`decode_windows`).
 """
-import dataclasses
+import functools
 import math
 from typing import Callable
 
-import ml_collections
-import tensorflow as tf
+from mio_jax.data import augment_recipe
+from mio_jax.host_tf import tf
 
-# Kernel side of the Gaussian blur as a fraction of the image side (SimCLR).
-_BLUR_KERNEL_FRACTION = 0.1
-BLUR_SIGMA_RANGE = (0.1, 2.0)
-SOLARIZE_THRESHOLD = 0.5
-# tf.image.rgb_to_grayscale's luma weights (ITU-R BT.601).
-GRAYSCALE_WEIGHTS = (0.2989, 0.5870, 0.1140)
 # Pixels decoded around the crop windows of a JPEG (see decode_windows).
 _DECODE_MARGIN = 2
-# Sub-keys drawn per view: crop, flip, jitter (apply, op), grayscale, blur
-# (apply, op), solarise, affine, noise.
-_NUM_VIEW_SUBKEYS = 10
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentParams:
-  """The augmentation settings of one run (from `config.augment`)."""
-  image_size: int
-  crop_scale: tuple[float, float] = (0.08, 1.0)
-  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-  hflip: bool = True
-  color_jitter_strength: float = 0.5
-  color_jitter_prob: float = 0.8
-  color_jitter_random_order: bool = True
-  grayscale_prob: float = 0.2
-  blur_prob: float = 0.0
-  solarize_prob: float = 0.0
-  rotation_degrees: float = 0.0
-  translate_pixels: int = 0
-  gaussian_noise_std: float = 0.0
-  on_device: bool = False  # colour ops in device_augment, not on the host
-
-  def __post_init__(self):
-    """Rejects settings the ops cannot honour, naming the config key."""
-    problems = []
-    for name in ("color_jitter_prob", "grayscale_prob", "blur_prob",
-                 "solarize_prob"):
-      if not 0.0 <= getattr(self, name) <= 1.0:
-        problems.append(f"augment.{name}={getattr(self, name)} must be in "
-                        "[0, 1]")
-    lo, hi = self.crop_scale
-    if not 0.0 < lo <= hi <= 1.0:
-      problems.append(f"augment.crop_scale={self.crop_scale} must satisfy "
-                      "0 < min <= max <= 1")
-    lo, hi = self.crop_ratio
-    if not 0.0 < lo <= hi:
-      problems.append(f"augment.crop_ratio={self.crop_ratio} must satisfy "
-                      "0 < min <= max")
-    if not 0.0 <= self.color_jitter_strength <= 1.25:
-      # 0.8s must stay <= 1 for the contrast/saturation lower bounds.
-      problems.append(f"augment.color_jitter_strength="
-                      f"{self.color_jitter_strength} must be in [0, 1.25]")
-    for name in ("rotation_degrees", "translate_pixels", "gaussian_noise_std"):
-      if getattr(self, name) < 0:
-        problems.append(f"augment.{name}={getattr(self, name)} must be >= 0")
-    if self.on_device and (self.rotation_degrees or self.translate_pixels):
-      problems.append(
-          "augment.on_device=True runs only the colour ops on the device, "
-          f"not rotation_degrees={self.rotation_degrees} / translate_pixels="
-          f"{self.translate_pixels}: set both to 0 or augment.on_device=False")
-    if self.image_size <= 0:
-      problems.append(f"dataset.image_size={self.image_size} must be > 0")
-    if problems:
-      raise ValueError("Bad augmentation config: " + "; ".join(problems))
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "AugmentParams":
-    a = config.augment
-    return cls(
-        image_size=int(config.dataset.image_size),
-        crop_scale=tuple(float(x) for x in a.crop_scale),
-        crop_ratio=tuple(float(x) for x in a.crop_ratio),
-        hflip=bool(a.hflip),
-        color_jitter_strength=float(a.color_jitter_strength),
-        color_jitter_prob=float(a.color_jitter_prob),
-        color_jitter_random_order=bool(a.color_jitter_random_order),
-        grayscale_prob=float(a.grayscale_prob),
-        blur_prob=float(a.blur_prob),
-        solarize_prob=float(a.solarize_prob),
-        rotation_degrees=float(a.rotation_degrees),
-        translate_pixels=int(a.translate_pixels),
-        gaussian_noise_std=float(a.gaussian_noise_std),
-        on_device=bool(a.on_device),
-    )
 
 
 # ---- keys ------------------------------------------------------------------
@@ -300,40 +220,55 @@ def random_affine(image: tf.Tensor, seed: tf.Tensor, *, max_degrees: float,
 # ---- colour ----------------------------------------------------------------
 
 
+def _brightness(image: tf.Tensor, seed: tf.Tensor, low: float,
+                high: float) -> tf.Tensor:
+  # torchvision's definition; TF's own random_brightness adds a delta.
+  factor = tf.random.stateless_uniform([], seed, low, high)
+  return tf.clip_by_value(image * factor, 0.0, 1.0)
+
+
+def _contrast(image: tf.Tensor, seed: tf.Tensor, low: float,
+              high: float) -> tf.Tensor:
+  return tf.clip_by_value(
+      tf.image.stateless_random_contrast(image, low, high, seed), 0.0, 1.0)
+
+
+def _saturation(image: tf.Tensor, seed: tf.Tensor, low: float,
+                high: float) -> tf.Tensor:
+  return tf.clip_by_value(
+      tf.image.stateless_random_saturation(image, low, high, seed), 0.0, 1.0)
+
+
+def _hue(image: tf.Tensor, seed: tf.Tensor, low: float,
+         high: float) -> tf.Tensor:
+  del low  # TF draws the shift from U(-high, high); the range is symmetric
+  return tf.clip_by_value(tf.image.stateless_random_hue(image, high, seed),
+                          0.0, 1.0)
+
+
+_JITTER_OPS = {"brightness": _brightness, "contrast": _contrast,
+               "saturation": _saturation, "hue": _hue}
+
+
 def color_jitter(image: tf.Tensor, seed: tf.Tensor, *, strength: float,
                  random_order: bool) -> tf.Tensor:
-  """SimCLR colour jitter: brightness, contrast, saturation 0.8s, hue 0.2s.
+  """SimCLR colour jitter (`augment_recipe.JITTER_OPS`, `jitter_ranges`).
 
-  Brightness multiplies by U(1-0.8s, 1+0.8s) (torchvision's definition; TF's
-  own random_brightness adds a delta instead). With `random_order` the four
-  ops run in a random permutation, as torchvision's ColorJitter does.
+  With `random_order` the four ops run in a random permutation, as
+  torchvision's ColorJitter does.
   """
-  b = c = s = 0.8 * strength
-  h = min(0.2 * strength, 0.5)
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
-
-  def brightness(x):
-    factor = tf.random.stateless_uniform([], seeds[0], max(0.0, 1 - b), 1 + b)
-    return tf.clip_by_value(x * factor, 0.0, 1.0)
-
-  def contrast(x):
-    return tf.clip_by_value(tf.image.stateless_random_contrast(
-        x, max(0.0, 1 - c), 1 + c, seeds[1]), 0.0, 1.0)
-
-  def saturation(x):
-    return tf.clip_by_value(tf.image.stateless_random_saturation(
-        x, max(0.0, 1 - s), 1 + s, seeds[2]), 0.0, 1.0)
-
-  def hue(x):
-    return tf.clip_by_value(
-        tf.image.stateless_random_hue(x, h, seeds[3]), 0.0, 1.0)
-
-  ops = [brightness, contrast, saturation, hue]
+  ranges = augment_recipe.jitter_ranges(strength)
+  seeds = tf.unstack(tf.random.experimental.stateless_split(
+      seed, augment_recipe.NUM_JITTER_SUBKEYS))
+  ops = [functools.partial(_JITTER_OPS[name], seed=seeds[i],
+                           low=ranges[name][0], high=ranges[name][1])
+         for i, name in enumerate(augment_recipe.JITTER_OPS)]
   if not random_order:
     for op in ops:
       image = op(image)
     return image
-  order = tf.argsort(tf.random.stateless_uniform([len(ops)], seeds[4]))
+  order = tf.argsort(tf.random.stateless_uniform(
+      [len(ops)], seeds[augment_recipe.JITTER_ORDER_SUBKEY]))
   shape = image.shape  # switch_case forgets static shapes; blur needs them
   for position in range(len(ops)):
     image = tf.ensure_shape(tf.switch_case(
@@ -358,11 +293,6 @@ def _reflect_blur_matrix(kernel: tf.Tensor, size: int) -> tf.Tensor:
   return tf.reshape(flat, [size, size])
 
 
-def blur_radius(height: int, width: int) -> int:
-  """Half-width of the blur kernel: about 10% of the longer side (SimCLR)."""
-  return max(1, int(max(height, width) * _BLUR_KERNEL_FRACTION) // 2)
-
-
 def gaussian_blur(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   """Separable Gaussian blur, sigma ~ U(0.1, 2), kernel ~10% of the side.
 
@@ -373,8 +303,9 @@ def gaussian_blur(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   height, width = image.shape[0], image.shape[1]
   if height is None or width is None:
     raise ValueError("gaussian_blur needs a static image size.")
-  radius = blur_radius(height, width)
-  sigma = tf.random.stateless_uniform([], seed, *BLUR_SIGMA_RANGE)
+  radius = augment_recipe.blur_radius(height, width)
+  sigma = tf.random.stateless_uniform([], seed,
+                                      *augment_recipe.BLUR_SIGMA_RANGE)
   x = tf.range(-radius, radius + 1, dtype=tf.float32)
   kernel = tf.exp(-(x ** 2) / (2.0 * sigma ** 2))
   kernel /= tf.reduce_sum(kernel)
@@ -383,7 +314,8 @@ def gaussian_blur(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def solarize(image: tf.Tensor,
-             threshold: float = SOLARIZE_THRESHOLD) -> tf.Tensor:
+             threshold: float = augment_recipe.SOLARIZE_THRESHOLD
+             ) -> tf.Tensor:
   """Invert pixels at or above `threshold` (images in [0, 1])."""
   return tf.where(image < threshold, image, 1.0 - image)
 
@@ -406,49 +338,54 @@ def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
 def view_subkeys(seed: tf.Tensor) -> list[tf.Tensor]:
   """The per-op keys of one view (crop, flip, jitter, grayscale, ...)."""
   return tf.unstack(
-      tf.random.experimental.stateless_split(seed, _NUM_VIEW_SUBKEYS))
+      tf.random.experimental.stateless_split(
+          seed, augment_recipe.NUM_VIEW_SUBKEYS))
 
 
 def view_crop_window(image_shape: tf.Tensor, seed: tf.Tensor,
-                     params: AugmentParams) -> tuple[tf.Tensor, tf.Tensor]:
+                     params: augment_recipe.AugmentParams
+                     ) -> tuple[tf.Tensor, tf.Tensor]:
   """The crop window of the view keyed by `seed` (see `crop_window`)."""
-  return crop_window(image_shape, view_subkeys(seed)[0],
+  return crop_window(image_shape,
+                     view_subkeys(seed)[augment_recipe.subkey("crop")],
                      scale=params.crop_scale, ratio=params.crop_ratio)
 
 
 def geometric_view(crop: tf.Tensor, seed: tf.Tensor,
-                   params: AugmentParams) -> tf.Tensor:
+                   params: augment_recipe.AugmentParams) -> tf.Tensor:
   """uint8 crop, 3 channels -> resized, maybe flipped, float32 in [0, 1]."""
   image = resize_view(crop, params.image_size)
   if params.hflip:
-    image = random_flip(image, view_subkeys(seed)[1])
+    image = random_flip(image,
+                        view_subkeys(seed)[augment_recipe.subkey("flip")])
   return image
+
+
+# The host's implementation of each op of `augment_recipe.colour_stage`.
+_HOST_COLOUR_OPS = {
+    "color_jitter": lambda x, key, params: color_jitter(
+        x, key, strength=params.color_jitter_strength,
+        random_order=params.color_jitter_random_order),
+    "grayscale": lambda x, key, params: to_grayscale(x),
+    "blur": lambda x, key, params: gaussian_blur(x, key),
+    "solarize": lambda x, key, params: solarize(x),
+    "affine": lambda x, key, params: random_affine(
+        x, key, max_degrees=params.rotation_degrees,
+        max_translate=params.translate_pixels),
+    "noise": lambda x, key, params: gaussian_noise(
+        x, key, std=params.gaussian_noise_std),
+}
 
 
 def host_colour(image: tf.Tensor, seed: tf.Tensor,
-                params: AugmentParams) -> tf.Tensor:
-  """The colour ops and small-image extras of one view, on the host."""
-  keys = view_subkeys(seed)
-  if params.color_jitter_strength > 0:
-    image = random_apply(
-        lambda x: color_jitter(x, keys[3],
-                               strength=params.color_jitter_strength,
-                               random_order=params.color_jitter_random_order),
-        image, keys[2], params.color_jitter_prob)
-  image = random_apply(to_grayscale, image, keys[4], params.grayscale_prob)
-  image = random_apply(lambda x: gaussian_blur(x, keys[6]), image, keys[5],
-                       params.blur_prob)
-  image = random_apply(solarize, image, keys[7], params.solarize_prob)
-  if params.rotation_degrees > 0 or params.translate_pixels > 0:
-    image = random_affine(image, keys[8], max_degrees=params.rotation_degrees,
-                          max_translate=params.translate_pixels)
-  if params.gaussian_noise_std > 0:
-    image = gaussian_noise(image, keys[9], std=params.gaussian_noise_std)
-  return image
+                params: augment_recipe.AugmentParams) -> tf.Tensor:
+  """The colour stage and small-image extras of one view, on the host."""
+  return augment_recipe.apply_colour_stage(
+      image, view_subkeys(seed), params, _HOST_COLOUR_OPS, random_apply)
 
 
 def finish_view(crop: tf.Tensor, seed: tf.Tensor,
-                params: AugmentParams) -> tf.Tensor:
+                params: augment_recipe.AugmentParams) -> tf.Tensor:
   """A cropped view -> what the host emits for it.
 
   float32 [S, S, 3] in [0, 1] with every op applied, or with
@@ -462,7 +399,7 @@ def finish_view(crop: tf.Tensor, seed: tf.Tensor,
 
 
 def augment_view(image: tf.Tensor, seed: tf.Tensor,
-                 params: AugmentParams) -> tf.Tensor:
+                 params: augment_recipe.AugmentParams) -> tf.Tensor:
   """One host-augmented view: uint8 HWC, 3 channels -> float32 [S, S, 3].
 
   Every op on the host (colour included, whatever `params.on_device`).

@@ -10,13 +10,13 @@ import dataclasses
 from typing import Mapping, NamedTuple, Optional
 
 import ml_collections
-import tensorflow_datasets as tfds
 
 from mio_jax import errors
 from mio_jax.data import image_folder_spec
 from mio_jax.data import preparation
 from mio_jax.data import registry
 from mio_jax.data.builders import folder_listing
+from mio_jax.host_tf import tfds
 
 
 @dataclasses.dataclass(frozen=True)

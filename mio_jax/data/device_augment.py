@@ -3,12 +3,11 @@
 With `config.augment.on_device` the host pipeline only decodes, crops,
 resizes and flips, and emits uint8 views plus each example's index in the
 split (`batch["index"]`). `augment_batch`, called inside the jitted train
-step, applies the rest of the recipe of `augment.py` with the same
-parameter semantics (`augment.AugmentParams`): colour jitter (probability
-`color_jitter_prob`, brightness/contrast/saturation factors
-U(1 - 0.8s, 1 + 0.8s), hue shift U(-0.2s, 0.2s), the four ops in random
-order when `color_jitter_random_order`), grayscale, Gaussian blur (sigma
-U(0.1, 2), kernel ~10% of the side, reflected edges), solarise and
+step, runs the colour stage of `augment_recipe` (the one the host's
+`augment.host_colour` runs) with jax ops: colour jitter (probability
+`color_jitter_prob`, `augment_recipe.jitter_ranges`, the four ops in
+random order when `color_jitter_random_order`), grayscale, Gaussian blur
+(sigma U(0.1, 2), kernel ~10% of the side, reflected edges), solarise and
 Gaussian noise, each result clipped to [0, 1] as on the host.
 
 Every draw of a view comes from a key folded from (seed, step, example
@@ -26,13 +25,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from mio_jax.data import augment
+from mio_jax.data import augment_recipe
 
 # Folded into the seed first, so these keys are no other stream's.
 _DEVICE_AUGMENT_STREAM = 0xA06
-# Sub-keys of one view: jitter (apply, factors), grayscale (apply), blur
-# (apply, sigma), solarise (apply), noise.
-_NUM_VIEW_SUBKEYS = 7
 
 
 # ---- keys ------------------------------------------------------------------
@@ -79,9 +75,14 @@ def rgb_to_hsv(image: jax.Array) -> jax.Array:
   saturation = jnp.where(value > 0, chroma / jnp.where(value > 0, value, 1.0),
                          0.0)
   safe = jnp.where(chroma > 0, chroma, 1.0)
-  hue = jnp.where(value == r, (g - b) / safe,
-                  jnp.where(value == g, (b - r) / safe + 2.0,
-                            (r - g) / safe + 4.0))
+  # The sector is the largest channel's (the first on ties, as TF's), by
+  # argmax, not `value == r`: XLA may compute `value` and `r` in different
+  # fusions, and an equality failing by an ulp took another sector's
+  # formula (a blue channel 0.0056 off, one pixel in 6144, 1 vs 8 devices).
+  largest = jnp.argmax(image, axis=-1)
+  hue = jnp.select([largest == 0, largest == 1],
+                   [(g - b) / safe, (b - r) / safe + 2.0],
+                   (r - g) / safe + 4.0)
   hue = jnp.where(chroma > 0, jnp.mod(hue / 6.0, 1.0), 0.0)
   return jnp.stack([hue, saturation, value], axis=-1)
 
@@ -114,7 +115,7 @@ def adjust_hue(image: jax.Array, delta) -> jax.Array:
 
 def to_grayscale(image: jax.Array) -> jax.Array:
   """Luma with tf.image.rgb_to_grayscale's weights, on all 3 channels."""
-  luma = image @ jnp.asarray(augment.GRAYSCALE_WEIGHTS, image.dtype)
+  luma = image @ jnp.asarray(augment_recipe.GRAYSCALE_WEIGHTS, image.dtype)
   return jnp.repeat(luma[..., None], 3, axis=-1)
 
 
@@ -129,7 +130,7 @@ def _reflect_blur_matrix(kernel: jax.Array, size: int) -> jax.Array:
 
 
 def blur(image: jax.Array, sigma) -> jax.Array:
-  """Separable Gaussian blur, kernel `augment.blur_radius`, reflected edges.
+  """Separable Gaussian blur, kernel `augment_recipe.blur_radius`, reflected.
 
   Two products with banded matrices, as on the host, in full float32
   precision (TPUs otherwise multiply float32 in bfloat16). On XLA:CPU at
@@ -137,7 +138,7 @@ def blur(image: jax.Array, sigma) -> jax.Array:
   than a depthwise convolution (9 vs 30 vs 174 ms per image).
   """
   height, width = image.shape[0], image.shape[1]
-  radius = augment.blur_radius(height, width)
+  radius = augment_recipe.blur_radius(height, width)
   taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
   kernel = jnp.exp(-(taps ** 2) / (2.0 * sigma ** 2))
   kernel /= jnp.sum(kernel)
@@ -149,7 +150,8 @@ def blur(image: jax.Array, sigma) -> jax.Array:
 
 
 def solarize(image: jax.Array,
-             threshold: float = augment.SOLARIZE_THRESHOLD) -> jax.Array:
+             threshold: float = augment_recipe.SOLARIZE_THRESHOLD
+             ) -> jax.Array:
   """Invert pixels at or above `threshold`."""
   return jnp.where(image < threshold, image, 1.0 - image)
 
@@ -157,34 +159,41 @@ def solarize(image: jax.Array,
 # ---- random ops on one image ---------------------------------------------------
 
 
+# Each jitter op as (image, key, low, high) -> image, its parameter drawn
+# from U(low, high) (`augment_recipe.jitter_ranges`).
+def _uniform(key, low, high):
+  return jax.random.uniform(key, minval=low, maxval=high)
+
+
+_JITTER_OPS = {
+    "brightness": lambda x, key, low, high: adjust_brightness(
+        x, _uniform(key, low, high)),
+    "contrast": lambda x, key, low, high: adjust_contrast(
+        x, _uniform(key, low, high)),
+    "saturation": lambda x, key, low, high: adjust_saturation(
+        x, _uniform(key, low, high)),
+    "hue": lambda x, key, low, high: adjust_hue(x, _uniform(key, low, high)),
+}
+
+
 def color_jitter(image: jax.Array, key: jax.Array, *, strength: float,
                  random_order: bool) -> jax.Array:
-  """SimCLR colour jitter with the host's factors (see `augment.color_jitter`).
+  """SimCLR colour jitter (`augment_recipe.JITTER_OPS`, `jitter_ranges`).
 
   With `random_order` the four ops run in a random permutation; under
   vmap each position evaluates all four ops and selects one.
   """
-  b = c = s = 0.8 * strength
-  h = min(0.2 * strength, 0.5)
-  keys = jax.random.split(key, 5)
-
-  def uniform(k, low, high):
-    return jax.random.uniform(k, minval=low, maxval=high)
-
-  ops = [
-      functools.partial(adjust_brightness,
-                        factor=uniform(keys[0], max(0.0, 1 - b), 1 + b)),
-      functools.partial(adjust_contrast,
-                        factor=uniform(keys[1], max(0.0, 1 - c), 1 + c)),
-      functools.partial(adjust_saturation,
-                        factor=uniform(keys[2], max(0.0, 1 - s), 1 + s)),
-      functools.partial(adjust_hue, delta=uniform(keys[3], -h, h)),
-  ]
+  ranges = augment_recipe.jitter_ranges(strength)
+  keys = jax.random.split(key, augment_recipe.NUM_JITTER_SUBKEYS)
+  ops = [functools.partial(_JITTER_OPS[name], key=keys[i], low=ranges[name][0],
+                           high=ranges[name][1])
+         for i, name in enumerate(augment_recipe.JITTER_OPS)]
   if not random_order:
     for op in ops:
       image = op(image)
     return image
-  order = jax.random.permutation(keys[4], len(ops))
+  order = jax.random.permutation(keys[augment_recipe.JITTER_ORDER_SUBKEY],
+                                 len(ops))
   for position in range(len(ops)):
     image = jax.lax.switch(order[position], ops, image)
   return image
@@ -193,8 +202,8 @@ def color_jitter(image: jax.Array, key: jax.Array, *, strength: float,
 def gaussian_blur(image: jax.Array, key: jax.Array) -> jax.Array:
   """`blur` with sigma ~ U(0.1, 2)."""
   return blur(image, jax.random.uniform(
-      key, minval=augment.BLUR_SIGMA_RANGE[0],
-      maxval=augment.BLUR_SIGMA_RANGE[1]))
+      key, minval=augment_recipe.BLUR_SIGMA_RANGE[0],
+      maxval=augment_recipe.BLUR_SIGMA_RANGE[1]))
 
 
 def gaussian_noise(image: jax.Array, key: jax.Array, *,
@@ -203,23 +212,26 @@ def gaussian_noise(image: jax.Array, key: jax.Array, *,
   return jnp.clip(image + std * jax.random.normal(key, image.shape), 0.0, 1.0)
 
 
+# The device's implementation of each op of `augment_recipe.colour_stage`
+# (the host-only affine op has none: `AugmentParams` refuses it here).
+_DEVICE_COLOUR_OPS = {
+    "color_jitter": lambda x, key, params: color_jitter(
+        x, key, strength=params.color_jitter_strength,
+        random_order=params.color_jitter_random_order),
+    "grayscale": lambda x, key, params: to_grayscale(x),
+    "blur": lambda x, key, params: gaussian_blur(x, key),
+    "solarize": lambda x, key, params: solarize(x),
+    "noise": lambda x, key, params: gaussian_noise(
+        x, key, std=params.gaussian_noise_std),
+}
+
+
 def augment_view(image: jax.Array, key: jax.Array,
-                 params: augment.AugmentParams) -> jax.Array:
-  """The colour ops of one view: float32 [S, S, 3] in [0, 1], same out."""
-  keys = jax.random.split(key, _NUM_VIEW_SUBKEYS)
-  if params.color_jitter_strength > 0:
-    image = random_apply(
-        lambda x: color_jitter(x, keys[1],
-                               strength=params.color_jitter_strength,
-                               random_order=params.color_jitter_random_order),
-        image, keys[0], params.color_jitter_prob)
-  image = random_apply(to_grayscale, image, keys[2], params.grayscale_prob)
-  image = random_apply(lambda x: gaussian_blur(x, keys[4]), image, keys[3],
-                       params.blur_prob)
-  image = random_apply(solarize, image, keys[5], params.solarize_prob)
-  if params.gaussian_noise_std > 0:
-    image = gaussian_noise(image, keys[6], std=params.gaussian_noise_std)
-  return image
+                 params: augment_recipe.AugmentParams) -> jax.Array:
+  """The colour stage of one view: float32 [S, S, 3] in [0, 1], same out."""
+  keys = jax.random.split(key, augment_recipe.NUM_VIEW_SUBKEYS)
+  return augment_recipe.apply_colour_stage(image, keys, params,
+                                           _DEVICE_COLOUR_OPS, random_apply)
 
 
 # ---- the batch ---------------------------------------------------------------
@@ -233,7 +245,7 @@ def _unit_float(views: jax.Array) -> jax.Array:
 
 
 def augment_batch(batch: dict[str, jax.Array], *, seed: int, step,
-                  params: augment.AugmentParams, mean, std
+                  params: augment_recipe.AugmentParams, mean, std
                   ) -> dict[str, jax.Array]:
   """Finishes the host's geometric views: colour ops, then normalisation.
 
@@ -264,6 +276,6 @@ def batch_augmenter(config, *, mean, std
   What the train step and the Hessian analysis call when
   `config.augment.on_device` leaves the colour ops to the device.
   """
-  params = augment.AugmentParams.from_config(config)
+  params = augment_recipe.AugmentParams.from_config(config)
   return lambda batch, step: augment_batch(batch, seed=config.seed, step=step,
                                            params=params, mean=mean, std=std)

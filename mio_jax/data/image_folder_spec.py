@@ -9,13 +9,13 @@ the data_dir when that state and image size has no prepared copy yet
 import os
 
 import ml_collections
-import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
 from mio_jax import errors
 from mio_jax.data import registry
 from mio_jax.data.builders import image_folder
+from mio_jax.host_tf import tfds
 
 
 def check_settings(dataset_config: ml_collections.ConfigDict) -> None:

@@ -22,14 +22,14 @@ from typing import Iterator, Optional
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from mio_jax.data import augment
 from mio_jax.data import dataset
 from mio_jax.data import indexing
 from mio_jax.data import pipeline
 from mio_jax.data import preparation
+from mio_jax.host_tf import tf
+from mio_jax.host_tf import tfds
 
 # Mixed into the subset seed so it is not the permutation or crop stream.
 _SUBSET_STREAM = 0x1ABE1

@@ -33,15 +33,16 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from mio_jax import mesh as mesh_lib
 from mio_jax.data import augment
+from mio_jax.data import augment_recipe
 from mio_jax.data import dataset
 from mio_jax.data import indexing
 from mio_jax.data import preparation
 from mio_jax.data import registry
+from mio_jax.host_tf import tf
+from mio_jax.host_tf import tfds
 
 # Examples per chunk when decoding a split into memory.
 _LOAD_CHUNK = 4096
@@ -226,7 +227,7 @@ def pretrain_step_records(source, step: int, *, seed: int,
       indices, epoch, dtype=np.int64)
 
 
-def two_view_fn(params: augment.AugmentParams, *, seed: int, mean, std,
+def two_view_fn(params: augment_recipe.AugmentParams, *, seed: int, mean, std,
                 encoded: bool):
   """The per-example map: record -> {"view1", "view2", "label", "index"}.
 
@@ -270,7 +271,7 @@ def pretrain_dataset(source, config: ml_collections.ConfigDict, *,
   read = functools.partial(
       pretrain_step_records, source, seed=int(config.seed),
       global_batch_size=int(config.batch_size), rows=rows)
-  example_fn = two_view_fn(augment.AugmentParams.from_config(config),
+  example_fn = two_view_fn(augment_recipe.AugmentParams.from_config(config),
                            seed=int(config.seed), mean=spec.mean, std=spec.std,
                            encoded=source.encoded)
   steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)

@@ -13,7 +13,6 @@ import shlex
 from typing import Optional
 
 import ml_collections
-import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
@@ -21,6 +20,7 @@ from mio_jax import errors
 from mio_jax.data import data_dir as data_dir_lib
 from mio_jax.data import image_folder_spec
 from mio_jax.data import registry
+from mio_jax.host_tf import tfds
 
 
 class DatasetNotPreparedError(errors.UserError):

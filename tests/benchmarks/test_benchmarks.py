@@ -175,19 +175,41 @@ def test_accelerator_check_writes_one_json_in_quick_mode(tmp_path):
   assert {r["dtype"] for r in steps} == {"bfloat16", "float32"}
   for record in steps:
     assert record["achieved_tflop_per_s"] > 0
-    assert record["mfu"] is None  # a CPU has no entry in PEAK_TFLOPS
+    assert record["mfu"] is None  # a CPU has no entry in mio_jax.chips
+    assert "unknown chip 'cpu', MFU not reported" in record["mfu_not_reported"]
   assert any(r.get("benchmark", "").endswith("input_pipeline")
              for p in report["parts"] for r in p["records"])
 
 
-def test_chip_peaks_are_looked_up_by_device_kind():
+def _accelerator_module():
   sys.path.insert(0, str(BENCHMARKS))
   try:
     import accelerator  # pylint: disable=g-import-not-at-top
   finally:
     sys.path.remove(str(BENCHMARKS))
-  assert accelerator.chip_peak("TPU v5 lite", "bfloat16") == 197e12
-  assert accelerator.chip_peak("TPU v5", "float32") == 459e12
-  assert accelerator.chip_peak("NVIDIA H100 80GB HBM3", "float32") == 67e12
-  assert accelerator.chip_peak("NVIDIA H200", "bfloat16") == 989e12
-  assert accelerator.chip_peak("cpu", "float32") is None
+  return accelerator
+
+
+def _step_record(dtype, matmul_precision=None):
+  return {"benchmark": "train_step", "dtype": dtype, "devices": 2,
+          "flops_per_step": 2 * 49.45e12, "step_s": 1.0,
+          "matmul_precision": matmul_precision}
+
+
+def test_mfu_says_which_arithmetic_it_is_against():
+  accelerator = _accelerator_module()
+  records = [_step_record("bfloat16"), _step_record("float32"),
+             _step_record("float32", "highest")]
+  accelerator._with_mfu(records, "NVIDIA H100 80GB HBM3")
+  assert [(r["mfu_against"], r["mfu"]) for r in records] == [
+      ("bfloat16", 0.05), ("tfloat32", 0.1), ("float32", 0.7381)]
+  assert records[1]["peak_tflop_per_s"] == 2 * 494.5
+
+
+def test_mfu_of_an_unknown_chip_is_not_reported():
+  accelerator = _accelerator_module()
+  records = [_step_record("bfloat16")]
+  accelerator._with_mfu(records, "NVIDIA L40S")
+  assert records[0]["mfu"] is None and "mfu_against" not in records[0]
+  assert records[0]["mfu_not_reported"].startswith(
+      "unknown chip 'NVIDIA L40S', MFU not reported")

@@ -1,11 +1,11 @@
 """Each augmentation op eagerly and inside tf.data; ranges, shapes, keys."""
 import numpy as np
 import pytest
-import tensorflow as tf
 
-import mio_jax.data  # noqa: F401  (hides accelerators from TF first)
 from mio_jax import config_base
 from mio_jax.data import augment
+from mio_jax.data import augment_recipe
+from mio_jax.host_tf import tf
 
 SIZE = 16
 
@@ -50,10 +50,10 @@ _SEEDED_OPS = {
         lambda x, k: augment.gaussian_noise(x, k, std=0.1), _float_image),
     "augment_view": (
         lambda x, k: augment.augment_view(
-            x, k, augment.AugmentParams(image_size=SIZE, blur_prob=0.5,
-                                        solarize_prob=0.2, rotation_degrees=10,
-                                        translate_pixels=2,
-                                        gaussian_noise_std=0.05)),
+            x, k, augment_recipe.AugmentParams(
+                image_size=SIZE, blur_prob=0.5, solarize_prob=0.2,
+                rotation_degrees=10, translate_pixels=2,
+                gaussian_noise_std=0.05)),
         _image),
 }
 
@@ -147,7 +147,7 @@ def test_normalize():
 
 def test_params_from_config_reads_every_augment_key():
   config = config_base.base_config()
-  params = augment.AugmentParams.from_config(config)
+  params = augment_recipe.AugmentParams.from_config(config)
   assert params.image_size == config.dataset.image_size
   for key in config.augment.keys():
     assert getattr(params, key) == pytest.approx(config.augment[key]), key
@@ -173,7 +173,7 @@ def test_bad_augment_settings_name_the_key(key, value, message):
   config = config_base.base_config()
   config.augment[key] = value
   with pytest.raises(ValueError, match=message):
-    augment.AugmentParams.from_config(config)
+    augment_recipe.AugmentParams.from_config(config)
 
 
 @pytest.mark.parametrize("height,width", [(40, 50), (10, 12), (20, 12)])

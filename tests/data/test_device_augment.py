@@ -10,19 +10,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow as tf
 
-import mio_jax.data  # noqa: F401  (hides accelerators from TF first)
 from mio_jax import config_base
 from mio_jax import mesh as mesh_lib
 from mio_jax.data import augment
+from mio_jax.data import augment_recipe
 from mio_jax.data import device_augment
+from mio_jax.host_tf import tf
 
 SIZE = 16
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 # Every colour op off: augment_batch only converts and normalises.
-NO_COLOUR = augment.AugmentParams(
+NO_COLOUR = augment_recipe.AugmentParams(
     image_size=SIZE, color_jitter_strength=0.0, grayscale_prob=0.0,
     on_device=True)
 
@@ -86,7 +86,8 @@ def test_op_equals_the_host_tf_op(name):
 def test_blur_equals_the_host_blur_at_the_same_sigma():
   image = _image(height=SIZE * 2, width=SIZE * 3)
   seed = tf.constant([3, 4], tf.int64)
-  sigma = tf.random.stateless_uniform([], seed, *augment.BLUR_SIGMA_RANGE)
+  sigma = tf.random.stateless_uniform([], seed,
+                                      *augment_recipe.BLUR_SIGMA_RANGE)
   host = augment.gaussian_blur(tf.constant(image), seed).numpy()
   np.testing.assert_allclose(device_augment.blur(image, float(sigma)), host,
                              atol=2e-6)
@@ -175,7 +176,7 @@ def test_no_colour_ops_only_normalises():
   np.testing.assert_array_equal(out["label"], batch["label"])
 
 
-_FULL = augment.AugmentParams(image_size=SIZE, blur_prob=0.5,
+_FULL = augment_recipe.AugmentParams(image_size=SIZE, blur_prob=0.5,
                               solarize_prob=0.2, gaussian_noise_std=0.02,
                               on_device=True)
 
@@ -223,7 +224,7 @@ def test_on_device_refuses_the_host_only_affine_ops():
     dataclasses.replace(params, on_device=True)
   config = config_base.base_config()
   config.augment.on_device = True
-  assert augment.AugmentParams.from_config(config).on_device
+  assert augment_recipe.AugmentParams.from_config(config).on_device
 
 
 def test_batch_augmenter_is_augment_batch_with_the_configs_settings():
@@ -236,7 +237,8 @@ def test_batch_augmenter_is_augment_batch_with_the_configs_settings():
   mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
   got = device_augment.batch_augmenter(config, mean=mean, std=std)(batch, 7)
   want = device_augment.augment_batch(
-      batch, seed=3, step=7, params=augment.AugmentParams.from_config(config),
+      batch, seed=3, step=7,
+      params=augment_recipe.AugmentParams.from_config(config),
       mean=mean, std=std)
   for view in ("view1", "view2"):
     np.testing.assert_array_equal(np.asarray(got[view]),

@@ -15,6 +15,7 @@ import mio_jax.data as data
 from mio_jax import config_base
 from mio_jax import mesh as mesh_lib
 from mio_jax.data import augment
+from mio_jax.data import augment_recipe
 from mio_jax.data import indexing
 from mio_jax.data import pipeline
 from mio_jax.data import registry
@@ -233,7 +234,7 @@ def test_jpeg_records_decoded_inside_the_crops_give_the_decoded_views():
   spec = registry.get_spec("imagenet100")
   from_bytes = _first_batch(pipeline.EncodedSource(_Records(encoded)), config)
   from_pixels = pipeline.two_view_fn(
-      augment.AugmentParams.from_config(config), seed=int(config.seed),
+      augment_recipe.AugmentParams.from_config(config), seed=int(config.seed),
       mean=spec.mean, std=spec.std, encoded=False)
   assert from_bytes["view1"].shape == (8, 16, 16, 3)
   for row, index in enumerate(from_bytes["index"]):

@@ -6,9 +6,10 @@ pipeline resizes them to `config.dataset.image_size` and replicates the
 channel to RGB. The train/test split is fixed and stratified (seed 0).
 """
 import numpy as np
-import tensorflow_datasets as tfds
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
+
+from mio_jax.host_tf import tfds
 
 NUM_TEST_EXAMPLES = 297  # 1,797 = 1,500 train + 297 test
 SPLIT_SEED = 0

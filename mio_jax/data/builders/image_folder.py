@@ -52,12 +52,12 @@ import re
 from typing import Mapping, Optional
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from mio_jax.data.builders import folder_listing
 from mio_jax.data.builders import hold_out_split
 from mio_jax.data.builders import image_file
 from mio_jax.data.builders.folder_listing import LabelledFile
+from mio_jax.host_tf import tfds
 
 # Decoding is mostly PIL C code, which releases the GIL.
 _DECODE_THREADS = min(32, os.cpu_count() or 1)

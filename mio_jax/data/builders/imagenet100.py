@@ -11,11 +11,12 @@ import functools
 import importlib.resources
 import io
 
-import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.datasets.imagenet2012 import (
     imagenet2012_dataset_builder)
 from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
+
+from mio_jax.host_tf import tfds
 
 _CLASS_LIST = "imagenet100.txt"
 TRAIN_ARCHIVE = "ILSVRC2012_img_train.tar"

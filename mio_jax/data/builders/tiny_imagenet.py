@@ -10,8 +10,9 @@ Labels are the positions of the wnids in sorted order; `wnid` keeps the id.
 """
 import zipfile
 
-import tensorflow_datasets as tfds
 from etils import epath
+
+from mio_jax.host_tf import tfds
 
 ARCHIVE_NAME = "tiny-imagenet-200.zip"
 _ROOT = "tiny-imagenet-200"
