@@ -5,18 +5,25 @@ goes through here or through `epath.Path` directly, never `os.path`/`open`.
 """
 import json
 import os
+import uuid
 from typing import Any, Optional
 
 from etils import epath
 
 
+def write_json(path: "str | os.PathLike[str]", obj: Any, *,
+               sort_keys: bool = True) -> None:
+  """Writes `obj` as indented JSON (with a final newline), atomically.
 
-
-def write_json(path: "str | os.PathLike[str]", obj: Any) -> None:
-  """Writes `obj` as indented, key-sorted JSON (with a final newline)."""
+  The text goes to a temporary file beside `path`, which then replaces it:
+  a run killed mid-write leaves the previous file whole. sort_keys=False
+  keeps the order of `obj`'s keys.
+  """
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  partial = path.parent / f".{path.name}.{uuid.uuid4().hex}.partial"
+  partial.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
+  partial.replace(path)
 
 
 def as_stored(obj: Any) -> Any:

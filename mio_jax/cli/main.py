@@ -14,7 +14,9 @@ from mio_jax.cli import common
 from mio_jax.cli import distributed_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file in configs/, e.g. configs/digits.py.",
+    "config", None, "Path to a config file in configs/, e.g. configs/digits.py. "
+    "Default: the config recorded in --workdir (or, for --mode=finetune, in "
+    "--config.finetune.init_from) by its pretraining.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory (local or gs://) for checkpoints, metrics and plots.")
@@ -45,4 +47,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  common.run_command(main)
+  common.run_command(main, config_from=("workdir", "config.finetune.init_from"))
