@@ -46,5 +46,10 @@ def main(argv) -> None:
   experiment.train_and_evaluate(config, _WORKDIR.value)
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """The command: main() behind the flags and one-line errors."""
   common.run_command(main, config_from=("workdir", "config.finetune.init_from"))
+
+
+if __name__ == "__main__":
+  run()
