@@ -3,10 +3,11 @@
 The workdir and the TFDS data_dir may be buckets; every path mio_jax writes
 goes through here or through `epath.Path` directly, never `os.path`/`open`.
 """
+import contextlib
 import json
 import os
 import uuid
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from etils import epath
 
@@ -43,3 +44,23 @@ def ensure_dir(path: "str | os.PathLike[str]") -> epath.Path:
   directory = epath.Path(path)
   directory.mkdir(parents=True, exist_ok=True)
   return directory
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(path: "str | os.PathLike[str]") -> Iterator[None]:
+  """Removes the directories of `path` that did not exist before this block,
+  if it fails and leaves them empty: a command that stops on a mistake
+  leaves no empty workdir behind. Directories holding anything are kept."""
+  missing = []
+  directory = epath.Path(path)
+  while not directory.exists() and directory != directory.parent:
+    missing.append(directory)
+    directory = directory.parent
+  try:
+    yield
+  except BaseException:
+    for directory in missing:  # deepest first
+      if not directory.is_dir() or any(directory.iterdir()):
+        break
+      directory.rmdir()
+    raise

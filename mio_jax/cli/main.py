@@ -31,19 +31,25 @@ distributed_flags.define_flags()
 def main(argv) -> None:
   del argv
   config = common.config_value(_CONFIG)
-  if _MODE.value is not None:
-    config.mode = _MODE.value
   # pylint: disable=g-import-not-at-top
   from mio_jax import config_validation
   from mio_jax import distributed
+  from mio_jax import errors
+  from mio_jax import files
+  from mio_jax import modes
   import jax
+  if _MODE.value is not None:
+    # Named as the user typed it (not as config.mode).
+    errors.check_one_of("--mode", _MODE.value, modes.MODES)
+    config.mode = _MODE.value
   distributed.initialize(distributed_flags.settings_from_flags())
   config_validation.validate_config(config, device_count=jax.device_count())
-  config_validation.validate_workdir(_WORKDIR.value, config)
-  # After the checks: it loads TensorFlow (seconds) for the data.
-  from mio_jax import experiment
-  # pylint: enable=g-import-not-at-top
-  experiment.train_and_evaluate(config, _WORKDIR.value)
+  with files.removed_if_left_empty(_WORKDIR.value or "."):
+    config_validation.validate_workdir(_WORKDIR.value, config)
+    # After the checks: it loads TensorFlow (seconds) for the data.
+    from mio_jax import experiment
+    # pylint: enable=g-import-not-at-top
+    experiment.train_and_evaluate(config, _WORKDIR.value)
 
 
 def run() -> None:

@@ -229,6 +229,54 @@ def test_unwritable_workdir_is_a_usage_error(tmp_path):
   assert "--workdir" in result.stderr and "Traceback" not in result.stderr
 
 
+def _one_class_image_folder(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "images"
+  (folder / "train" / "only_class").mkdir(parents=True)
+  for i in range(4):
+    Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(
+        folder / "train" / "only_class" / f"{i}.png")
+  return [f"--config={REPO / 'configs' / 'image_folder.py'}",
+          f"--config.dataset.path={folder}",
+          f"--config.dataset.data_dir={tmp_path / 'tfds'}"]
+
+
+@pytest.mark.parametrize("mistake, expected", [
+    ("workdir_is_a_file", "is a file; give a directory"),
+    ("misspelt_mode", "--mode='knn_evl' is not one of"),
+    ("missing_init_from", "config.finetune.init_from="),
+    ("missing_encoder_file", "config.eval.encoder_file="),
+    ("one_class_image_folder", "single class folder"),
+])
+def test_mistakes_are_one_line_and_leave_no_empty_workdir(tmp_path, mistake,
+                                                          expected):
+  workdir = tmp_path / "runs" / "run"
+  args = {
+      "workdir_is_a_file": [f"--config={DIGITS}"],
+      "misspelt_mode": [f"--config={DIGITS}", "--mode=knn_evl"],
+      "missing_init_from": [f"--config={DIGITS}", "--mode=finetune",
+                            f"--config.finetune.init_from={tmp_path / 'no'}"],
+      "missing_encoder_file": [
+          f"--config={DIGITS}", "--mode=linear_eval",
+          f"--config.eval.encoder_file={tmp_path / 'no.msgpack'}"],
+      "one_class_image_folder": _one_class_image_folder(tmp_path),
+  }[mistake]
+  if mistake == "workdir_is_a_file":
+    workdir = tmp_path / "a_file"
+    workdir.write_text("not a directory")
+  result = run_main(*args, f"--workdir={workdir}")
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  if mistake == "misspelt_mode":  # the flag the user typed, the closest mode
+    assert "use e.g. --mode=knn_eval" in lines[0]
+  if mistake == "workdir_is_a_file":
+    assert workdir.is_file()
+  else:
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_config_file_is_one_line_within_seconds(tmp_path):
   start = time.monotonic()
   result = run_main("--config=configs/no_such_file.py", f"--workdir={tmp_path}")
