@@ -42,3 +42,23 @@ def test_write_json_keeps_the_key_order_when_asked(tmp_path):
   files.write_json(path, {"b": 1, "a": 2}, sort_keys=False)
   assert list(files.read_json(path)) == ["b", "a"]
   assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_a_failed_block_removes_only_the_empty_directories_it_created(
+    tmp_path):
+  existing = tmp_path / "runs"
+  existing.mkdir()
+  with pytest.raises(ValueError):
+    with files.removed_if_left_empty(existing / "new" / "run"):
+      files.ensure_dir(existing / "new" / "run")
+      raise ValueError("a mistake")
+  assert list(tmp_path.iterdir()) == [existing]
+  assert not any(existing.iterdir())
+  with pytest.raises(ValueError):
+    with files.removed_if_left_empty(existing / "kept"):
+      files.write_json(existing / "kept" / "x.json", {})
+      raise ValueError("a mistake after writing")
+  assert (existing / "kept" / "x.json").exists()
+  with files.removed_if_left_empty(existing / "ok"):
+    files.ensure_dir(existing / "ok")
+  assert (existing / "ok").is_dir()  # no failure: kept, even empty
