@@ -4,7 +4,8 @@ r"""Pretrain MIO and evaluate the frozen encoder.
         [--mode=all] [--config.key=value ...]
 
 Parses flags, joins a multi-process run, checks the config and workdir and
-calls `experiment.train_and_evaluate`. A bad flag, config value, workdir,
+calls `experiment.train_and_evaluate`. Without --config, the config
+recorded in a trained --workdir (or finetune.init_from) is used. A bad flag, config value, workdir,
 unprepared data set or missing checkpoint stops with one line and status 2.
 """
 from absl import flags
