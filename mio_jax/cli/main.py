@@ -5,8 +5,10 @@ r"""Pretrain MIO and evaluate the frozen encoder.
 
 Parses flags, joins a multi-process run, checks the config and workdir and
 calls `experiment.train_and_evaluate`. Without --config, the config
-recorded in a trained --workdir (or finetune.init_from) is used. A bad flag, config value, workdir,
-unprepared data set or missing checkpoint stops with one line and status 2.
+recorded in a trained --workdir (or finetune.init_from) is used. A bad
+flag, config value, workdir, unprepared data set or missing checkpoint
+stops with one line and status 2; a workdir this command created is
+removed if it stops with it still empty.
 """
 from absl import flags
 from ml_collections import config_flags
