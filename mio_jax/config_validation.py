@@ -121,6 +121,14 @@ def validate_workdir(workdir: str,
   """The workdir must be writable, and any checkpoint in it this model's."""
   if not workdir:
     raise ConfigError("--workdir is required; e.g. --workdir=runs/my_run")
+  existing = epath.Path(workdir)
+  while not existing.exists() and existing != existing.parent:
+    existing = existing.parent
+  if existing.exists() and not existing.is_dir():
+    where = "" if str(existing) == str(epath.Path(workdir)) else (
+        f" under {str(existing)!r}, which")
+    raise ConfigError(f"--workdir={workdir!r}{where} is a file; give a "
+                      "directory")
   try:
     directory = epath.Path(workdir)
     directory.mkdir(parents=True, exist_ok=True)

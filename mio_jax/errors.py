@@ -5,6 +5,7 @@ fix; the command line (`mio_jax.cli`) prints that message as one line and
 exits with status 2. Any other exception is a bug of ours and keeps its
 traceback.
 """
+import difflib
 
 
 class UserError(Exception):
@@ -34,12 +35,17 @@ class InvalidValueError(UserError, ValueError):
 
 
 def check_one_of(key: str, value, valid) -> None:
-  """Raises InvalidValueError unless `value` is in `valid` (listed in it)."""
+  """Raises InvalidValueError unless `value` is in `valid` (listed in it).
+
+  The fix suggests the valid value closest to a misspelt one.
+  """
   valid = tuple(valid)
   if value not in valid:
+    names = [str(v) for v in valid]
+    closest = difflib.get_close_matches(str(value), names, n=1)
     raise InvalidValueError(
         key, value, f"is not one of {', '.join(map(repr, valid))}",
-        "use e.g. {key}=" + str(valid[0]))
+        "use e.g. {key}=" + (closest or names)[0])
 
 
 def check_positive(key: str, value, *, allow_zero: bool = False) -> None:

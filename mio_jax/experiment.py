@@ -7,7 +7,8 @@ demo call it. For config.mode it
      (`modes.load_encoder`);
   2. runs the mode's frozen-feature protocols on it (`evaluation`);
   3. trains the mode's supervised protocol on it (`supervised.PROTOCOLS`);
-  4. writes `eval_results.json`, the metrics and the training curves.
+  4. adds its results to `eval_results.json` (`eval_results.merge`), writes
+     the metrics and the training curves.
 One `loop.PreemptionWatch` covers all of it: the loops save and exit on
 SIGTERM, and the evaluations between them are abandoned within seconds.
 """
@@ -19,6 +20,7 @@ from absl import logging
 
 from mio_jax import data
 from mio_jax import distributed
+from mio_jax import eval_results
 from mio_jax import files
 from mio_jax import loop
 from mio_jax import mesh as mesh_lib
@@ -30,6 +32,7 @@ from mio_jax import pretraining
 from mio_jax import recipe
 from mio_jax import supervised
 from mio_jax.evaluation import evaluator
+from mio_jax.evaluation import protocols as protocols_lib
 
 RESULTS_FILE = "eval_results.json"
 
@@ -96,8 +99,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if results:
       logger.log_eval(step, results)
       if main_process:
-        files.write_json(os.path.join(workdir, RESULTS_FILE),
-                         {"step": step, **results})
+        path = os.path.join(workdir, RESULTS_FILE)
+        files.write_json(path, eval_results.merge(
+            files.read_json(path), step, results,
+            (*protocols_lib.PROTOCOLS, *supervised.PROTOCOLS)),
+                         sort_keys=False)
   except loop.Preempted:
     # An evaluation was abandoned: what it needs (the pretrained step, the
     # supervised checkpoints) is saved already.

@@ -47,18 +47,25 @@ def export_encoder(workdir: str, config: ml_collections.ConfigDict, out: str, *,
   """Writes the backbone of saved `step` (default latest) to `out` and out.json.
 
   Returns the JSON description written. Raises NoCheckpointError and
-  CheckpointMismatchError as `checkpointing.restore_variables` does.
+  CheckpointMismatchError as `checkpointing.restore_variables` does, and
+  ExportError where `out` cannot be written.
   """
   mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
   step, variables = checkpointing.restore_variables(workdir, config, mesh,
                                                     step=step)
   backbone = jax.device_get({"params": variables["params"]["backbone"],
                              "batch_stats": variables["batch_stats"]["backbone"]})
-  path = epath.Path(out)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(flax.serialization.msgpack_serialize(backbone))
   description = _description(config, step, workdir)
-  files.write_json(f"{out}.json", description)
+  try:
+    path = epath.Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(flax.serialization.msgpack_serialize(backbone))
+    files.write_json(f"{out}.json", description)
+  except OSError as error:
+    # A parent that is a file, a read-only place (/proc), no permission.
+    raise ExportError(f"cannot write the encoder to {out} "
+                      f"({error.strerror or error}); give a path in a "
+                      "directory you can write to") from None
   return description
 
 

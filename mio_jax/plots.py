@@ -1,10 +1,15 @@
 """Every figure mio_jax draws: training curves, t-SNE of features, Hessian
 spectra, the loss comparison's accuracy curves.
 
+The training curves hold one quantity per axis: pretraining's, each trained
+classifier's (the online probe, linear_eval, finetune: their loss on a loss
+axis, accuracies on [0, 1]) and the evaluations' test accuracies.
+
 Uses matplotlib's object API with the Agg canvas (`Figure.savefig`), so no
 display and no global pyplot state are needed. Paths may be local or gs://
 (read and written through etils.epath, like the rest of the workdir).
 """
+import dataclasses
 import io
 import json
 import math
@@ -19,23 +24,42 @@ from threadpoolctl import threadpool_limits
 
 from mio_jax.metric_logging import EVAL_PREFIX
 
-# Panels of the training-curve figure: (title, metric names drawn in it).
-# Names are those of the train step and losses.pair_metrics; a panel with
-# none of its metrics in the file is left out.
-TRAINING_PANELS = (
-    ("loss", ("loss",)),
-    ("learning rate", ("learning_rate",)),
-    ("cosine similarity of pairs", ("pos_sim", "neg_sim")),
-    ("pair classification accuracy",
-     ("pair_accuracy", "pos_accuracy", "neg_accuracy")),
-    ("mutual information estimate (nats)", ("mi_estimate",)),
-    ("gradient norm", ("grad_norm",)),
-    ("throughput (images/s)", ("images_per_sec",)),
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+  """One axis of the training-curve figure: one quantity, its curves."""
+  title: str
+  names: tuple[str, ...]  # the metrics drawn, as logged
+  ylabel: str
+  xlabel: str = "step"
+  fraction: bool = False  # an accuracy: the axis spans [0, 1]
+
+
+# The pretraining step's metrics (train step, losses.pair_metrics), one
+# quantity per panel: (title, y label, metric names, fraction).
+PRETRAINING_PANELS = (
+    ("loss", "loss", ("loss",), False),
+    ("learning rate", "learning rate", ("learning_rate",), False),
+    ("cosine similarity of pairs", "cosine similarity",
+     ("pos_sim", "neg_sim"), False),
+    ("pair classification accuracy", "accuracy",
+     ("pair_accuracy", "pos_accuracy", "neg_accuracy"), True),
+    ("mutual information estimate", "nats", ("mi_estimate",), False),
+    ("gradient norm", "gradient norm", ("grad_norm",), False),
+    ("throughput", "images/s", ("images_per_sec",), False),
 )
-# Metrics of the evaluation panel: results logged with this prefix by
-# MetricLogger.log_eval, or by pretraining hooks (online kNN monitor), except
-# standard deviations over trials, which are not accuracies.
-ONLINE_PREFIX = "online_"
+# A trained classifier's metrics, logged as "<name>_<metric>": the online
+# probe inside pretraining, linear_eval and finetune (loop.run's `name`).
+CLASSIFIER_PANELS = (
+    ("loss (cross-entropy)", "loss", ("loss", "val_loss"), False),
+    ("accuracy", "accuracy", ("top1", "val_top1"), True),
+    ("learning rate", "learning rate", ("learning_rate",), False),
+    ("gradient norm", "gradient norm", ("grad_norm",), False),
+    ("throughput", "images/s", ("images_per_sec",), False),
+)
+# The online probe trains inside pretraining: its steps are pretraining's.
+ONLINE_PROBE = "online_probe"
+ACCURACY_SUFFIXES = ("_top1", "_top5")
 
 
 def read_metrics(metrics_jsonl_path: str) -> dict[str, tuple[np.ndarray,
@@ -63,42 +87,82 @@ def read_metrics(metrics_jsonl_path: str) -> dict[str, tuple[np.ndarray,
           for name, values in by_name.items()}
 
 
-def curve_panels(metric_names) -> list[tuple[str, list[str]]]:
-  """(title, names) of the panels with at least one of `metric_names`."""
-  panels = [(title, [n for n in names if n in metric_names])
-            for title, names in TRAINING_PANELS]
-  eval_names = sorted(
-      n for n in metric_names if n.startswith((EVAL_PREFIX, ONLINE_PREFIX))
-      and not n.endswith("_std"))
-  panels.append(("evaluation", eval_names))
-  return [(title, names) for title, names in panels if names]
+def _classifiers(metric_names) -> list[str]:
+  """The names of the classifiers trained in the file: "<name>_loss" logged
+  (not a validation loss, not an evaluation result)."""
+  return sorted({n.removesuffix("_loss") for n in metric_names
+                 if n.endswith("_loss") and not n.endswith("_val_loss")
+                 and not n.startswith(EVAL_PREFIX)})
 
 
-def plot_training_curves(metrics_jsonl_path: str, out_png: str) -> None:
-  """Loss, learning rate, pair metrics, throughput and eval results vs step."""
-  metrics = read_metrics(metrics_jsonl_path)
+def curve_panels(metric_names) -> list[Panel]:
+  """The panels with at least one of `metric_names`: pretraining's, each
+  trained classifier's, and the evaluations' accuracies (test split)."""
+  metric_names = set(metric_names)
+  specs = [("", "", spec) for spec in PRETRAINING_PANELS]
+  classifiers = _classifiers(metric_names)
+  # The online probe first: it trains with pretraining, at its steps.
+  for name in sorted(classifiers, key=lambda name: name != ONLINE_PROBE):
+    xlabel = "step" if name == ONLINE_PROBE else f"{name} step"
+    specs += [(f"{name}_", xlabel, spec) for spec in CLASSIFIER_PANELS]
+  panels = []
+  for prefix, xlabel, (title, ylabel, names, fraction) in specs:
+    found = tuple(prefix + n for n in names if prefix + n in metric_names)
+    if found:
+      panels.append(Panel(f"{prefix.removesuffix('_')}{': ' if prefix else ''}"
+                          f"{title}", found, ylabel, xlabel or "step",
+                          fraction))
+  # Evaluations of the encoder and online kNN: test-split accuracies
+  # (not the standard deviations over few-label trials).
+  evaluations = tuple(sorted(
+      n for n in metric_names if n.endswith(ACCURACY_SUFFIXES)
+      and (n.startswith(EVAL_PREFIX) or not any(
+          n.startswith(f"{c}_") for c in classifiers))))
+  if evaluations:
+    panels.append(Panel("evaluation (test split)", evaluations, "accuracy",
+                        fraction=True))
+  return panels
+
+
+def training_curves_figure(metrics: Mapping[str, tuple[np.ndarray,
+                                                       np.ndarray]]) -> Figure:
+  """The figure of `read_metrics`'s curves, one panel per `curve_panels`,
+  legends below their axes (never over the last points)."""
   panels = curve_panels(metrics)
   if not panels:
-    raise ValueError(f"{metrics_jsonl_path} holds no metrics to plot.")
-
+    raise ValueError("no metrics to plot")
   columns = min(2, len(panels))
   rows = math.ceil(len(panels) / columns)
-  figure = Figure(figsize=(6 * columns, 3.5 * rows), layout="constrained")
+  figure = Figure(figsize=(6 * columns, 3.8 * rows), layout="constrained")
   axes = figure.subplots(rows, columns, squeeze=False).ravel()
-  for axis, (title, names) in zip(axes, panels):
-    for name in names:
+  for axis, panel in zip(axes, panels):
+    for name in panel.names:
       steps, values = metrics[name]
       axis.plot(steps, values, marker="o" if len(steps) < 20 else None,
                 label=name.removeprefix(EVAL_PREFIX))
-    if title == "learning rate":
+    if panel.fraction:
+      axis.set_ylim(-0.02, 1.02)  # markers at 0 or 1 stay whole
+    elif "learning rate" in panel.title:
       axis.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    axis.set_title(title)
-    axis.set_xlabel("step")
+    axis.set_title(panel.title)
+    axis.set_xlabel(panel.xlabel)
+    axis.set_ylabel(panel.ylabel)
     axis.grid(alpha=0.3)
-    if len(names) > 1 or title == "evaluation":
-      axis.legend(fontsize="small")
+    if len(panel.names) > 1 or panel.title.startswith("evaluation"):
+      axis.legend(fontsize="small", loc="upper center", frameon=False,
+                  bbox_to_anchor=(0.5, -0.22), ncol=min(3, len(panel.names)))
   for axis in axes[len(panels):]:
     axis.set_visible(False)
+  return figure
+
+
+def plot_training_curves(metrics_jsonl_path: str, out_png: str) -> None:
+  """The workdir's curves (`training_curves_figure`) as a PNG."""
+  metrics = read_metrics(metrics_jsonl_path)
+  try:
+    figure = training_curves_figure(metrics)
+  except ValueError:
+    raise ValueError(f"{metrics_jsonl_path} holds no metrics to plot.") from None
   _save_png(figure, out_png)
 
 

@@ -1,9 +1,14 @@
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
+import child_env
 from mio_jax import export
 from mio_jax import mesh as mesh_lib
 from mio_jax import pretraining
@@ -52,3 +57,42 @@ def test_an_export_of_another_network_is_refused(tmp_path):
     export.encoder_variables(out, other, mesh_lib.make_data_mesh())
   with pytest.raises(export.ExportError, match="no exported encoder"):
     export.load_encoder(str(tmp_path / "missing.msgpack"))
+
+
+def _unwritable_outs(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  outs = {"under a file": str(blocker / "encoder.msgpack"),
+          "in /proc": "/proc/encoder.msgpack"}
+  if os.geteuid() != 0:  # root writes anywhere but in /proc
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o555)
+    outs["in a read-only directory"] = str(read_only / "encoder.msgpack")
+  return outs
+
+
+def test_an_out_path_that_cannot_be_written_is_an_export_error(tmp_path):
+  config = tiny_config()
+  checkpointer = open_checkpointer(tmp_path, config)
+  checkpointer.save(train.init_state(tiny_run()))
+  checkpointer.close()
+  for where, out in _unwritable_outs(tmp_path).items():
+    with pytest.raises(export.ExportError, match="cannot write the encoder"):
+      export.export_encoder(str(tmp_path), config, out)
+    assert not os.path.exists(out), where
+
+
+def test_export_command_reports_an_unwritable_out_in_one_line(tmp_path):
+  """Through the command, without --config: the workdir's recorded one."""
+  checkpointer = open_checkpointer(tmp_path, tiny_config())
+  checkpointer.save(train.init_state(tiny_run()))
+  checkpointer.close()
+  out = "/proc/encoder.msgpack"
+  result = subprocess.run(
+      [sys.executable, "-m", "mio_jax.cli.export", f"--workdir={tmp_path}",
+       f"--out={out}"], cwd=pathlib.Path(__file__).parents[1],
+      env=child_env.child_env(1), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and out in lines[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr

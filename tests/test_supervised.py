@@ -277,8 +277,8 @@ def test_finetune_mode_end_to_end_writes_results_and_subset(tmp_path):
   results = experiment.train_and_evaluate(config, str(workdir))
   assert set(results) == {"finetune_top1", "finetune_top5"}
   stored = json.loads((workdir / experiment.RESULTS_FILE).read_text())
-  assert stored["finetune_top1"] == results["finetune_top1"]
-  assert stored["step"] == 7
+  assert stored == {"finetune@step_7": {"top1": results["finetune_top1"],
+                                        "top5": results["finetune_top5"]}}
   folder = next((workdir / "finetune").iterdir())  # the random encoder's
   subset = json.loads((folder / "subset.json").read_text())
   assert subset["label_fraction"] == 0.1 and len(subset["indices"]) == 149
@@ -308,8 +308,7 @@ def test_linear_eval_mode_end_to_end_on_a_saved_step(setup, tmp_path):
   results = experiment.train_and_evaluate(config, workdir)
   assert set(results) == {"linear_eval_top1", "linear_eval_top5"}
   stored = json.loads((tmp_path / experiment.RESULTS_FILE).read_text())
-  assert stored["step"] == 3
-  assert stored["linear_eval_top1"] == results["linear_eval_top1"]
+  assert stored["linear_eval@step_3"]["top1"] == results["linear_eval_top1"]
 
 
 def test_the_step_schedule_decays_per_epoch_inside_streamed_batches():

@@ -1,7 +1,9 @@
 r"""Writes a saved step's backbone to one file (and a JSON description).
 
-    python -m mio_jax.cli.export --config=configs/cifar10.py \
-        --workdir=runs/cifar10 --out=runs/cifar10/encoder.msgpack [--step=N]
+    python -m mio_jax.cli.export --workdir=runs/cifar10 \
+        --out=runs/cifar10/encoder.msgpack [--step=N] [--config=...]
+
+Without --config, the config recorded in --workdir is used.
 
 Evaluate it with `python -m mio_jax.main --mode=knn_eval
 --config.eval.encoder_file=PATH ...`, or fine-tune from it with
@@ -13,12 +15,13 @@ from ml_collections import config_flags
 from mio_jax.cli import common
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The config file the checkpoints were trained with.",
+    "config", None, "The config file the checkpoints were trained with "
+    "(default: the one recorded in --workdir).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
 _OUT = flags.DEFINE_string("out", None, "The file to write (may be gs://).")
 _STEP = flags.DEFINE_integer("step", None, "The saved step (default: latest).")
-flags.mark_flags_as_required(["config", "workdir", "out"])
+flags.mark_flags_as_required(["workdir", "out"])
 
 
 def main(argv) -> None:
@@ -32,4 +35,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  common.run_command(main)
+  common.run_command(main, config_from=("workdir",))

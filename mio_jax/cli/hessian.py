@@ -1,8 +1,10 @@
 r"""Hessian eigenspectrum of the pretraining loss at a checkpoint, per loss.
 
-    python -m mio_jax.cli.hessian --config=configs/digits.py \
-        --workdir=runs/digits [--losses=mio,bce,nt_xent,dcl] [--top_k=5] \
+    python -m mio_jax.cli.hessian --workdir=runs/digits \
+        [--losses=mio,bce,nt_xent,dcl] [--top_k=5] \
         [--params=all|projector|backbone] [--batch_size=64] [--data=pipeline]
+
+Without --config, the config recorded in --workdir is used.
 
 The analysis is `mio_jax.analysis.hessian.analyze_checkpoint`; writes
 `<workdir>/hessian/hessian.json` and `hessian_spectrum.png`. See
@@ -18,7 +20,8 @@ from mio_jax.cli import common
 # The vocabularies (loss names, parameter subsets, eigsh ends) are checked by
 # the analysis, which lists the valid ones; flags stay light for --help.
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The config file the checkpoints were trained with.",
+    "config", None, "The config file the checkpoints were trained with "
+    "(default: the one recorded in --workdir).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory.")
 _LOSSES = flags.DEFINE_list("losses", ["mio", "bce", "nt_xent", "dcl"],
@@ -38,7 +41,7 @@ _LANCZOS_STEPS = flags.DEFINE_integer("lanczos_steps", 64,
 _NUM_PROBES = flags.DEFINE_integer("num_probes", 2, "SLQ probe vectors.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None,
                                   "Default: <workdir>/hessian.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv) -> None:
@@ -57,4 +60,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  common.run_command(main)
+  common.run_command(main, config_from=("workdir",))

@@ -84,7 +84,11 @@ def _copy(workdir, to):
   return str(to)
 
 
-def test_main_pretrains_evaluates_and_resumes(tmp_path, data_dir, pretrained):
+def test_main_resumes_and_eval_results_keep_every_protocol_and_step(
+    tmp_path, data_dir, pretrained):
+  """Resume, then all / knn_eval at another step / linear_eval / all again:
+  every result stays in eval_results.json. The later commands name no
+  --config: the workdir's recorded one is used."""
   workdir = _copy(pretrained, tmp_path / "run")
   common = [*_common(data_dir), f"--workdir={workdir}"]
   train_lines = [m for m in read_metrics(workdir) if "loss" in m]
@@ -110,25 +114,43 @@ def test_main_pretrains_evaluates_and_resumes(tmp_path, data_dir, pretrained):
   assert second.returncode == 0, second.stderr[-3000:]
   steps = [m["step"] for m in read_metrics(workdir) if "loss" in m]
   assert steps == [1, 2, 3, 4, 5, 6]
-  results = _results(workdir)
-  assert results["step"] == 6
-  for key in ("feature_probe_top1", "knn_top1", "fewshot_top1"):
-    assert 0.0 <= results[key] <= 1.0
+  after_all = _results(workdir)
+  assert list(after_all) == ["feature_probe@step_6", "fewshot@step_6",
+                             "knn@step_6", "linear_eval@step_4"]
+  for entry in after_all.values():
+    assert 0.0 <= entry["top1"] <= 1.0
   for png in ("training_curves.png", "embedding_tsne.png"):
     assert pathlib.Path(workdir, png).read_bytes()[:4] == b"\x89PNG"
 
-  # ... and of the newer step, in the same workdir: a run of its own.
-  linear = run_main(*common, "--mode=linear_eval")
-  assert linear.returncode == 0, linear.stderr[-3000:]
-  assert _results(workdir)["step"] == 6
+  # An evaluation of an earlier saved step, and the linear evaluation of
+  # the newer one (a run of its own beside step 4's), each without --config.
+  recorded = "No --config given: using the config recorded in"
+  for args in (["--mode=knn_eval", "--config.eval.step=4"],
+               ["--mode=linear_eval"]):
+    result = run_main(f"--workdir={workdir}", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert recorded in result.stdout
   assert sorted(p.name for p in pathlib.Path(workdir, "linear_eval").iterdir()
                ) == ["step_000004", "step_000006"]
-
-  # An evaluation of an earlier saved step.
-  third = run_main(*common, "--mode=knn_eval", "--config.eval.step=4")
-  assert third.returncode == 0, third.stderr[-3000:]
   results = _results(workdir)
-  assert results["step"] == 4 and "knn_top1" in results
+  assert set(results) == {*after_all, "knn@step_4", "linear_eval@step_6"}
+  assert {k: results[k] for k in after_all} == after_all
+
+  # `all` again replaces its own entries only.
+  again = run_main(f"--workdir={workdir}", "--mode=all")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert set(_results(workdir)) == set(results)
+  assert _results(workdir)["linear_eval@step_6"] == results[
+      "linear_eval@step_6"]
+
+
+def test_a_workdir_without_a_recorded_config_needs_config(tmp_path):
+  fresh = tmp_path / "fresh"
+  result = run_main(f"--workdir={fresh}", "--mode=knn_eval")
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "--config is required" in lines[0]
+  assert "Traceback" not in result.stderr and not fresh.exists()
 
 
 def _results(workdir):
@@ -141,40 +163,48 @@ def test_every_mode_runs_through_main_fresh_workdirs_included(tmp_path,
   """The README's commands, as a user types them, each on its own workdir.
 
   --mode=pretrain ran on a fresh workdir in the `pretrained` fixture, and
-  --mode=all (the default) in test_main_pretrains_evaluates_and_resumes.
+  --mode=all (the default), knn_eval and linear_eval in
+  test_main_resumes_and_eval_results_keep_every_protocol_and_step. The
+  commands that read a trained workdir (export, hessian, finetune from it)
+  run without --config: they use the one recorded there.
   """
   pretrained = _copy(pretrained, tmp_path / "pretrained")
   common = _common(data_dir)
-  for mode, key in (("fewshot_eval", "fewshot_top1"),
-                    ("feature_probe_eval", "feature_probe_top1"),
-                    ("linear_eval", "linear_eval_top1")):
+  for mode, protocol in (("fewshot_eval", "fewshot"),
+                         ("feature_probe_eval", "feature_probe")):
     result = run_main(*common, f"--workdir={pretrained}", f"--mode={mode}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert set(_results(pretrained)) == {"step", key,
-                                         key.replace("top1", "top5")
-                                         if mode != "fewshot_eval"
-                                         else "fewshot_top1_std"}
+    assert f"{protocol}@step_{PRETRAINED_STEPS}" in _results(pretrained)
   exported = str(tmp_path / "encoder.msgpack")
   export = subprocess.run(
-      [sys.executable, "-m", "mio_jax.cli.export", f"--config={DIGITS}",
-       f"--workdir={pretrained}", f"--out={exported}", *TINY], cwd=REPO,
-      env=child_env.child_env(2), capture_output=True,
-      text=True, timeout=600)
+      [sys.executable, "-m", "mio_jax.cli.export", f"--workdir={pretrained}",
+       f"--out={exported}"], cwd=REPO, env=child_env.child_env(2),
+      capture_output=True, text=True, timeout=600)
   assert export.returncode == 0, export.stderr[-3000:]
+  hessian = subprocess.run(
+      [sys.executable, "-m", "mio_jax.cli.hessian", f"--workdir={pretrained}",
+       "--data=synthetic", "--losses=mio", "--top_k=1", "--params=projector",
+       "--batch_size=8", "--lanczos_steps=4", "--num_probes=1"], cwd=REPO,
+      env=child_env.child_env(2), capture_output=True, text=True, timeout=600)
+  assert hessian.returncode == 0, hessian.stderr[-3000:]
+  for command in (export, hessian):
+    assert "using the config recorded in" in command.stdout
+  assert pathlib.Path(pretrained, "hessian", "hessian.json").exists()
   # Fresh workdirs: fine-tuning from the pretrained one, linear evaluation
   # of the exported file.
   finetuned = str(tmp_path / "finetuned")
-  result = run_main(*common, f"--workdir={finetuned}", "--mode=finetune",
+  result = run_main(f"--workdir={finetuned}", "--mode=finetune",
                     f"--config.finetune.init_from={pretrained}")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert _results(finetuned)["step"] == 2  # fine-tuning steps
+  assert list(_results(finetuned)) == ["finetune@step_2"]  # its own steps
   assert pathlib.Path(finetuned, "finetune", f"step_{PRETRAINED_STEPS:06d}",
                       "subset.json").exists()
   evaluated = str(tmp_path / "evaluated")
   result = run_main(*common, f"--workdir={evaluated}", "--mode=linear_eval",
                     f"--config.eval.encoder_file={exported}")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert _results(evaluated)["step"] == PRETRAINED_STEPS  # the exported step
+  assert list(_results(evaluated)) == [  # the exported step
+      f"linear_eval@step_{PRETRAINED_STEPS}"]
   # A source that is not there: one line before any work.
   missing = run_main(*common, f"--workdir={tmp_path / 'x'}", "--mode=finetune",
                      f"--config.finetune.init_from={tmp_path / 'nothing'}")
@@ -205,6 +235,54 @@ def test_unwritable_workdir_is_a_usage_error(tmp_path):
   result = run_main(f"--config={DIGITS}", f"--workdir={blocker}/run")
   assert result.returncode == 2
   assert "--workdir" in result.stderr and "Traceback" not in result.stderr
+
+
+def _one_class_image_folder(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "images"
+  (folder / "train" / "only_class").mkdir(parents=True)
+  for i in range(4):
+    Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(
+        folder / "train" / "only_class" / f"{i}.png")
+  return [f"--config={REPO / 'configs' / 'image_folder.py'}",
+          f"--config.dataset.path={folder}",
+          f"--config.dataset.data_dir={tmp_path / 'tfds'}"]
+
+
+@pytest.mark.parametrize("mistake, expected", [
+    ("workdir_is_a_file", "is a file; give a directory"),
+    ("misspelt_mode", "--mode='knn_evl' is not one of"),
+    ("missing_init_from", "config.finetune.init_from="),
+    ("missing_encoder_file", "config.eval.encoder_file="),
+    ("one_class_image_folder", "single class folder"),
+])
+def test_mistakes_are_one_line_and_leave_no_empty_workdir(tmp_path, mistake,
+                                                          expected):
+  workdir = tmp_path / "runs" / "run"
+  args = {
+      "workdir_is_a_file": [f"--config={DIGITS}"],
+      "misspelt_mode": [f"--config={DIGITS}", "--mode=knn_evl"],
+      "missing_init_from": [f"--config={DIGITS}", "--mode=finetune",
+                            f"--config.finetune.init_from={tmp_path / 'no'}"],
+      "missing_encoder_file": [
+          f"--config={DIGITS}", "--mode=linear_eval",
+          f"--config.eval.encoder_file={tmp_path / 'no.msgpack'}"],
+      "one_class_image_folder": _one_class_image_folder(tmp_path),
+  }[mistake]
+  if mistake == "workdir_is_a_file":
+    workdir = tmp_path / "a_file"
+    workdir.write_text("not a directory")
+  result = run_main(*args, f"--workdir={workdir}")
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  if mistake == "misspelt_mode":  # the flag the user typed, the closest mode
+    assert "use e.g. --mode=knn_eval" in lines[0]
+  if mistake == "workdir_is_a_file":
+    assert workdir.is_file()
+  else:
+    assert not (tmp_path / "runs").exists()
 
 
 def test_missing_config_file_is_one_line_within_seconds(tmp_path):
