@@ -235,35 +235,37 @@ def plot_loss_comparison(summary: Mapping[str, Any], out_png: str) -> None:
   metrics = ("knn_top1", "fewshot_top1", "feature_probe_top1")
   figure = Figure(figsize=(4 * max(3, len(losses)), 7.5), layout="constrained")
   grid = figure.add_gridspec(2, max(2, len(losses)))
-  width = 0.8 / len(losses)
   bars = figure.add_subplot(grid[0, :max(1, len(losses) // 2)])
   paired = figure.add_subplot(grid[0, max(1, len(losses) // 2):])
   x = np.arange(len(metrics))
+  others = [loss for loss in losses if loss != reference]
+  # A loss keeps its colour in every panel.
+  color = {loss: f"C{index}" for index, loss in enumerate(losses)}
   for index, loss in enumerate(losses):
     cells = [summary["test"][loss][m] for m in metrics]
-    bars.bar(x + index * width, [c["mean"] for c in cells], width,
-             yerr=[c["std"] or 0 for c in cells], capsize=3,
-             color=f"C{index}", label=loss)
-    if loss == reference:
-      continue
+    bars.bar(x + index * 0.8 / len(losses), [c["mean"] for c in cells],
+             0.8 / len(losses), yerr=[c["std"] or 0 for c in cells],
+             capsize=3, color=color[loss], label=loss)
+  for index, loss in enumerate(others):
     cells = [summary["paired"][loss][m] for m in metrics]
     means = np.array([c["mean_diff"] for c in cells])
     has_interval = cells[0]["ci95_low"] is not None
     errors = (np.array([[c["mean_diff"] - c["ci95_low"],
                          c["ci95_high"] - c["mean_diff"]] for c in cells]).T
               if has_interval else None)
-    paired.bar(x + index * width, means, width, yerr=errors, capsize=3,
-               color=f"C{index}", label=loss)
+    paired.bar(x + index * 0.8 / len(others), means, 0.8 / len(others),
+               yerr=errors, capsize=3, color=color[loss], label=loss)
   n = len(settings["seeds"])
-  for axis, title in (
-      (bars, f"test top-1, mean ± std over {n} seed(s)"),
+  for axis, title, count in (
+      (bars, f"test top-1, mean ± std over {n} seed(s)", len(losses)),
       (paired, f"minus {reference}, paired by seed "
-               f"({'95 % t-interval' if n > 1 else 'one seed: no interval'})")):
-    axis.set_xticks(x + width * (len(losses) - 1) / 2,
+               f"({'95 % t-interval' if n > 1 else 'one seed: no interval'})",
+       len(others))):
+    axis.set_xticks(x + 0.4 - 0.4 / max(1, count),
                     ["kNN", "few-label", "feature probe"])
     axis.set_title(title, fontsize="medium")
     axis.grid(alpha=0.3, axis="y")
-    axis.legend(fontsize="small")
+    axis.legend(fontsize="small", loc="center left", bbox_to_anchor=(1, 0.5))
   low = min(summary["test"][loss][m]["mean"] for loss in losses for m in metrics)
   bars.set_ylim(max(0.0, low - 0.15), 1.0)
   paired.axhline(0, color="black", linewidth=0.8)
@@ -272,12 +274,12 @@ def plot_loss_comparison(summary: Mapping[str, Any], out_png: str) -> None:
     axis = figure.add_subplot(grid[1, index])
     entries = summary["selection"][loss]
     scores = [entry["score"] for entry in entries]
-    axis.plot(range(len(entries)), scores, marker="o", color=f"C{index}")
+    axis.plot(range(len(entries)), scores, marker="o", color=color[loss])
     chosen = [entry["point"] for entry in entries].index(
         summary["selected"][loss]) if entries else None
     if chosen is not None:
       axis.plot([chosen], [scores[chosen]], marker="*", markersize=14,
-                color=f"C{index}", linestyle="none", label="selected")
+                color=color[loss], linestyle="none", label="selected")
       axis.legend(fontsize="small")
     axis.set_xticks(range(len(entries)),
                     [entry["name"].replace(",", "\n") for entry in entries],
