@@ -30,6 +30,11 @@ def base_config() -> ml_collections.ConfigDict:
   # TFDS split expression pretraining reads (e.g. "train[:80%]", "train");
   # None: the data set's default (STL-10: train+unlabelled).
   c.dataset.pretrain_split = config_dict.placeholder(str)
+  # TFDS split expressions the frozen-encoder evaluation fits its probes on
+  # ("train") and scores them on ("test"); None: the data set's. The loss
+  # comparison's selection sets them to hold a validation split out.
+  c.dataset.eval_train_split = config_dict.placeholder(str)
+  c.dataset.eval_test_split = config_dict.placeholder(str)
   # image_folder only: DIR holding train/<class>/<image> (and optionally
   # test/<class>/<image>); prepared into data_dir on first use.
   c.dataset.path = config_dict.placeholder(str)

@@ -284,3 +284,72 @@ def plot_accuracy_vs_step(runs: Mapping[str, Sequence[Mapping[str, Any]]],
   axis.grid(alpha=0.3)
   axis.legend()
   _save_png(figure, out_png, dpi=110)
+
+
+def plot_loss_comparison(summary: Mapping[str, Any], out_png: str) -> None:
+  """The loss comparison (`loss_comparison.run_comparison`'s summary).
+
+  Top left: each loss's test accuracy per metric, bars at the mean over
+  seeds with ± one sample std. Top right: the difference to the reference
+  loss paired by seed, with its 95 % t-interval. Below: one panel per loss,
+  its validation score over its grid, the selected point starred.
+  """
+  settings = summary["settings"]
+  losses, reference = settings["losses"], settings["reference"]
+  metrics = ("knn_top1", "fewshot_top1", "feature_probe_top1")
+  figure = Figure(figsize=(4 * max(3, len(losses)), 7.5), layout="constrained")
+  grid = figure.add_gridspec(2, max(2, len(losses)))
+  bars = figure.add_subplot(grid[0, :max(1, len(losses) // 2)])
+  paired = figure.add_subplot(grid[0, max(1, len(losses) // 2):])
+  x = np.arange(len(metrics))
+  others = [loss for loss in losses if loss != reference]
+  # A loss keeps its colour in every panel.
+  color = {loss: f"C{index}" for index, loss in enumerate(losses)}
+  for index, loss in enumerate(losses):
+    cells = [summary["test"][loss][m] for m in metrics]
+    bars.bar(x + index * 0.8 / len(losses), [c["mean"] for c in cells],
+             0.8 / len(losses), yerr=[c["std"] or 0 for c in cells],
+             capsize=3, color=color[loss], label=loss)
+  for index, loss in enumerate(others):
+    cells = [summary["paired"][loss][m] for m in metrics]
+    means = np.array([c["mean_diff"] for c in cells])
+    has_interval = cells[0]["ci95_low"] is not None
+    errors = (np.array([[c["mean_diff"] - c["ci95_low"],
+                         c["ci95_high"] - c["mean_diff"]] for c in cells]).T
+              if has_interval else None)
+    paired.bar(x + index * 0.8 / len(others), means, 0.8 / len(others),
+               yerr=errors, capsize=3, color=color[loss], label=loss)
+  n = len(settings["seeds"])
+  for axis, title, count in (
+      (bars, f"test top-1, mean ± std over {n} seed(s)", len(losses)),
+      (paired, f"minus {reference}, paired by seed "
+               f"({'95 % t-interval' if n > 1 else 'one seed: no interval'})",
+       len(others))):
+    axis.set_xticks(x + 0.4 - 0.4 / max(1, count),
+                    ["kNN", "few-label", "feature probe"])
+    axis.set_title(title, fontsize="medium")
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend(fontsize="small", loc="center left", bbox_to_anchor=(1, 0.5))
+  low = min(summary["test"][loss][m]["mean"] for loss in losses for m in metrics)
+  bars.set_ylim(max(0.0, low - 0.15), 1.0)
+  paired.axhline(0, color="black", linewidth=0.8)
+  select_by = settings["select_by"]
+  for index, loss in enumerate(losses):
+    axis = figure.add_subplot(grid[1, index])
+    entries = summary["selection"][loss]
+    scores = [entry["score"] for entry in entries]
+    axis.plot(range(len(entries)), scores, marker="o", color=color[loss])
+    chosen = [entry["point"] for entry in entries].index(
+        summary["selected"][loss]) if entries else None
+    if chosen is not None:
+      axis.plot([chosen], [scores[chosen]], marker="*", markersize=14,
+                color=color[loss], linestyle="none", label="selected")
+      axis.legend(fontsize="small")
+    axis.set_xticks(range(len(entries)),
+                    [entry["name"].replace(",", "\n") for entry in entries],
+                    fontsize="x-small")
+    axis.set_title(f"{loss}: validation {select_by}"
+                   + ("" if entries else " (one point, not selected)"),
+                   fontsize="medium")
+    axis.grid(alpha=0.3)
+  _save_png(figure, out_png, dpi=100)

@@ -31,12 +31,14 @@ _PROTOCOLS = (("feature_probe_top1", "feature probe (all labels)"),
 
 
 def summary_table(summary, config, seeds) -> str:
-  cell = lambda s, sign="": f"{s['mean']:{sign}.3f} ± {s['std']:.3f}"
+  from mio_jax import seed_statistics  # pylint: disable=g-import-not-at-top
+  cell = lambda s, signed=False: seed_statistics.format_mean_std(
+      s, signed=signed)
   rows = [f"{'':28s}{'MIO':>16s}{'random init':>16s}{'paired change':>18s}"]
   for key, name in _PROTOCOLS:
     rows.append(f"{name:28s}{cell(summary['mio'][key]):>16s}"
                 f"{cell(summary['random_init'][key]):>16s}"
-                f"{cell(summary['paired_change'][key], '+'):>18s}")
+                f"{cell(summary['paired_change'][key], True):>18s}")
   rows.append(
       f"(mean ± sample std over seeds {seeds}; paired change: MIO minus the "
       f"same seed's random init; kNN: k={config.knn.k}, cosine; few-label: "

@@ -3,7 +3,7 @@
 `check_config(config.dataset)` stops an impossible dataset section before
 any data is read. `dataset_spec(config)` is the spec of any name in
 `registry.DATASET_NAMES` (an image folder's is read from its prepared copy,
-`image_folder_spec`), with config.dataset.pretrain_split applied;
+`image_folder_spec`), with config.dataset's split overrides applied;
 `dataset_info(config)` adds the split sizes, counted as TFDS reads them.
 """
 import dataclasses
@@ -66,6 +66,12 @@ def dataset_spec(config: ml_collections.ConfigDict) -> registry.DatasetSpec:
   if config.dataset.pretrain_split:
     spec = dataclasses.replace(spec,
                                pretrain_split=config.dataset.pretrain_split)
+  eval_splits = {"train": config.dataset.eval_train_split,
+                 "test": config.dataset.eval_test_split}
+  if any(eval_splits.values()):
+    spec = dataclasses.replace(spec, eval_splits={
+        **spec.eval_splits,
+        **{name: split for name, split in eval_splits.items() if split}})
   return spec
 
 
@@ -125,7 +131,8 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
       eval_splits=dict(spec.eval_splits),
       mean=spec.mean,
       std=spec.std,
-      num_eval_examples={k: split_size(spec, v, lengths)
+      num_eval_examples={k: split_size(spec, v, lengths,
+                                       key=f"eval_{k}_split")
                          for k, v in spec.eval_splits.items()},
   )
 
