@@ -61,14 +61,18 @@ def build_tiny_run(config: ml_collections.ConfigDict, mesh=None):
   return run_lib.build_run(config, mesh, steps_per_epoch=STEPS_PER_EPOCH)
 
 
-@functools.cache
-def tiny_run(**overrides):
-  """`build_tiny_run(tiny_config(**overrides))`, shared across tests.
+def tiny_run(model: str = "resnet_tiny", **overrides):
+  """`build_tiny_run(tiny_config(model, **overrides))`, shared across tests.
 
-  One Run per set of overrides, so tests that pretrain the same config
-  several times (crash, resume) compile its step once.
+  One Run per model and set of overrides, so tests that pretrain the same
+  config several times (crash, resume) compile its step once.
   """
-  return build_tiny_run(tiny_config(**overrides))
+  return _shared_tiny_run(model, tuple(sorted(overrides.items())))
+
+
+@functools.cache
+def _shared_tiny_run(model: str, overrides: tuple):
+  return build_tiny_run(tiny_config(model, **dict(overrides)))
 
 
 def assert_trees_equal(a, b) -> None:
