@@ -131,8 +131,8 @@ class ViT(nn.Module):
   (the rate grows linearly with depth, as DeiT and MAE). remat: recompute
   each block's activations in the backward pass (less memory, ~1/3 more
   compute). freeze_patch_embedding: MoCo v3's frozen random patch
-  projection; no gradient reaches it (the optimizer also leaves it alone,
-  `frozen_params`).
+  projection; no gradient reaches it (and the optimizer leaves it alone:
+  `models.frozen_params`).
   """
   spec: VitSpec
   patch_size: int = 16

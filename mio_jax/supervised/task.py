@@ -26,8 +26,8 @@ from mio_jax import mesh as mesh_lib
 from mio_jax import models
 from mio_jax import optim
 from mio_jax import resume_guard
-from mio_jax.models import vit
 from mio_jax.evaluation import accuracy as accuracy_lib
+from mio_jax.models import vit
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
