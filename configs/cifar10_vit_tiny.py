@@ -36,6 +36,7 @@ def get_config():
   c.optimizer.weight_decay = 0.1  # MoCo v3
   c.optimizer.warmup_epochs = 20.0  # our choice
 
+  c.dtype = "bfloat16"  # our choice: TPU-native compute; loss and params in float32
   c.batch_size = 512  # our choice
   c.num_epochs = 200  # as configs/cifar10.py
 

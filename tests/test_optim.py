@@ -160,10 +160,12 @@ def test_layer_decay_scales_each_vit_layer_of_a_finetune():
   from mio_jax.supervised import task as task_lib  # pylint: disable=g-import-not-at-top
   config = tiny_config("vit_test")
   config.finetune.layer_decay = 0.5
+  config.finetune.drop_path = 0.2
   config.finetune.weight_decay = 0.0
   config.finetune.momentum = 0.0
   task = task_lib.make_task(config, mesh_lib.make_data_mesh(), "finetune",
                             num_examples=256, num_classes=3, epochs=1.0)
+  assert task.backbone.drop_path == 0.2  # the fine-tuning rate, not model's
   backbone = jax.eval_shape(lambda: task.backbone.init(
       jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False))["params"]
   params = {"backbone": jax.tree.map(lambda p: jnp.ones(p.shape), backbone),

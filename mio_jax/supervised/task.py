@@ -93,22 +93,18 @@ def make_task(config: ml_collections.ConfigDict, mesh: Mesh, name: str, *,
   total_steps = indexing.labelled_num_steps(num_examples, epochs, batch_size)
   schedule = lr_schedule(section, num_examples=num_examples,
                          total_steps=total_steps)
-  model_config = config.model
+  backbone = models.build_model(config.model, dtype=config.dtype).backbone
   optimizer = optim.classifier_optimizer(
       schedule, momentum=section.momentum, nesterov=bool(section.nesterov),
       weight_decay=section.weight_decay)
-  if name == "finetune" and models.FAMILIES[model_config.name] is vit:
-    # The ViT fine-tunes with its own drop path and layer-wise lr decay.
-    model_config = model_config.copy_and_resolve_references()
-    model_config.drop_path = section.drop_path
-    num_layers = vit.VARIANTS[model_config.name].depth
+  if name == "finetune" and isinstance(backbone, models.ViT):
+    # A ViT fine-tunes with its own drop path and layer-wise lr decay.
+    backbone = backbone.clone(drop_path=section.drop_path)
     optimizer = optax.chain(optimizer, optim.layer_decay(
-        section.layer_decay, functools.partial(_finetune_layer_ids,
-                                               num_layers=num_layers),
-        num_layers))
-  return Task(name=name, mesh=mesh,
-              backbone=models.build_model(model_config,
-                                          dtype=config.dtype).backbone,
+        section.layer_decay, functools.partial(
+            _finetune_layer_ids, num_layers=backbone.num_layers),
+        backbone.num_layers))
+  return Task(name=name, mesh=mesh, backbone=backbone,
               train_backbone=name == "finetune", num_classes=num_classes,
               optimizer=optimizer, schedule=schedule, batch_size=batch_size,
               total_steps=total_steps,
