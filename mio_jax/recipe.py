@@ -112,7 +112,7 @@ def build_recipe(config: ml_collections.ConfigDict, mesh: Mesh,
   length = total_steps(config, epoch)
   optimizer, schedule = optim.make_optimizer(
       config.optimizer, batch_size=config.batch_size, total_steps=length,
-      steps_per_epoch=epoch)
+      steps_per_epoch=epoch, frozen=models.frozen_params(config.model))
   probe = config.online_probe.enabled and facts.num_classes is not None
   augment_fn = None
   if config.augment.on_device:

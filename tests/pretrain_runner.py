@@ -4,10 +4,11 @@ Run as a script by the kill/restart tests (the subprocess gets no conftest,
 so callers pass XLA_FLAGS / JAX_PLATFORMS in its environment):
 
     python tests/pretrain_runner.py WORKDIR TOTAL_STEPS CHECKPOINT_EVERY \
-        [SECONDS_PER_STEP]
+        [SECONDS_PER_STEP [MODEL]]
 
 SECONDS_PER_STEP slows the loop down (a sleep after each step) so that a
-test can kill the run between two checkpoints.
+test can kill the run between two checkpoints. MODEL: resnet_tiny
+(default) or vit_test (`tiny_config`).
 """
 import sys
 import time
@@ -17,17 +18,27 @@ import ml_collections
 from mio_jax import config_base
 
 
-def tiny_config(**overrides) -> ml_collections.ConfigDict:
-  """resnet_tiny on 8 px synthetic images, batch 16, LARS, the mio loss."""
+def tiny_config(model: str = "resnet_tiny",
+                **overrides) -> ml_collections.ConfigDict:
+  """A tiny network on 8 px synthetic images, batch 16, the mio loss.
+
+  model "resnet_tiny" (half width) trains with LARS; "vit_test" (patches
+  of 4 px: 4 tokens and the class token) with AdamW, as ViTs do.
+  """
   c = config_base.base_config()
-  c.model.name = "resnet_tiny"
+  c.model.name = model
   c.model.width_multiplier = 0.5
+  c.model.patch_size = 4
   c.model.projector_hidden_dim = 32
   c.model.projector_output_dim = 16
   c.dataset.image_size = 8
   c.batch_size = 16
   c.optimizer.name = "lars"
   c.optimizer.base_lr = 0.5
+  if model.startswith("vit"):
+    c.optimizer.name = "adamw"
+    c.optimizer.base_lr = 0.01
+    c.optimizer.weight_decay = 0.05
   c.optimizer.warmup_epochs = 1.0
   c.total_steps = 6
   c.checkpoint_every_steps = 2
@@ -56,9 +67,9 @@ def build_tiny_recipe(config: ml_collections.ConfigDict, mesh=None):
   return pretraining.recipe_of(config, mesh, tiny_facts(config))
 
 
-def tiny_recipe(**overrides):
-  """`build_tiny_recipe(tiny_config(**overrides))`."""
-  return build_tiny_recipe(tiny_config(**overrides))
+def tiny_recipe(model: str = "resnet_tiny", **overrides):
+  """`build_tiny_recipe(tiny_config(model, **overrides))`."""
+  return build_tiny_recipe(tiny_config(model, **overrides))
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir, *, batches=None,
@@ -100,12 +111,12 @@ def open_checkpointer(workdir, config: ml_collections.ConfigDict):
 
 
 def main(workdir: str, total_steps: int, checkpoint_every: int,
-         seconds_per_step: float = 0.0) -> None:
-  pretrain(tiny_config(total_steps=total_steps,
+         seconds_per_step: float = 0.0, model: str = "resnet_tiny") -> None:
+  pretrain(tiny_config(model, total_steps=total_steps,
                        checkpoint_every_steps=checkpoint_every), workdir,
            hooks=[lambda step, state: time.sleep(seconds_per_step)])
 
 
 if __name__ == "__main__":
   main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
-       *map(float, sys.argv[4:5]))
+       *map(float, sys.argv[4:5]), *sys.argv[5:6])

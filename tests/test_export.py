@@ -16,9 +16,11 @@ from pretrain_runner import (assert_trees_equal, open_checkpointer, tiny_config,
                              tiny_recipe)
 
 
-def test_export_and_load_back_the_backbone(tmp_path):
-  config = tiny_config()
-  state = jax.tree.map(lambda x: x + 1, pretraining.init_state(tiny_recipe()))
+@pytest.mark.parametrize("model", ["resnet_tiny", "vit_test"])
+def test_export_and_load_back_the_backbone(tmp_path, model):
+  config = tiny_config(model)
+  state = jax.tree.map(lambda x: x + 1,
+                       pretraining.init_state(tiny_recipe(model)))
   checkpointer = open_checkpointer(tmp_path, config)
   for step in (2, 4):
     checkpointer.save(state.replace(step=np.int32(step)))
@@ -26,7 +28,7 @@ def test_export_and_load_back_the_backbone(tmp_path):
   out = str(tmp_path / "exports" / "encoder.msgpack")
 
   description = export.export_encoder(str(tmp_path), config, out, step=2)
-  assert description["step"] == 2 and description["model"]["name"] == "resnet_tiny"
+  assert description["step"] == 2 and description["model"]["name"] == model
   assert json.loads((tmp_path / "exports" / "encoder.msgpack.json").read_text()
                    ) == description
   loaded_description, backbone = export.load_encoder(out)
@@ -74,7 +76,7 @@ def _unwritable_outs(tmp_path):
 def test_an_out_path_that_cannot_be_written_is_an_export_error(tmp_path):
   config = tiny_config()
   checkpointer = open_checkpointer(tmp_path, config)
-  checkpointer.save(train.init_state(tiny_run()))
+  checkpointer.save(pretraining.init_state(tiny_recipe()))
   checkpointer.close()
   for where, out in _unwritable_outs(tmp_path).items():
     with pytest.raises(export.ExportError, match="cannot write the encoder"):
@@ -85,7 +87,7 @@ def test_an_out_path_that_cannot_be_written_is_an_export_error(tmp_path):
 def test_export_command_reports_an_unwritable_out_in_one_line(tmp_path):
   """Through the command, without --config: the workdir's recorded one."""
   checkpointer = open_checkpointer(tmp_path, tiny_config())
-  checkpointer.save(train.init_state(tiny_run()))
+  checkpointer.save(pretraining.init_state(tiny_recipe()))
   checkpointer.close()
   out = "/proc/encoder.msgpack"
   result = subprocess.run(

@@ -29,6 +29,9 @@ TINY = [
     "--config.checkpoint_every_steps=2",
     "--config.log_every_steps=1",
 ]
+# The same with a two-block ViT of width 32 (patches of 4 px: 16 tokens).
+TINY_VIT = [*TINY, "--config.model.name=vit_test",
+            "--config.model.patch_size=4"]
 
 
 def run_main(*args, env_extra=None, timeout=600):
@@ -57,9 +60,9 @@ SUPERVISED = [
 PRETRAINED_STEPS = 4
 
 
-def _common(data_dir):
+def _common(data_dir, tiny=TINY):
   return [f"--config={DIGITS}", f"--config.dataset.data_dir={data_dir}",
-          *TINY, *SUPERVISED]
+          *tiny, *SUPERVISED]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,16 @@ def pretrained(tmp_path_factory, data_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   # --mode=pretrain evaluates nothing.
   assert not pathlib.Path(workdir, "eval_results.json").exists()
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def pretrained_vit(tmp_path_factory, data_dir):
+  """A tiny ViT's workdir after `--mode=all` (pretrain, then evaluate)."""
+  workdir = str(tmp_path_factory.mktemp("pretrained_vit") / "run")
+  result = run_main(*_common(data_dir, TINY_VIT), f"--workdir={workdir}",
+                    f"--config.total_steps={PRETRAINED_STEPS}")
+  assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
 
@@ -157,6 +170,14 @@ def _results(workdir):
   return json.loads(pathlib.Path(workdir, "eval_results.json").read_text())
 
 
+def test_a_vit_pretrains_and_evaluates_through_main(pretrained_vit):
+  steps = [m["step"] for m in read_metrics(pretrained_vit) if "loss" in m]
+  assert steps == list(range(1, PRETRAINED_STEPS + 1))
+  results = _results(pretrained_vit)
+  for protocol in ("feature_probe", "knn", "fewshot"):
+    assert 0.0 <= results[f"{protocol}@step_{PRETRAINED_STEPS}"]["top1"] <= 1.0
+
+
 def test_every_mode_runs_through_main_fresh_workdirs_included(tmp_path,
                                                              data_dir,
                                                              pretrained):
@@ -168,10 +189,24 @@ def test_every_mode_runs_through_main_fresh_workdirs_included(tmp_path,
   commands that read a trained workdir (export, hessian, finetune from it)
   run without --config: they use the one recorded there.
   """
+  _run_every_mode(tmp_path, data_dir, pretrained, TINY)
+
+
+@pytest.mark.slow
+def test_every_mode_runs_through_main_with_a_vit(tmp_path, data_dir,
+                                                 pretrained_vit):
+  # Fine-tuning with the ViT's own recipe: layer-wise lr decay, drop path.
+  _run_every_mode(tmp_path, data_dir, pretrained_vit, TINY_VIT,
+                  finetune_flags=["--config.finetune.layer_decay=0.75",
+                                  "--config.finetune.drop_path=0.1"])
+
+
+def _run_every_mode(tmp_path, data_dir, pretrained, tiny, finetune_flags=()):
   pretrained = _copy(pretrained, tmp_path / "pretrained")
-  common = _common(data_dir)
+  common = _common(data_dir, tiny)
   for mode, protocol in (("fewshot_eval", "fewshot"),
-                         ("feature_probe_eval", "feature_probe")):
+                         ("feature_probe_eval", "feature_probe"),
+                         ("linear_eval", "linear_eval")):
     result = run_main(*common, f"--workdir={pretrained}", f"--mode={mode}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{protocol}@step_{PRETRAINED_STEPS}" in _results(pretrained)
@@ -194,7 +229,8 @@ def test_every_mode_runs_through_main_fresh_workdirs_included(tmp_path,
   # of the exported file.
   finetuned = str(tmp_path / "finetuned")
   result = run_main(f"--workdir={finetuned}", "--mode=finetune",
-                    f"--config.finetune.init_from={pretrained}")
+                    f"--config.finetune.init_from={pretrained}",
+                    *finetune_flags)
   assert result.returncode == 0, result.stderr[-3000:]
   assert list(_results(finetuned)) == ["finetune@step_2"]  # its own steps
   assert pathlib.Path(finetuned, "finetune", f"step_{PRETRAINED_STEPS:06d}",
