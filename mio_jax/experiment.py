@@ -39,7 +39,7 @@ def _pretrain(config, workdir, mesh, *, logger: metric_logging.MetricLogger,
   run = run_lib.build_run(
       config, mesh, steps_per_epoch=data.pretrain_steps_per_epoch(config),
       num_classes=info.num_classes, normalization=(info.mean, info.std),
-      prepared_dataset=data.dataset_spec(config).tfds_name)
+      prepared_dataset=data.prepared_identity(config))
   logger.total_steps = run.total_steps
   hooks = []
   if config.online_eval_every_steps > 0:

@@ -3,8 +3,8 @@
 The checkpoints of a run are stored with its settings (`record`): every
 key of the config, flat ("optimizer.base_lr"), plus what is known only
 once the data are read (`steps_per_epoch`, `prepared_dataset`: the data
-set's TFDS name, which for an image folder holds a fingerprint of its
-files). A resume compares all of them (`differences`) except the few in
+set's TFDS name, version and split sizes, `data.prepared_identity`; an
+image folder's name holds a fingerprint of its files). A resume compares all of them (`differences`) except the few in
 `FREE_KEYS` / `FREE_SECTIONS`, which only say how often to log and save,
 how to evaluate, and where the same data lives. So a key added to the
 config later is guarded by default: a record made before it existed is
@@ -151,9 +151,18 @@ def differences(metadata: Mapping[str, Any], current: Mapping[str, Any],
       old = _DEFAULTS[key]  # added to the config after the record was made
     else:
       continue  # a derived value the record's run did not know yet
-    if old != current[key]:
+    if not _same(key, old, current[key]):
       changes.append((key, old, current[key]))
   return changes
+
+
+def _same(key: str, stored: Any, current: Any) -> bool:
+  # Records made before the data set's version and sizes were recorded
+  # hold its bare TFDS name ("cifar10", now "cifar10@3.0.2 (...)").
+  if (key == "prepared_dataset" and isinstance(stored, str)
+      and isinstance(current, str) and "@" not in stored):
+    return stored == current.split("@")[0]
+  return stored == current
 
 
 def allowed_changes(config: ml_collections.ConfigDict) -> tuple[str, ...]:

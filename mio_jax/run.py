@@ -46,8 +46,9 @@ class Run:
   # (batch, step) -> batch with the colour augmentation done on the device
   # (config.augment.on_device), or None when the host did it.
   augment_fn: Optional[Callable[[Batch, jax.Array], Batch]] = None
-  # The prepared data set's TFDS name (an image folder's holds a
-  # fingerprint of its files), recorded so a resume on other data stops.
+  # The prepared data set's TFDS name, version and split sizes
+  # (`data.prepared_identity`; an image folder's name holds a fingerprint
+  # of its files), recorded so a resume on other data stops.
   prepared_dataset: Optional[str] = None
 
 
@@ -71,8 +72,8 @@ def build_run(config: ml_collections.ConfigDict, mesh: Mesh, *,
   (None: no probe).
   normalization: (mean, std) per channel of the data set, needed with
   config.augment.on_device (the device normalises after its colour ops).
-  prepared_dataset: the data set's TFDS name (`data.dataset_spec`), guarded
-  on resume (None: synthetic batches).
+  prepared_dataset: the data set's TFDS name, version and split sizes
+  (`data.prepared_identity`), guarded on resume (None: synthetic batches).
   Raises errors.InvalidValueError for a bad model, loss or optimizer setting.
   """
   loss_fn = losses.make_loss(config.loss, block_size=config.loss_block_size,

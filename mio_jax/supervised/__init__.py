@@ -150,7 +150,7 @@ def _protocol(name: str, config: ml_collections.ConfigDict, workdir: str,
   directory = os.path.join(workdir, name)
   settings = task_lib.run_settings(
       config, encoder.identity(), num_labelled=num_examples,
-      prepared_dataset=data.dataset_spec(config).tfds_name)
+      prepared_dataset=data.prepared_identity(config))
   # Checked before the subset is written: a refused resume must leave the
   # record of the subset the kept checkpoints were trained on.
   task_lib.guard_resume(directory, task, settings)
