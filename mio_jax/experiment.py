@@ -40,7 +40,7 @@ RESULTS_FILE = "eval_results.json"
 def _pretrain(config, workdir, mesh, *, logger: metric_logging.MetricLogger,
               preemption: loop.PreemptionWatch) -> modes.LoadedEncoder:
   facts = recipe.DataFacts.of(data.dataset_info(config),
-                              identity=data.dataset_spec(config).tfds_name)
+                              identity=data.prepared_identity(config))
   training = pretraining.setup(config, mesh, facts, workdir=workdir)
   hooks = []
   if config.online_eval_every_steps > 0:

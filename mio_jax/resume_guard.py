@@ -3,7 +3,8 @@
 Every training's checkpoints (pretraining, `linear_eval`, `finetune`) are
 stored with a `Record` of its settings: every key of the config, flat
 ("optimizer.base_lr"), plus what is known only once the data are read
-(`steps_per_epoch`, `prepared_dataset`: the data set's identity) and, for a
+(`steps_per_epoch`, `prepared_dataset`: the data set's TFDS name, version
+and split sizes, `data.prepared_identity`, or an image folder's fingerprint) and, for a
 supervised protocol, the identity of the encoder it trains on. `check`
 compares a record with the one stored beside the checkpoints and refuses,
 naming every guarded setting that differs; `write` stores it (with the
@@ -230,9 +231,18 @@ def differences(metadata: Mapping[str, Any], current: Mapping[str, Any],
       old = _DEFAULTS[key]  # added to the config after the record was made
     else:
       continue  # a derived value the record's run did not know yet
-    if old != current[key]:
+    if not _same(key, old, current[key]):
       changes.append((key, old, current[key]))
   return changes
+
+
+def _same(key: str, stored: Any, current: Any) -> bool:
+  # Records made before the data set's version and sizes were recorded
+  # hold its bare TFDS name ("cifar10", now "cifar10@3.0.2 (...)").
+  if (key == "prepared_dataset" and isinstance(stored, str)
+      and isinstance(current, str) and "@" not in stored):
+    return stored == current.split("@")[0]
+  return stored == current
 
 
 def _named(key: str) -> str:

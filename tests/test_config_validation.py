@@ -66,6 +66,21 @@ def test_vit_patch_size_must_divide_the_image_size():
   config_validation.validate_config(config, device_count=8)
 
 
+def test_public_code_linear_eval_of_less_than_an_epoch_is_refused():
+  config = digits_config()
+  config.linear_eval.recipe = "public_code"
+  config.linear_eval.validation_split = "train[80%:]"
+  config.linear_eval.epochs = 0.5
+  with pytest.raises(config_validation.ConfigError) as err:
+    config_validation.validate_config(config, device_count=8)
+  message = str(err.value)
+  assert message.startswith("config.linear_eval.epochs=0.5 is less than one "
+                            "epoch") and "\n" not in message
+  assert "--config.linear_eval.epochs=1 or more" in message
+  config.linear_eval.epochs = 1.0
+  config_validation.validate_config(config, device_count=8)
+
+
 def test_shipped_configs_are_valid(tmp_path):
   for name in ("cats", "dogs"):  # what configs/image_folder.py points at
     (tmp_path / "train" / name).mkdir(parents=True)

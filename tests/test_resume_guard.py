@@ -101,6 +101,33 @@ def test_other_data_stop_a_resume_by_their_derived_values(tmp_path):
     _check(tmp_path, _config(), steps_per_epoch=94)
 
 
+def test_another_version_of_a_tfds_set_stops_a_resume(tmp_path):
+  # dataset.data_dir may change freely: the data found there must not.
+  identity = "cifar10@3.0.2 (test 10000, train 50000)"
+  _record(tmp_path, _config(), prepared_dataset=identity)
+  checkpointing.check_resume(str(tmp_path), _config(),
+                             prepared_dataset=identity)
+  for other in ("cifar10@3.0.1 (test 10000, train 50000)",
+                "cifar10@3.0.2 (test 10000, train 40000)"):
+    with pytest.raises(checkpointing.CheckpointMismatchError,
+                       match=r"made with prepared_dataset='cifar10@3.0.2"):
+      checkpointing.check_resume(str(tmp_path), _config(),
+                                 prepared_dataset=other)
+
+
+def test_a_record_of_the_bare_tfds_name_compares_the_name(tmp_path):
+  # Records made before the version and sizes were recorded.
+  _record(tmp_path, _config(), prepared_dataset="cifar10")
+  checkpointing.check_resume(
+      str(tmp_path), _config(),
+      prepared_dataset="cifar10@3.0.2 (test 10000, train 50000)")
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r"made with prepared_dataset='cifar10'"):
+    checkpointing.check_resume(
+        str(tmp_path), _config(),
+        prepared_dataset="cifar100@3.0.2 (test 10000, train 50000)")
+
+
 @pytest.mark.parametrize("key", ["online_probe.enabled", "optimizer.name",
                                  "model.name"])
 def test_a_change_of_the_saved_states_structure_cannot_be_allowed(key):

@@ -21,6 +21,7 @@ _EXPORTS = {
     "check_config": "dataset",
     "dataset_info": "dataset",
     "dataset_spec": "dataset",
+    "prepared_identity": "dataset",
     "eval_batches": "pipeline",
     "pretrain_batches": "pipeline",
     "pretrain_steps_per_epoch": "pipeline",

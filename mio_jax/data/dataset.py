@@ -116,6 +116,22 @@ def split_size(spec: registry.DatasetSpec, split: str,
   return total
 
 
+def prepared_identity(config: ml_collections.ConfigDict) -> str:
+  """The data set as a resume record holds it: TFDS name, version, sizes.
+
+  E.g. "cifar10@3.0.2 (test 10000, train 50000)". config.dataset.data_dir
+  may change freely between a run and its resume; another version or
+  other split sizes of the data found there show here, so the resume is
+  refused. An image folder's TFDS name holds a fingerprint of its files.
+  """
+  spec = dataset_spec(config)
+  data_dir = config.dataset.data_dir
+  version = preparation.tfds_builder(spec, data_dir).info.version
+  sizes = ", ".join(f"{split} {size}" for split, size
+                    in sorted(split_lengths(spec, data_dir).items()))
+  return f"{spec.tfds_name}@{version} ({sizes})"
+
+
 def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   """Sizes, classes and normalisation of `config.dataset.name`.
 

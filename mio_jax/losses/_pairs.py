@@ -52,7 +52,8 @@ class KeyReduction(NamedTuple):
   """How an anchor's logits over its keys become one statistic.
 
   reduce: (logits (n, m), keep (n, m) bool) -> (n,), over the kept keys.
-    A block with no kept key must give the merge's identity.
+    A row with no kept key must give the merge's identity, with zero
+    derivatives of every order.
   merge: (num_key_blocks, n) statistics of disjoint key blocks -> (n,).
   """
   reduce: Callable[[Array, Array], Array]
@@ -61,8 +62,19 @@ class KeyReduction(NamedTuple):
 
 def _logsumexp_over_kept(logits: Array, keep: Array) -> Array:
   # Dropped keys become -inf before the max-shifted exponentials, so no
-  # exp(logit) is ever formed unshifted; an empty block gives -inf.
-  return jax.nn.logsumexp(jnp.where(keep, logits, -jnp.inf), axis=1)
+  # exp(logit) is ever formed unshifted.
+  logits = jnp.where(keep, logits, -jnp.inf)
+  # A row drops at most two keys (itself, its partner), so only a block of
+  # two keys (streamed blocks of one image) can leave a row none. That row
+  # must give -inf, the merge's identity, but not as a logsumexp over -inf
+  # alone, whose second derivatives are NaN (inf - inf): it reduces zeros,
+  # and -inf is put in after. Wider blocks keep the plain program (the
+  # guard moved the dense float32 loss by an ulp).
+  if logits.shape[1] > 2:
+    return jax.nn.logsumexp(logits, axis=1)
+  any_kept = jnp.any(keep, axis=1)
+  logits = jnp.where(any_kept[:, None], logits, 0.0)
+  return jnp.where(any_kept, jax.nn.logsumexp(logits, axis=1), -jnp.inf)
 
 
 def _softplus_sum_over_kept(logits: Array, keep: Array) -> Array:

@@ -89,6 +89,14 @@ def check_linear_eval_config(section: ml_collections.ConfigDict) -> None:
           "is needed by the public code's recipe (early stopping)",
           "e.g. {key}=train[80%:]")
     errors.check_positive("patience", section.patience, allow_zero=True)
+    if section.epochs < 1:
+      # Early stopping scores the head at each epoch's end: a fraction of
+      # an epoch ends none, and the initial (zero) head would be tested.
+      raise errors.InvalidValueError(
+          "epochs", section.epochs,
+          "is less than one epoch, which the public code's recipe never "
+          "ends (its early stopping scores the head at each epoch's end)",
+          "set {key}=1 or more, or linear_eval.recipe=simclr")
 
 
 def check_finetune_config(section: ml_collections.ConfigDict) -> None:
@@ -307,7 +315,7 @@ def _protocol(name: str, config: ml_collections.ConfigDict, workdir: str,
   from mio_jax import data  # pylint: disable=g-import-not-at-top
   made = setup(name, config, mesh, data.dataset_info(config), encoder,
                workdir=workdir,
-               dataset_identity=data.dataset_spec(config).tfds_name)
+               dataset_identity=data.prepared_identity(config))
   state = loop.train(made.training, logger=logger, preemption=preemption)
   kept = state.best if made.training.stop is not None else state
   with preemption.interruptible():  # what it needs is saved

@@ -177,6 +177,12 @@ def test_imagenet100_class_list():
   assert tfds.builder("imagenet100").info.features["label"].num_classes == 100
 
 
+def test_prepared_identity_is_tfds_name_version_and_split_sizes(tmp_path):
+  builder = data.prepare_digits(str(tmp_path))
+  assert data.prepared_identity(_config("digits", str(tmp_path))) == (
+      f"digits@{builder.info.version} (test 297, train 1500)")
+
+
 def test_random_access_dataset_in_tfrecord_format_is_rejected(
     tmp_path, monkeypatch):
   """ImageNet-scale sets are read by index: TFRecord files are refused."""
