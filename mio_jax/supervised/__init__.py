@@ -328,6 +328,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
                    preemption=preemption)
 
 
-# Name (modes.Mode.trains) -> fn(config, workdir, mesh, encoder, *, logger,
-# preemption) -> (the step its results belong to, results).
+# The TRAINED protocols of modes.PROTOCOL_KINDS: name -> fn(config, workdir,
+# mesh, encoder, *, logger, preemption) -> (the step its results belong to,
+# results).
 PROTOCOLS = {"linear_eval": linear_eval, "finetune": finetune}
