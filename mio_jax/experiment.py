@@ -73,11 +73,12 @@ def _run_mode(config, workdir, mesh, *, logger, preemption
   else:
     encoder = modes.load_encoder(source, config, mesh)
   step, results = encoder.step, {}
-  if mode.protocols:
+  frozen = mode.of_kind(modes.FROZEN_FEATURES)
+  if frozen:  # their features are extracted once for all of them
     with preemption.interruptible():
-      results.update(_evaluate(config, workdir, mesh, encoder, mode.protocols))
-  if mode.trains:
-    step, trained = supervised.PROTOCOLS[mode.trains](
+      results.update(_evaluate(config, workdir, mesh, encoder, frozen))
+  for name in mode.of_kind(modes.TRAINED):
+    step, trained = supervised.PROTOCOLS[name](
         config, workdir, mesh, encoder, logger=logger, preemption=preemption)
     results.update(trained)
   return step, results

@@ -3,13 +3,18 @@
 One table, read by the orchestrator (`experiment.train_and_evaluate`) and
 by the checks before any work (`config_validation.validate_workdir`):
 
-| mode | encoder | then |
+| mode | encoder | then the protocols |
 | --- | --- | --- |
 | pretrain | pretrained by this command, in --workdir | - |
-| all | pretrained by this command, in --workdir | kNN, few-label, feature probe |
-| knn_eval, fewshot_eval, feature_probe_eval | evaluated: eval.encoder_file, else --workdir's step eval.step (default the latest) | that protocol |
-| linear_eval | evaluated, as above | augmented linear evaluation |
-| finetune | finetune.init_from: an exported file, another pretraining workdir (step finetune.init_step), or "" for a random initialisation | fine-tuning |
+| all | pretrained by this command, in --workdir | knn, fewshot, feature_probe |
+| knn_eval, fewshot_eval, feature_probe_eval | evaluated: eval.encoder_file, else --workdir's step eval.step (default the latest) | knn, fewshot, feature_probe |
+| linear_eval | evaluated, as above | linear_eval |
+| finetune | finetune.init_from: an exported file, another pretraining workdir (step finetune.init_step), or "" for a random initialisation | finetune |
+
+Every protocol has one name, in one table (`PROTOCOL_KINDS`), saying how
+it runs: on the frozen encoder's features, all of a mode's together
+(`evaluation.PROTOCOLS`: kNN, few-label, feature probe; also the online
+kNN during pretraining), or trained in the loop (`supervised.PROTOCOLS`).
 
 `encoder_source(config, workdir)` applies the table to a config;
 `load_encoder` turns a source into a `LoadedEncoder` (variables and where
@@ -38,13 +43,29 @@ EVALUATED = "evaluated"  # eval.encoder_file, else --workdir at eval.step
 FINETUNE_INIT = "finetune_init"  # finetune.init_from (or random)
 
 
+# How a protocol runs.
+FROZEN_FEATURES = "frozen_features"  # evaluation.PROTOCOLS, on features
+TRAINED = "trained"  # supervised.PROTOCOLS, in the training loop
+
+PROTOCOL_KINDS: dict[str, str] = {
+    "knn": FROZEN_FEATURES,
+    "fewshot": FROZEN_FEATURES,
+    "feature_probe": FROZEN_FEATURES,
+    "linear_eval": TRAINED,
+    "finetune": TRAINED,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Mode:
   encoder: str  # PRETRAINED | EVALUATED | FINETUNE_INIT
-  # Frozen-feature protocols (evaluation.protocols) run on the encoder.
+  # The protocols run on the encoder (names of PROTOCOL_KINDS).
   protocols: tuple[str, ...] = ()
-  # A supervised protocol (supervised.PROTOCOLS) trained on it, or None.
-  trains: Optional[str] = None
+
+  def of_kind(self, kind: str) -> tuple[str, ...]:
+    """This mode's protocols that run as `kind` (FROZEN_FEATURES | TRAINED)."""
+    return tuple(name for name in self.protocols
+                 if PROTOCOL_KINDS[name] == kind)
 
 
 MODES: dict[str, Mode] = {
@@ -53,8 +74,8 @@ MODES: dict[str, Mode] = {
     "knn_eval": Mode(EVALUATED, ("knn",)),
     "fewshot_eval": Mode(EVALUATED, ("fewshot",)),
     "feature_probe_eval": Mode(EVALUATED, ("feature_probe",)),
-    "linear_eval": Mode(EVALUATED, trains="linear_eval"),
-    "finetune": Mode(FINETUNE_INIT, trains="finetune"),
+    "linear_eval": Mode(EVALUATED, ("linear_eval",)),
+    "finetune": Mode(FINETUNE_INIT, ("finetune",)),
 }
 
 # ---- sources ------------------------------------------------------------------

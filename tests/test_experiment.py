@@ -59,3 +59,20 @@ def test_every_mode_names_where_its_encoder_comes_from(mode, tmp_path):
                                          str(tmp_path / "pretrained"), 40)
   elif mode not in expected:
     assert source == modes.EncoderSource(modes.FILE, "/x/encoder.msgpack")
+
+
+def test_one_table_names_every_protocol_and_how_it_runs():
+  from mio_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from mio_jax import supervised  # pylint: disable=g-import-not-at-top
+  by_kind = {kind: {name for name, k in modes.PROTOCOL_KINDS.items()
+                    if k == kind}
+             for kind in (modes.FROZEN_FEATURES, modes.TRAINED)}
+  assert by_kind[modes.FROZEN_FEATURES] == set(evaluation.PROTOCOLS)
+  assert by_kind[modes.TRAINED] == set(supervised.PROTOCOLS)
+  # Each evaluation mode runs the protocol it is named after.
+  for mode, spec in modes.MODES.items():
+    assert set(spec.protocols) <= set(modes.PROTOCOL_KINDS)
+    if mode in modes.PROTOCOL_KINDS:
+      assert spec.protocols == (mode,)
+    elif mode.endswith("_eval"):
+      assert spec.protocols == (mode.removesuffix("_eval"),)

@@ -238,6 +238,7 @@ def setup(name: str, config: ml_collections.ConfigDict, mesh: Mesh, info,
     num_examples = estimated_examples(config, info, name)
   else:
     # Imported here: the data package loads TensorFlow.
+    from mio_jax import data  # pylint: disable=g-import-not-at-top
     from mio_jax.data import labelled  # pylint: disable=g-import-not-at-top
     labelled_set = labelled.labelled_set(config, fraction=fraction,
                                          per_class=per_class,
@@ -247,10 +248,12 @@ def setup(name: str, config: ml_collections.ConfigDict, mesh: Mesh, info,
                             num_classes=int(info.num_classes),
                             epochs=epochs(config, name))
   frozen = task_lib.frozen_backbone(task, encoder.variables)
-  init = (lambda variables: task_lib.init_state(
-      task, variables, best=early_stopping.initial_best(task, variables))
-         ) if public_code else (lambda variables: task_lib.init_state(
-             task, variables))
+
+  def init(variables):
+    best = (early_stopping.initial_best(task, variables) if public_code
+            else None)
+    return task_lib.init_state(task, variables, best=best)
+
   size = int(config.dataset.image_size)
   sharding = mesh_lib.batch_sharding(mesh)
   # The batch `data.labelled.labelled_batches` yields.
@@ -260,8 +263,6 @@ def setup(name: str, config: ml_collections.ConfigDict, mesh: Mesh, info,
                                          sharding=sharding)}
   runtime = {}
   if workdir is not None:
-    from mio_jax import data  # pylint: disable=g-import-not-at-top
-    from mio_jax.data import labelled  # pylint: disable=g-import-not-at-top
     identity = encoder.identity()
     hflip = section.get("hflip")
     if hflip is None:
@@ -359,6 +360,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
                    preemption=preemption)
 
 
-# Name (modes.Mode.trains) -> fn(config, workdir, mesh, encoder, *, logger,
-# preemption) -> (the step its results belong to, results).
+# The TRAINED protocols of modes.PROTOCOL_KINDS: name -> fn(config, workdir,
+# mesh, encoder, *, logger, preemption) -> (the step its results belong to,
+# results).
 PROTOCOLS = {"linear_eval": linear_eval, "finetune": finetune}

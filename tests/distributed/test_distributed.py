@@ -389,7 +389,7 @@ def test_two_process_pretrain_preempted_and_resumed_matches_one_process(
 
   codes, outputs = _finish(start_run(seconds_per_step=0), timeout=600)
   assert codes == [0, 0], "\n".join(outputs)
-  assert f"at step {stopped_at}." in outputs[0]
+  assert f"at step {stopped_at} of 8." in outputs[0]
   for i in range(2):
     losses = _jsonl_losses(tmp_path / f"p{i}.jsonl")
     assert sorted(losses) == list(range(1, 9))
