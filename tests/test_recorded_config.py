@@ -30,15 +30,16 @@ def test_the_recorded_config_is_rebuilt_key_for_key(tmp_path, name):
   config = _config(name)
   config.total_steps = 80
   _record(tmp_path, {"format": resume_guard.FORMAT,
-                     "settings": resume_guard.record(
-                         config, steps_per_epoch=5, prepared_dataset="x")})
+                     "settings": dict(resume_guard.pretraining_record(
+                         config, steps_per_epoch=5,
+                         prepared_dataset="x").settings)})
   rebuilt = recorded_config.get_config(str(tmp_path))
   assert resume_guard.flat_config(rebuilt) == resume_guard.flat_config(config)
   assert rebuilt.augment.crop_scale == tuple(config.augment.crop_scale)
 
 
 def test_a_key_the_record_lacks_keeps_its_default(tmp_path):
-  settings = resume_guard.record(_config("digits"))
+  settings = dict(resume_guard.pretraining_record(_config("digits")).settings)
   del settings["knn.k"]
   settings["a_key_of_an_earlier_build"] = 1
   _record(tmp_path, {"format": resume_guard.FORMAT, "settings": settings})
