@@ -16,8 +16,8 @@ import jax
 import numpy as np
 import pytest
 
+import tiny
 from mio_jax import chips
-from mio_jax import config_base
 from mio_jax import config_validation
 from mio_jax.aot import check
 from mio_jax.aot import programs
@@ -109,18 +109,10 @@ def test_one_chip_table_serves_the_benchmark():
 
 
 def tiny_config(**overrides):
-  c = config_base.base_config()
-  c.dataset.name = "cifar10"
-  c.dataset.image_size = 8
-  c.model.name = "resnet_tiny"
-  c.model.projector_hidden_dim = 32
-  c.model.projector_output_dim = 16
-  c.batch_size = 64
-  c.eval.batch_size = 32
-  c.linear_eval.batch_size = 32
-  c.finetune.batch_size = 32
-  c.update_from_flattened_dict(overrides)
-  return c
+  return tiny.tiny_config(**{
+      "dataset.name": "cifar10", "model.width_multiplier": 1.0,
+      "batch_size": 64, "eval.batch_size": 32, "linear_eval.batch_size": 32,
+      "finetune.batch_size": 32, **overrides})
 
 
 V4_8 = topology.parse("v4-8")
