@@ -15,38 +15,27 @@ import time
 
 import ml_collections
 
-from mio_jax import config_base
+import tiny
 
 
 def tiny_config(model: str = "resnet_tiny",
                 **overrides) -> ml_collections.ConfigDict:
-  """A tiny network on 8 px synthetic images, batch 16, the mio loss.
+  """A tiny network on 8 px synthetic images, batch 16, the mio loss;
+  `overrides` are flat config keys.
 
   model "resnet_tiny" (half width) trains with LARS; "vit_test" (patches
   of 4 px: 4 tokens and the class token) with AdamW, as ViTs do.
   """
-  c = config_base.base_config()
-  c.model.name = model
-  c.model.width_multiplier = 0.5
-  c.model.patch_size = 4
-  c.model.projector_hidden_dim = 32
-  c.model.projector_output_dim = 16
-  c.dataset.image_size = 8
-  c.batch_size = 16
-  c.optimizer.name = "lars"
-  c.optimizer.base_lr = 0.5
-  if model.startswith("vit"):
-    c.optimizer.name = "adamw"
-    c.optimizer.base_lr = 0.01
-    c.optimizer.weight_decay = 0.05
-  c.optimizer.warmup_epochs = 1.0
-  c.total_steps = 6
-  c.checkpoint_every_steps = 2
-  c.keep_checkpoints = 2
-  c.log_every_steps = 5  # steps 1-4 take the deferred finiteness check
-  for key, value in overrides.items():
-    c[key] = value
-  return c
+  optimizer = ({"optimizer.name": "adamw", "optimizer.base_lr": 0.01,
+                "optimizer.weight_decay": 0.05} if model.startswith("vit")
+               else {"optimizer.name": "lars", "optimizer.base_lr": 0.5})
+  return tiny.tiny_config(**{
+      "model.name": model, "model.width_multiplier": 0.5,
+      "model.patch_size": 4, "batch_size": 16, **optimizer,
+      "optimizer.warmup_epochs": 1.0, "total_steps": 6,
+      "checkpoint_every_steps": 2, "keep_checkpoints": 2,
+      # Steps 1-4 take the deferred finiteness check.
+      "log_every_steps": 5, **overrides})
 
 
 STEPS_PER_EPOCH = 3

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import tiny
 from mio_jax import config_base
 from mio_jax import loss_comparison as compare
 
@@ -17,12 +18,9 @@ METRICS = [key for key, _ in compare.PROBE_COLUMNS]
 
 def tiny_digits_config(data_dir):
   """resnet_tiny on 16 px digits, batch 64: the plumbing, not accuracy."""
-  config = config_base.load_config_file(REPO / "configs" / "digits.py")
-  config.dataset.data_dir = str(data_dir)
-  config.model.name = "resnet_tiny"
-  config.model.projector_hidden_dim = 32
-  config.model.projector_output_dim = 16
-  config.dataset.image_size = 16
+  config = tiny.tiny_config(
+      config_base.load_config_file(REPO / "configs" / "digits.py"),
+      **{"dataset.data_dir": str(data_dir), "dataset.image_size": 16})
   config.batch_size = 64
   config.eval.batch_size = 128
   config.feature_probe.epochs = 2

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from evaluation.eval_data import random_variables
+import tiny
 from mio_jax import checkpointing
 from mio_jax import config_base
 from mio_jax import errors
@@ -27,14 +28,9 @@ from mio_jax import data
 
 def tiny_config(data_dir) -> "config_base.ml_collections.ConfigDict":
   """resnet_tiny on 8 px digits; fine-tuning on 10% of the labels (149)."""
-  c = config_base.base_config()
-  c.dataset.data_dir = str(data_dir)
-  c.dataset.image_size = 8
-  c.dataset.prefetch = 1
-  c.model.name = "resnet_tiny"
-  c.model.width_multiplier = 0.25
-  c.model.projector_hidden_dim = 16
-  c.model.projector_output_dim = 8
+  c = tiny.tiny_config(**{
+      "dataset.data_dir": str(data_dir), "dataset.prefetch": 1,
+      "model.projector_hidden_dim": 16, "model.projector_output_dim": 8})
   c.eval.batch_size = 304  # the 297 test images in one padded batch
   c.linear_eval.batch_size = 64
   c.linear_eval.epochs = 0.2  # 23 steps per epoch: 5 steps

@@ -19,7 +19,8 @@ compiles it and reads XLA's figures per chip:
     libtpu 0.0.42.1 and is not used.)
 
 A program that does not fit (the TPU compiler refuses it with
-RESOURCE_EXHAUSTED, or its peak exceeds the usable HBM) gets the largest
+RESOURCE_EXHAUSTED, or what its process keeps resident does not fit beside
+its peak in the usable HBM) gets the largest
 global batch that fits: a line through the measured (batch, bytes) points,
 checked by compiling at its estimate, at most `search_compiles` times.
 Every figure is a bound from the compiler's counts, not a measurement.

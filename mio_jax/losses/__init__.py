@@ -9,8 +9,8 @@ A loss is chosen by name (`config.loss`) through `make_loss`. `LOSSES` is
 the one registry: each loss's plain function, its per-anchor formula and
 the config keys it takes (`config_options` reads them from a config, so
 the train step and the Hessian analysis build every loss alike). Each loss
-module checks its own options, and `check_options` runs those checks
-without building anything (for the config validator).
+module checks its own options; `make_loss` runs those checks and builds
+nothing heavy (the config validator calls it to check a config).
 """
 import dataclasses
 from typing import Any, Callable, Dict, Optional
@@ -76,24 +76,6 @@ def _formula(name: str, *, temperature, negative_temperature,
                               reg_weight=reg_weight)
 
 
-def check_options(name: str, *, temperature: float,
-                  negative_temperature: Optional[float] = None,
-                  reg_weight: float = 0.0,
-                  block_size: Optional[int] = None) -> None:
-  """Raises what `make_loss` would raise for these options.
-
-  Raises InvalidValueError with key "loss" (unknown name; the message
-  lists LOSSES), "temperature" or "negative_temperature" (not > 0),
-  "reg_weight" (< 0), "block_size" (not None or a positive integer), or
-  "negative_temperature" / "reg_weight" given to a loss that does not take
-  it (nt_xent, dcl). Whether block_size divides the images per device is
-  `check_block_size`.
-  """
-  _formula(name, temperature=temperature,
-           negative_temperature=negative_temperature, reg_weight=reg_weight,
-           block_size=block_size)
-
-
 def make_loss(name: str, *, temperature: float,
               negative_temperature: Optional[float] = None,
               reg_weight: float = 0.0,
@@ -117,7 +99,12 @@ def make_loss(name: str, *, temperature: float,
       Call it on (N, d) arrays, e.g. inside jit on arrays sharded over the
       data axis.
 
-  Raises InvalidValueError as `check_options`.
+  Raises InvalidValueError with key "loss" (unknown name; the message
+  lists LOSSES), "temperature" or "negative_temperature" (not > 0),
+  "reg_weight" (< 0), "block_size" (not None or a positive integer), or
+  "negative_temperature" / "reg_weight" given to a loss that does not take
+  it (nt_xent, dcl). Whether block_size divides the images per device is
+  `check_block_size`.
   """
   formula = _formula(name, temperature=temperature,
                      negative_temperature=negative_temperature,
@@ -132,6 +119,6 @@ def make_loss(name: str, *, temperature: float,
 
 __all__ = [
     "LOSSES", "LossEntry", "bce_loss", "bce_loss_grad", "check_block_size",
-    "check_options", "config_options", "dcl_loss", "make_loss", "mio_loss", "mio_loss_grad",
+    "config_options", "dcl_loss", "make_loss", "mio_loss", "mio_loss_grad",
     "normalize_rows", "nt_xent_loss", "pair_metrics", "sharded_mio_loss",
 ]

@@ -84,9 +84,9 @@ def mio_loss(u1: Array, u2: Array, *, variant: str = "mio",
     reg_weight: lambda, weight of the alignment regulariser R.
     block_size: None: all (2N, 2N) similarities at once. An integer dividing
       N: blocks of block_size images, anchors against keys one block pair at
-      a time (per-block logsumexps merged, `jax.checkpoint` in the backward
-      pass), so memory grows as O(N * block_size) instead of O(N^2); same
-      value and gradients.
+      a time (per-block logsumexps merged; a `jax.custom_vjp` backward pass
+      recomputes each block's logits once), so memory grows as
+      O(N * block_size) instead of O(N^2); same value and gradients.
 
   Returns:
     The scalar loss (float32, or float64 for float64 inputs).

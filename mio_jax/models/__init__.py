@@ -5,7 +5,7 @@ explicit variables (`params`, `batch_stats`), which is exactly what a
 jitted, sharded, donated train step and Orbax checkpoints want: the state is
 a plain pytree. With NNX, splitting the model and taking `jax.value_and_grad`
 inside a plain `jax.jit` raised "Cannot mutate BatchStat from a different
-trace level" on flax 0.12.8 (see STACK_NOTES), and both APIs ran a ResNet-18
+trace level" on flax 0.12.8, and both APIs ran a ResNet-18
 step at the same speed, so nothing is lost.
 """
 from mio_jax.models.encoder import (DTYPES, FAMILIES, Backbone, Encoder,

@@ -16,8 +16,8 @@ import jax
 import numpy as np
 import pytest
 
+import tiny
 from mio_jax import chips
-from mio_jax import config_base
 from mio_jax import config_validation
 from mio_jax.aot import check
 from mio_jax.aot import programs
@@ -109,18 +109,10 @@ def test_one_chip_table_serves_the_benchmark():
 
 
 def tiny_config(**overrides):
-  c = config_base.base_config()
-  c.dataset.name = "cifar10"
-  c.dataset.image_size = 8
-  c.model.name = "resnet_tiny"
-  c.model.projector_hidden_dim = 32
-  c.model.projector_output_dim = 16
-  c.batch_size = 64
-  c.eval.batch_size = 32
-  c.linear_eval.batch_size = 32
-  c.finetune.batch_size = 32
-  c.update_from_flattened_dict(overrides)
-  return c
+  return tiny.tiny_config(**{
+      "dataset.name": "cifar10", "model.width_multiplier": 1.0,
+      "batch_size": 64, "eval.batch_size": 32, "linear_eval.batch_size": 32,
+      "finetune.batch_size": 32, **overrides})
 
 
 V4_8 = topology.parse("v4-8")
@@ -134,7 +126,8 @@ def _global_batch(lowered) -> int:
 
 
 def fake_compile(lowered, *, chips_=4):
-  """1 GiB of temporaries per image on a chip, 0.5 GiB of arguments."""
+  """1 GiB of temporaries per image on a chip, 0.5 GiB of arguments, 0.5
+  GiB of outputs of which 0.25 alias (donated) arguments."""
   per_chip = _global_batch(lowered) // chips_
   temp = per_chip * GIB
   if temp > USABLE:
@@ -142,7 +135,8 @@ def fake_compile(lowered, *, chips_=4):
         "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
         f"required for HLO temporaries ({temp / GIB:.2f}G) exceeds available "
         f"HBM ({USABLE / GIB:.2f}G).")
-  return check.Compiled(argument_bytes=GIB // 2, output_bytes=GIB // 4,
+  # Outputs and aliases differ, so that the peak's formula must use both.
+  return check.Compiled(argument_bytes=GIB // 2, output_bytes=GIB // 2,
                         alias_bytes=GIB // 4, temp_bytes=temp,
                         flops=2e12 * per_chip, bytes_accessed=1e10 * per_chip)
 
@@ -159,8 +153,9 @@ def test_the_report_holds_memory_and_the_roofline_bound():
   assert report.hbm_per_chip_gib == 32 and report.hbm_usable_gib == 30.75
   step = report.steps["pretrain"]
   assert step.fits and step.batch_size == 64
-  # 16 images per chip: 16 GiB temporaries + 0.5 arguments, out - aliased 0.
-  assert step.peak_per_chip_gib == pytest.approx(16.5)
+  # 16 images per chip: 16 GiB temporaries + 0.5 arguments + 0.5 outputs
+  # - 0.25 of them aliased.
+  assert step.peak_per_chip_gib == pytest.approx(16.75)
   flop_s, byte_s = 32e12 / 275e12, 16e10 / 1200e9
   assert step.step_time_bound_s == pytest.approx(max(flop_s, byte_s))
   assert step.bound == "hbm_bytes"  # 0.133 s of bytes > 0.116 s of FLOPs
@@ -170,8 +165,9 @@ def test_the_report_holds_memory_and_the_roofline_bound():
   assert step.steps == 781 * 200
   assert step.run_hours_bound == pytest.approx(step.steps * byte_s / 3600)
   assert report.run_chip_hours_bound == pytest.approx(4 * step.run_hours_bound)
-  # Headroom from the one compile: (30.75 - 0.5) / 1 GiB per image per chip.
-  assert step.largest_batch == 120 and not step.largest_batch_checked
+  # Headroom from the one compile: the line from the 0.5 GiB of arguments at
+  # batch 0 through 16.75 GiB at batch 64 meets 30.75 GiB at 119.1: 116.
+  assert step.largest_batch == 116 and not step.largest_batch_checked
   json.dumps(report.to_json())  # JSON as is
   assert "pretrain" in check.table(report)
   assert check.does_not_fit_message(report) is None
@@ -182,7 +178,7 @@ def test_a_step_that_does_not_fit_gets_the_largest_batch_that_does():
   step = report.steps["pretrain"]
   assert not step.fits and step.flops_per_step is None
   assert "exceeds available HBM" in step.compiler_message
-  # 30 images per chip fit (30.5 GiB), 31 do not (31.5 > 30.75).
+  # 30 images per chip fit (30 GiB of temporaries), 31 do not (31 > 30.75).
   assert (step.largest_batch, step.largest_batch_checked) == (120, True)
   message = check.does_not_fit_message(report)
   assert "\n" not in message

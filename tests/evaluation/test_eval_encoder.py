@@ -4,17 +4,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from eval_data import random_variables
-from mio_jax import config_base
+import tiny
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
 from mio_jax.evaluation import make_encode_fn
 
 
 def test_encode_fn_gives_sharded_f32_features_with_running_averages():
-  config = config_base.base_config()
-  config.model.name = "resnet_tiny"
-  config.model.width_multiplier = 0.25
-  model = models.build_model(config.model)
+  model = models.build_model(tiny.tiny_config().model)
   variables = random_variables(model, image_size=8, seed=0)
   # Running averages far from any batch's statistics: features computed
   # with batch statistics would not match the reference below.

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import dense_reference
+import tiny
 from eval_data import random_variables
-from mio_jax import config_base
 from mio_jax import data
 from mio_jax import errors
 from mio_jax import mesh as mesh_lib
@@ -18,11 +18,8 @@ from mio_jax.evaluation import make_encode_fn
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   """(config, model, variables, mesh): resnet_tiny at 8 px on digits."""
-  config = config_base.base_config()
-  config.dataset.data_dir = str(tmp_path_factory.mktemp("tfds"))
-  config.dataset.image_size = 8
-  config.model.name = "resnet_tiny"
-  config.model.width_multiplier = 0.25
+  config = tiny.tiny_config(
+      **{"dataset.data_dir": str(tmp_path_factory.mktemp("tfds"))})
   config.eval.batch_size = 256  # 1,500 train: 6 batches, the last padded
   config.feature_probe.epochs = 3
   config.fewshot.trials = 2
