@@ -448,16 +448,19 @@ def format_table(summary: Mapping[str, Any]) -> str:
         seed_statistics.format_mean_std(rows[row].get(key), _spec(key))
         for key, _ in columns) + " |")
   reference = settings["reference"]
-  lines += [
-      "", f"Difference to {reference}, paired by seed: mean of the per-seed "
-      "differences [95 % t-interval]:", "",
-      "| loss | " + " | ".join(h for _, h in PROBE_COLUMNS) + " |",
-      "| --- |" + " --- |" * len(PROBE_COLUMNS)]
-  for loss in losses:
-    if loss != reference:
-      lines.append(f"| {loss} | " + " | ".join(
-          _format_paired(summary["paired"][loss][key], key)
-          for key, _ in PROBE_COLUMNS) + " |")
+  if list(losses) == [reference]:
+    lines += ["", f"No difference to report: {reference} is the only loss."]
+  else:
+    lines += [
+        "", f"Difference to {reference}, paired by seed: mean of the per-seed "
+        "differences [95 % t-interval]:", "",
+        "| loss | " + " | ".join(h for _, h in PROBE_COLUMNS) + " |",
+        "| --- |" + " --- |" * len(PROBE_COLUMNS)]
+    for loss in losses:
+      if loss != reference:
+        lines.append(f"| {loss} | " + " | ".join(
+            _format_paired(summary["paired"][loss][key], key)
+            for key, _ in PROBE_COLUMNS) + " |")
   lines += ["", "Change from the same seed's random init (paired by seed):",
             "", "| loss | " + " | ".join(h for _, h in PROBE_COLUMNS) + " |",
             "| --- |" + " --- |" * len(PROBE_COLUMNS)]

@@ -246,6 +246,21 @@ def test_the_validation_split_shares_no_example_with_the_rest(digits_dir):
   assert validation_split.hold_out_validation(base, 0.1) == held_out
 
 
+def test_eval_split_overrides_set_what_the_probes_read(digits_dir):
+  from mio_jax import data  # pylint: disable=g-import-not-at-top
+  from mio_jax import errors  # pylint: disable=g-import-not-at-top
+  config = tiny_digits_config(digits_dir)
+  config.dataset.eval_train_split = "train[0:1350]"
+  config.dataset.eval_test_split = "train[1350:1500]"
+  info = data.dataset_info(config)
+  assert info.eval_splits == {"train": "train[0:1350]",
+                              "test": "train[1350:1500]"}
+  assert info.num_eval_examples == {"train": 1350, "test": 150}
+  config.dataset.eval_test_split = "validation"
+  with pytest.raises(errors.InvalidValueError, match="eval_test_split"):
+    data.dataset_info(config)
+
+
 # ---- end to end --------------------------------------------------------------------
 
 
