@@ -105,27 +105,23 @@ def test_another_version_of_a_tfds_set_stops_a_resume(tmp_path):
   # dataset.data_dir may change freely: the data found there must not.
   identity = "cifar10@3.0.2 (test 10000, train 50000)"
   _record(tmp_path, _config(), prepared_dataset=identity)
-  checkpointing.check_resume(str(tmp_path), _config(),
-                             prepared_dataset=identity)
+  _check(tmp_path, _config(), prepared_dataset=identity)
   for other in ("cifar10@3.0.1 (test 10000, train 50000)",
                 "cifar10@3.0.2 (test 10000, train 40000)"):
     with pytest.raises(checkpointing.CheckpointMismatchError,
                        match=r"made with prepared_dataset='cifar10@3.0.2"):
-      checkpointing.check_resume(str(tmp_path), _config(),
-                                 prepared_dataset=other)
+      _check(tmp_path, _config(), prepared_dataset=other)
 
 
 def test_a_record_of_the_bare_tfds_name_compares_the_name(tmp_path):
   # Records made before the version and sizes were recorded.
   _record(tmp_path, _config(), prepared_dataset="cifar10")
-  checkpointing.check_resume(
-      str(tmp_path), _config(),
-      prepared_dataset="cifar10@3.0.2 (test 10000, train 50000)")
+  _check(tmp_path, _config(),
+         prepared_dataset="cifar10@3.0.2 (test 10000, train 50000)")
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match=r"made with prepared_dataset='cifar10'"):
-    checkpointing.check_resume(
-        str(tmp_path), _config(),
-        prepared_dataset="cifar100@3.0.2 (test 10000, train 50000)")
+    _check(tmp_path, _config(),
+           prepared_dataset="cifar100@3.0.2 (test 10000, train 50000)")
 
 
 @pytest.mark.parametrize("key", ["online_probe.enabled", "optimizer.name",

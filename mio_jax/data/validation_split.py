@@ -13,10 +13,10 @@ import dataclasses
 from typing import Mapping
 
 import ml_collections
-import tensorflow_datasets as tfds
 
 from mio_jax import errors
 from mio_jax.data import dataset
+from mio_jax.host_tf import tfds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,19 +29,12 @@ class HeldOut:
   num_validation: int
 
 
-class _Length:
-  """What TFDS's ReadInstruction reads of a split: its size."""
-
-  def __init__(self, num_examples: int):
-    self.num_examples = num_examples
-
-
 def _absolute_parts(split: str, lengths: Mapping[str, int], key: str
                     ) -> list[tuple[str, int, int]]:
   """(split name, start, end) of each part of a split expression."""
   try:
     parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(
-        {name: _Length(size) for name, size in lengths.items()})
+        {name: dataset._SplitLength(size) for name, size in lengths.items()})
   except (ValueError, KeyError, AssertionError) as e:
     raise errors.InvalidValueError(
         key, split, f"is not a split of the data set ({e})",
