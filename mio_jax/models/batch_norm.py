@@ -25,7 +25,7 @@ to float64 rounding (tests/models/test_batch_norm.py):
     into the convolutions' neighbours by itself, and the fused form's
     float32 output, kept for its backward pass, costs HBM bytes there: the
     ImageNet-1K ResNet-50 step on a v4-8 (bfloat16, batch 1024) counted
-    163.3 GB per chip with the fused form and 150.8 GB with this one
+    163.3 GB per chip with the fused form and 150.7 GB with this one
     (docs/performance.md, "BatchNorm per backend").
 
 `BatchNorm(form=None)` picks the form by the platform the step is lowered
