@@ -61,9 +61,23 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- model ------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
-  c.model.name = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet_tiny
+  # resnet18 | resnet34 | resnet50 | resnet_tiny (tests) | vit_tiny |
+  # vit_small | vit_base | vit_large | vit_test (tests)
+  c.model.name = "resnet18"
+  # ResNets only:
   c.model.stem = "cifar"  # cifar (3x3/1, no max-pool) | imagenet (7x7/2 + max-pool)
   c.model.width_multiplier = 1.0
+  # ViTs only:
+  c.model.patch_size = 16  # 16 at 224 px; 4 or 8 at 32-96 px; divides image_size
+  c.model.posemb = "sincos2d"  # sincos2d (fixed, MoCo v3) | learned (timm)
+  c.model.pool = "token"  # token (class token) | gap (mean of the patch tokens)
+  # Stochastic depth of the last block (linear in depth); 0 in pretraining
+  # (MoCo v3), 0.1 for DINO's ViT-S/16.
+  c.model.drop_path = 0.0
+  c.model.remat = False  # recompute each block in the backward pass (memory)
+  # MoCo v3's frozen random patch projection: the patch embedding keeps its
+  # random init (no gradient, no optimizer update).
+  c.model.freeze_patch_embedding = False
   c.model.projector_num_layers = 2
   c.model.projector_hidden_dim = 2048
   c.model.projector_output_dim = 128
@@ -234,6 +248,12 @@ def base_config() -> ml_collections.ConfigDict:
   # mio_jax.cli.export); "" : random initialisation, the baseline.
   c.finetune.init_from = ""
   c.finetune.init_step = config_dict.placeholder(int)
+  # ViTs only: BEiT's / MAE's layer-wise lr decay (the lr of block i of L
+  # times layer_decay**(L + 1 - i), embeddings as block 0; 1.0: none; MAE
+  # fine-tunes ViT-B at 0.65) and the drop path rate while fine-tuning (MAE's
+  # ViT-B: 0.1), which replaces model.drop_path.
+  c.finetune.layer_decay = 1.0
+  c.finetune.drop_path = 0.0
 
   # Locked: assigning a key that does not exist raises, in config files too.
   c.lock()

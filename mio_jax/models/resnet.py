@@ -15,7 +15,6 @@ import functools
 from typing import Any, Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -39,7 +38,6 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec("bottleneck", (3, 4, 6, 3), 64),
 }
 STEMS = ("cifar", "imagenet")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _EXPANSION = {"basic": 1, "bottleneck": 4}
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu").
@@ -177,81 +175,16 @@ class Projector(nn.Module):
     return x
 
 
-class Encoder(nn.Module):
-  """Backbone + projector; `__call__` returns (features, projections) in f32."""
-  backbone: ResNet
-  projector: Projector
-
-  def __call__(self, images: jnp.ndarray, *,
-               train: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
-    features = self.backbone(images.astype(self.backbone.dtype), train=train)
-    projections = self.projector(features, train=train)
-    return features.astype(jnp.float32), projections.astype(jnp.float32)
-
-
 def check_config(model_config: ml_collections.ConfigDict) -> None:
   """Raises errors.InvalidValueError (key relative to config.model) if bad."""
   errors.check_one_of("name", model_config.name, BACKBONES)
   errors.check_one_of("stem", model_config.stem, STEMS)
   errors.check_positive("width_multiplier", model_config.width_multiplier)
-  errors.check_positive("projector_num_layers",
-                        model_config.projector_num_layers)
 
 
-def check_dtype(dtype: str) -> None:
-  """Raises errors.InvalidValueError unless `dtype` names a compute dtype."""
-  errors.check_one_of("dtype", dtype, DTYPES)
-
-
-def build_model(model_config: ml_collections.ConfigDict, *,
-                dtype: Any = "float32") -> Encoder:
-  """The encoder described by `config.model`, computing in `dtype`.
-
-  Parameters are always float32; `dtype` ("float32" | "bfloat16") is the
-  compute dtype of convolutions, dense layers and BatchNorm outputs.
-  Raises errors.InvalidValueError for a bad `config.model` or dtype.
-  """
+def build_backbone(model_config: ml_collections.ConfigDict, *,
+                   dtype: Any) -> ResNet:
+  """The ResNet `config.model` describes, computing in `dtype`."""
   check_config(model_config)
-  if isinstance(dtype, str):
-    check_dtype(dtype)
-    dtype = DTYPES[dtype]
-  backbone = ResNet(BACKBONES[model_config.name], stem=model_config.stem,
-                    width_multiplier=model_config.width_multiplier,
-                    dtype=dtype)
-  projector = Projector(num_layers=model_config.projector_num_layers,
-                        hidden_dim=model_config.projector_hidden_dim,
-                        output_dim=model_config.projector_output_dim,
-                        last_bn=model_config.projector_last_bn, dtype=dtype)
-  return Encoder(backbone, projector)
-
-
-def init_variables(model: Encoder, key: jax.Array, *,
-                   image_size: int) -> dict[str, Any]:
-  """{"params", "batch_stats"} of a fresh `model`, drawn from `key`.
-
-  Also the restore template of a checkpoint, under `jax.eval_shape`.
-  """
-  variables = model.init(key, jnp.zeros((2, image_size, image_size, 3)),
-                         train=False)
-  return {"params": variables["params"],
-          "batch_stats": variables["batch_stats"]}
-
-
-def initial_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-  """(parameter key, training-state key) of a run seeded by `seed`."""
-  params_key, state_key = jax.random.split(jax.random.key(seed))
-  return params_key, state_key
-
-
-def initial_variables(model: Encoder, *, seed: int,
-                      image_size: int) -> dict[str, Any]:
-  """The encoder variables a run seeded by `seed` starts from.
-
-  Also the random-init baseline every comparison sets MIO against.
-  """
-  return init_variables(model, initial_keys(seed)[0], image_size=image_size)
-
-
-def feature_dim(model_config: ml_collections.ConfigDict) -> int:
-  """Width of the pooled backbone features (512 for ResNet-18 at width 1)."""
-  return build_model(model_config).backbone.feature_dim
+  return ResNet(BACKBONES[model_config.name], stem=model_config.stem,
+                width_multiplier=model_config.width_multiplier, dtype=dtype)
