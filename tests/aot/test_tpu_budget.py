@@ -77,3 +77,27 @@ def test_the_guarded_steps_stay_within_the_tpu_budget():
   print(result.stdout)  # the new figures, beside the recorded ones
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(result.stdout.splitlines()) == len(budget.load())
+
+
+def test_the_command_prints_the_figures_and_fails_over_budget(tmp_path):
+  record = {"programs": {"step": {
+      "config": "configs/imagenet1k.py", "topology": "v4-8",
+      "program": "pretrain",
+      "hbm_bytes": {"value": 100, "reason": "why"},
+      "peak_bytes": {"value": 100, "reason": "why"}}}}
+  path = tmp_path / "budget.json"
+  path.write_text(json.dumps(record))
+  code = ("import runpy, sys; from mio_jax.aot import budget; "
+          "budget.measure = lambda entry, log: {'hbm_bytes': 103, "
+          "'peak_bytes': 100}; sys.argv = ['tpu_budget', '--record=%s']; "
+          "runpy.run_path('benchmarks/tpu_budget.py', run_name='__main__')"
+          % path)
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 1, result.stderr[-2000:]
+  line = json.loads(result.stdout)
+  assert (line["hbm_bytes"], line["hbm_bytes_recorded"]) == (103, 100)
+  over = [l for l in result.stderr.splitlines() if l.startswith("over budget")]
+  assert over == ["over budget: step: hbm_bytes per chip grew +3.0% over the "
+                  "record (103 against 100 bytes; the budget allows +2%)"]
