@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export TF_ENABLE_ONEDNN_OPTS ?= 0
 
-.PHONY: install libtpu test test-slow test-all demo bench-accelerator clean
+.PHONY: install libtpu test test-slow test-all demo bench-accelerator tpu-budget clean
 
 install: $(STAMP)
 
@@ -49,6 +49,12 @@ demo: $(STAMP)
 # one JSON; under 10 minutes.
 bench-accelerator: $(STAMP)
 	$(PY) benchmarks/accelerator.py --out=accelerator.json
+
+# Compiles the guarded TPU steps (benchmarks/tpu_budget.json: the ImageNet-1K
+# ResNet-50 and ViT-B/16 pretraining steps on a v4-8) with libtpu and fails
+# when HBM bytes or peak memory per chip grow more than 2 % over the record.
+tpu-budget: $(STAMP)
+	$(PY) benchmarks/tpu_budget.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -5,10 +5,10 @@ r"""MIO on CIFAR-10: ResNet-18 (CIFAR stem), 200 epochs, linear evaluation.
 Paper (arXiv 2111.12664): 86.36 % linear top-1 after 200 epochs. Cost:
 390 steps/epoch at batch 128. Compiled for a v4-8 (`python -m
 mio_jax.cli.tpu_compile --config=configs/cifar10.py --topology=v4-8`,
-docs/performance.md "Compiled for the TPU"): 0.4 GiB per chip; the roofline
-bound from the compiler's counts is 23,000 images/s in float32 (45,000 with
---config.dtype=bfloat16), 7 minutes of chip time for 200 epochs. At 3-6 ms
-per step, what the bound leaves out (dispatch, the host loop, the input
+docs/performance.md "Compiled for the TPU"): 0.43 GiB per chip; the
+roofline bound from the compiler's counts is 23,314 images/s in float32, 7
+minutes of chip time for 200 epochs. At 5.5 ms per step, what the bound
+leaves out (dispatch, the host loop, the input
 pipeline) sets the real time: a bound, not a measurement. Recipe: the public
 MIO code (`miossl`, training_and_evaluation_mio.py and model_transforms.py)
 unless a comment says otherwise.

@@ -6,13 +6,13 @@ r"""MIO on ImageNet-100 (the CMC 100-class subset), ResNet-50, 224 px, 200 epoch
 Paper (arXiv 2111.12664): 78.4 % linear top-1. About 126k training images:
 247 steps/epoch at batch 512. Compiled for a v4-8 (`python -m
 mio_jax.cli.tpu_compile --config=configs/imagenet100.py --topology=v4-8`,
-docs/performance.md "Compiled for the TPU"): it fits (9.4 of 30.75 GiB per
+docs/performance.md "Compiled for the TPU"): it fits (9.44 of 30.75 GiB per
 chip), and the roofline bound from the compiler's counts (HBM bytes, not
-FLOPs, bound it) is at most 6,900 images/s: no less than 1.0 hour (4.1
+FLOPs, bound it) is at most 6,964 images/s: no less than 1.0 hour (4.0
 chip-hours) for 200 epochs. A bound, not a measurement. On a v4-8 host the
 colour ops stay on the host (`augment.on_device=False`): by these bounds the
 chips, not the host, limit the run, and the colour ops on the chips would
-cost them about 18 % of their bound. Where the public code has no
+add to the HBM bytes that bound them. Where the public code has no
 ImageNet recipe, the SimCLR ImageNet recipe is used and marked as such.
 """
 from mio_jax import config_base

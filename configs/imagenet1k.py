@@ -6,11 +6,12 @@ r"""MIO on ImageNet-1K: the ImageNet-100 recipe on all 1,000 classes, 100 epochs
 Paper (arXiv 2111.12664): 65.22 % linear top-1 after 100 epochs (ResNet-50).
 1.28M images: 1,251 steps/epoch at batch 1024. Compiled ahead of time
 (`python -m mio_jax.cli.tpu_compile --config=configs/imagenet1k.py
---topology=v4-32`, docs/performance.md "Compiled for the TPU"): it fits a
-v4-8 (18.7 of 30.75 GiB per chip) and a v4-32 (4.8 GiB); the roofline
-bounds from the compiler's counts are at most 8,200 images/s on a v4-8 (no
-less than 4.4 hours, 17.5 chip-hours, for 100 epochs) and 23,000 on a v4-32
-(1.6 hours, 25 chip-hours). Bounds, not measurements.
+--topology=v4-8`, docs/performance.md "Compiled for the TPU"): it fits a
+v4-8 (18.66 of 30.75 GiB per chip); the roofline bound from the compiler's
+counts (HBM bytes, not FLOPs, bound it) is at most 8,151 images/s: no less
+than 4.4 hours, 17.5 chip-hours, for 100 epochs. A bound, not a
+measurement. Its HBM bytes and peak memory per chip are guarded by the TPU
+budget (benchmarks/tpu_budget.json, `make tpu-budget`).
 """
 import pathlib
 

@@ -158,3 +158,19 @@ def test_per_view_batch_norm_differs_from_joint_and_updates_twice():
           state.variables, batch["view1"])
   np.testing.assert_allclose(np.asarray(outputs["per_view"][1][1]),
                              np.asarray(u1_alone), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [32_768, 65_536])
+def test_the_step_traces_at_batches_past_int32_pair_counts(batch_size):
+  # 2N(2N - 2) negative pairs pass 2**31 above N = 23,170; the streamed
+  # loss is the one such batches train with. Shapes only: nothing runs.
+  run = build_tiny_run(tiny_config(batch_size=batch_size,
+                                   loss_block_size=1024))
+  image = jax.ShapeDtypeStruct((batch_size, 8, 8, 3), jnp.float32)
+  label = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+  state, metrics = jax.eval_shape(
+      train.make_train_step(run), jax.eval_shape(lambda: train.init_state(run)),
+      {"view1": image, "view2": image, "label": label, "index": label})
+  assert state.step.shape == ()
+  assert {"loss", "neg_accuracy", "mi_estimate"} <= set(metrics)
+  assert all(m.shape == () for m in metrics.values())

@@ -24,6 +24,8 @@ class _PairSums(NamedTuple):
   positive_sim: Array  # sum of s_{i,p(i)} over the 2N anchors
   positive_correct: Array  # number of positive pairs with s > 0
   negative_sim: Array  # sum of s_ik over the 2N * M negative pairs
+  # float32: the 2N(2N - 2) negative pairs pass 2**31 (an int32's range)
+  # above N = 23,170; each row's count (<= 2N) is exact in float32.
   negative_correct: Array  # number of negative pairs with s <= 0
   negative_critic_lse: Array  # logsumexp of s_ik / tau_p over the same pairs
 
@@ -50,7 +52,7 @@ def _device_pair_sums(u1_local: Array, u2_local: Array, *,
       negative = _pairs.key_mask(block.ids, key_ids, num_images=num_images,
                                  exclude_partner=True)
       return (jnp.sum(jnp.where(negative, sims, 0.0), axis=1),
-              jnp.sum(negative & (sims <= 0), axis=1, dtype=jnp.int32),
+              jnp.sum(negative & (sims <= 0), axis=1, dtype=jnp.float32),
               jax.nn.logsumexp(
                   jnp.where(negative, sims / critic_temperature, -jnp.inf),
                   axis=1))
@@ -113,7 +115,8 @@ def pair_metrics(u1: Array, u2: Array, *, temperature: float,
       functools.partial(_device_pair_sums, critic_temperature=temperature,
                         block_size=block_size), u1, u2, mesh=mesh)
   num_positive_pairs = 2 * num_images
-  num_negative_pairs = 2 * num_images * (2 * num_images - 2)
+  # A float: as a Python int it becomes an int32 operand, which overflows.
+  num_negative_pairs = 2.0 * num_images * (2 * num_images - 2)
   pos_sim = sums.positive_sim / num_positive_pairs
   neg_sim = sums.negative_sim / num_negative_pairs
   pos_accuracy = sums.positive_correct / num_positive_pairs

@@ -188,6 +188,18 @@ def test_a_step_that_does_not_fit_gets_the_largest_batch_that_does():
   assert "30.75 GiB a TPU v4 chip has usable" in message
 
 
+def test_a_batch_of_65536_ends_in_the_one_line_does_not_fit():
+  # Lowered for real (the pair metrics' counts pass int32 above 23,170
+  # images: a traceback before), compiled by the fake.
+  report = _check(tiny_config(batch_size=65_536,
+                              **{"dataset.name": "imagenet1k"}))
+  message = check.does_not_fit_message(report)
+  assert "\n" not in message
+  assert message.startswith("the config does not fit a v4-8: the pretrain step "
+                            "(batch_size=65536) needs ")
+  assert message.endswith("--config.batch_size=120")
+
+
 def test_what_the_compiler_accepts_fits_unless_resident_bytes_do_not():
   # Near the limit libtpu rematerialises: it accepted a plan of 15.98 GiB
   # for a v5e chip whose refusals name 15.75 GiB available.

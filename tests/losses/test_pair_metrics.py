@@ -1,6 +1,9 @@
 """losses.pair_metrics: accuracies, similarities and the MI estimate on
 cases with known answers, and the streamed form against the dense one."""
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from loss_testing import random_views
 from mio_jax import losses
@@ -48,3 +51,28 @@ def test_streamed_pair_metrics_equal_dense():
     for key in want:
       np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-7,
                                  err_msg=key)
+
+
+def test_pair_metrics_trace_past_two_to_the_31_negative_pairs():
+  # 2N(2N - 2) negative pairs: 2,147,395,640 at N = 23,170, just under
+  # 2**31; 2,147,488,280 at N = 23,171, which overflowed as an int32 count.
+  for num_images, block_size in ((23_171, None), (65_536, 1024)):
+    views = jax.ShapeDtypeStruct((num_images, 8), jnp.float32)
+    shapes = jax.eval_shape(
+        lambda u1, u2: losses.pair_metrics(u1, u2, temperature=0.1,
+                                           block_size=block_size), views,
+        views)
+    assert all(s.shape == () and s.dtype == jnp.float32
+               for s in shapes.values()), shapes
+
+
+@pytest.mark.slow
+def test_neg_accuracy_counts_past_two_to_the_31_negative_pairs():
+  # Zero projections: every similarity is 0, so all 2,147,488,280 negative
+  # pairs of N = 23,171 count as correct (s <= 0) and no positive does. An
+  # int32 count wraps to a negative accuracy.
+  zeros = jnp.zeros((23_171, 2), jnp.float32)
+  metrics = jax.jit(lambda u: losses.pair_metrics(
+      u, u, temperature=0.1, block_size=1_363))(zeros)
+  np.testing.assert_allclose(metrics["neg_accuracy"], 1.0, rtol=1e-6)
+  assert metrics["pos_accuracy"] == 0.0

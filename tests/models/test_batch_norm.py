@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mio_jax import errors
 from mio_jax.models import batch_norm
 
 SHAPE = (6, 5, 4, 3)
@@ -35,9 +36,9 @@ def _flax_reference(x, residual, relu, train):
   return apply
 
 
-def _ours(x, residual, relu, train):
+def _ours(x, residual, relu, train, form=None):
   bn = batch_norm.BatchNorm(use_running_average=not train, momentum=0.9,
-                            epsilon=1e-5, dtype=x.dtype)
+                            epsilon=1e-5, dtype=x.dtype, form=form)
 
   def apply(variables, x, residual):
     return bn.apply(variables, x, residual, relu=relu, mutable=["batch_stats"])
@@ -66,14 +67,15 @@ def _float64():
     yield
 
 
+@pytest.mark.parametrize("form", [None, *batch_norm.FORMS])
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("with_residual", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
-def test_matches_flax_batchnorm_plus_residual_and_relu(train, with_residual,
-                                                        relu):
+def test_matches_flax_batchnorm_plus_residual_and_relu(form, train,
+                                                        with_residual, relu):
   x, residual, weights, params, stats = _inputs()
   residual = residual if with_residual else None
-  ours = _everything(_ours(x, residual, relu, train), params, stats, x,
+  ours = _everything(_ours(x, residual, relu, train, form), params, stats, x,
                      residual, weights)
   reference = _everything(_flax_reference(x, residual, relu, train), params,
                           stats, x, residual, weights)
@@ -82,6 +84,34 @@ def test_matches_flax_batchnorm_plus_residual_and_relu(train, with_residual,
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10,
                                                        atol=1e-10),
                ours, reference)
+
+
+@pytest.mark.parametrize("platform,form", [("cpu", "fused"), ("tpu", "flax"),
+                                           ("cuda", "flax"), ("rocm", "flax")])
+def test_the_form_follows_the_platform_lowered_for(platform, form):
+  # As tpu_compile lowers a TPU step on a CPU host: the form is the
+  # target's, whatever backend this process runs.
+  x = jnp.ones(SHAPE, jnp.float32)
+  bn = batch_norm.BatchNorm(use_running_average=False)
+  variables = bn.init(jax.random.key(0), x)
+
+  def loss(params, x):
+    y, _ = bn.apply({**variables, "params": params}, x, x, relu=True,
+                    mutable=["batch_stats"])
+    return jnp.sum(y * y)
+
+  traced = jax.jit(jax.grad(loss, argnums=(0, 1))).trace(
+      variables["params"], x)
+  text = traced.lower(lowering_platforms=(platform,)).as_text(debug_info=True)
+  scopes = {name for name in batch_norm.FORMS
+            if f"batch_norm_{name}" in text}
+  assert scopes == {form}
+
+
+def test_an_unknown_form_is_refused_with_the_valid_names():
+  bn = batch_norm.BatchNorm(use_running_average=False, form="fast")
+  with pytest.raises(errors.InvalidValueError, match="'fused', 'flax'"):
+    bn.init(jax.random.key(0), jnp.ones(SHAPE))
 
 
 def test_variables_are_those_of_flax_batchnorm():
@@ -93,9 +123,11 @@ def test_variables_are_those_of_flax_batchnorm():
       lambda v: (v.shape, v.dtype), flax_bn)
 
 
-def test_bfloat16_computes_statistics_in_float32():
+@pytest.mark.parametrize("form", batch_norm.FORMS)
+def test_bfloat16_computes_statistics_in_float32(form):
   x = (1000.0 + jnp.arange(64.0)).reshape(16, 4).astype(jnp.bfloat16)
-  bn = batch_norm.BatchNorm(use_running_average=False, dtype=jnp.bfloat16)
+  bn = batch_norm.BatchNorm(use_running_average=False, dtype=jnp.bfloat16,
+                            form=form)
   variables = bn.init(jax.random.key(0), x)
   y, updates = bn.apply(variables, x, mutable=["batch_stats"])
   assert y.dtype == jnp.bfloat16
