@@ -164,13 +164,12 @@ def test_per_view_batch_norm_differs_from_joint_and_updates_twice():
 def test_the_step_traces_at_batches_past_int32_pair_counts(batch_size):
   # 2N(2N - 2) negative pairs pass 2**31 above N = 23,170; the streamed
   # loss is the one such batches train with. Shapes only: nothing runs.
-  run = build_tiny_run(tiny_config(batch_size=batch_size,
-                                   loss_block_size=1024))
-  image = jax.ShapeDtypeStruct((batch_size, 8, 8, 3), jnp.float32)
-  label = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+  recipe = build_tiny_recipe(tiny_config(batch_size=batch_size,
+                                         loss_block_size=1024))
   state, metrics = jax.eval_shape(
-      train.make_train_step(run), jax.eval_shape(lambda: train.init_state(run)),
-      {"view1": image, "view2": image, "label": label, "index": label})
+      pretraining.make_train_step(recipe),
+      jax.eval_shape(lambda: pretraining.init_state(recipe)),
+      pretraining.batch_spec(recipe, on_device_colour=False))
   assert state.step.shape == ()
   assert {"loss", "neg_accuracy", "mi_estimate"} <= set(metrics)
   assert all(m.shape == () for m in metrics.values())
