@@ -14,6 +14,7 @@ Attention goes through `jax.nn.dot_product_attention`, so each backend
 picks its fused kernel (cuDNN flash attention on GPU, XLA's on TPU/CPU).
 """
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -82,37 +83,46 @@ class MlpBlock(nn.Module):
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=_dense_init,
                  name="fc1")(x)
     # The exact (erf) GELU of timm, MoCo v3 and DINO.
-    x = nn.gelu(x, approximate=False)
+    # Recomputed in the backward pass from its input, which is kept anyway:
+    # keeping GELU's output too wrote a second (tokens x mlp_dim) array.
+    x = jax.checkpoint(functools.partial(nn.gelu, approximate=False))(x)
     return nn.Dense(width, dtype=self.dtype, kernel_init=_dense_init,
                     name="fc2")(x)
 
 
 class _DenseAsEinsum(nn.Module):
   """nn.Dense's variables (kernel (in, out), zero bias (out,)), applied as
-  an einsum on reshaped views of them.
+  einsums on reshaped views of them.
 
-  The heads stay a separate axis in the matmul's result or operand, so that
-  q, k, v leave the qkv matmul, and the attention output enters the output
-  projection, in the layout the attention matmuls use: a Dense followed by
-  reshape and split made XLA:TPU copy q, k and v (and their gradients)
-  between the two layouts, 4 x 0.47 GB per block of ViT-B/16 at 256 images
-  per chip. The variables (names, shapes, init) are nn.Dense's, so the
-  optimizer's masks and the parameter counts see a dense layer.
+  The heads stay a separate axis in the matmuls' results or operands, so
+  that q, k, v leave their matmuls, and the attention output enters the
+  output projection, in the layout the attention matmuls use: a Dense
+  followed by reshape and split made XLA:TPU copy q, k and v (and their
+  gradients) between the two layouts, 4 x 0.47 GB per block of ViT-B/16 at
+  256 images per chip. The variables (names, shapes, init) are nn.Dense's,
+  so the optimizer's masks and the parameter counts see a dense layer.
   """
   shape: tuple[int, int]  # the kernel's (in, out), as nn.Dense has it
   equation: str  # einsum of (input, kernel viewed as kernel_view)
   kernel_view: tuple[int, ...]
   bias_view: tuple[int, ...]  # the bias as it broadcasts against the output
+  # > 0: kernel_view[1] and bias_view[0] count output groups (q, k, v),
+  # each its own einsum (of the kernel without that axis) and result.
+  groups: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray):
     kernel = self.param("kernel", _dense_init, self.shape)
     bias = self.param("bias", nn.initializers.zeros, self.shape[1:])
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
                                               dtype=self.dtype)
-    return (jnp.einsum(self.equation, x, kernel.reshape(self.kernel_view))
-            + bias.reshape(self.bias_view))
+    kernel = kernel.reshape(self.kernel_view)
+    bias = bias.reshape(self.bias_view)
+    if not self.groups:
+      return jnp.einsum(self.equation, x, kernel) + bias
+    return tuple(jnp.einsum(self.equation, x, kernel[:, i]) + bias[i]
+                 for i in range(self.groups))
 
 
 @jax.custom_vjp
@@ -134,9 +144,9 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
 
 def _attention_forward(q, k, v):
   scale = q.shape[-1]**-0.5
-  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k,
-                      preferred_element_type=jnp.float32)
-  probs = jax.nn.softmax(logits * scale, axis=-1).astype(v.dtype)
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
+  probs = jax.nn.softmax(logits.astype(jnp.float32) * scale,
+                         axis=-1).astype(v.dtype)
   out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
   return out, (q, k, v, probs, out)
 
@@ -171,12 +181,12 @@ class Attention(nn.Module):
     _, _, width = x.shape
     heads = self.num_heads
     head_dim = width // heads
-    # (3, batch, heads, tokens, head_dim): the kernel's columns are
+    # Each (batch, heads, tokens, head_dim); the kernel's columns are
     # (q | k | v) x heads x head_dim, timm's and big_vision's order.
-    q, k, v = _DenseAsEinsum((width, 3 * width), "btd,dshe->sbhte",
+    q, k, v = _DenseAsEinsum((width, 3 * width), "btd,dhe->bhte",
                              (width, 3, heads, head_dim),
-                             (3, 1, heads, 1, head_dim), dtype=self.dtype,
-                             name="qkv")(x)
+                             (3, heads, 1, head_dim), groups=3,
+                             dtype=self.dtype, name="qkv")(x)
     return _DenseAsEinsum((width, width), "bhte,hed->btd",
                           (heads, head_dim, width), (width,),
                           dtype=self.dtype, name="proj")(attention(q, k, v))
