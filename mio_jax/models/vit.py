@@ -10,8 +10,13 @@ class token's output or the mean over the patch tokens (`pool`).
 There is no BatchNorm in the backbone: its variables are {"params"} only
 (the encoder's projector may still have BatchNorm statistics).
 
-Attention goes through `jax.nn.dot_product_attention`, so each backend
-picks its fused kernel (cuDNN flash attention on GPU, XLA's on TPU/CPU).
+Attention is `attention` below, written for XLA:TPU's HBM traffic (what
+bounds a ViT step there; docs/performance.md, "ViT"): the heads split out
+inside the projections' matmuls, logits and probabilities in the compute
+dtype around a float32 softmax, and flash attention's backward pass.
+`jax.nn.dot_product_attention` would pick the same XLA einsums on every
+backend in jax 0.10.2 (its implementation=None is XLA's, never cuDNN's),
+with float32 logits and a float32 softmax kept for the backward pass.
 """
 import dataclasses
 import functools
@@ -90,44 +95,9 @@ class MlpBlock(nn.Module):
                     name="fc2")(x)
 
 
-class _DenseAsEinsum(nn.Module):
-  """nn.Dense's variables (kernel (in, out), zero bias (out,)), applied as
-  einsums on reshaped views of them.
-
-  The heads stay a separate axis in the matmuls' results or operands, so
-  that q, k, v leave their matmuls, and the attention output enters the
-  output projection, in the layout the attention matmuls use: a Dense
-  followed by reshape and split made XLA:TPU copy q, k and v (and their
-  gradients) between the two layouts, 4 x 0.47 GB per block of ViT-B/16 at
-  256 images per chip. The variables (names, shapes, init) are nn.Dense's,
-  so the optimizer's masks and the parameter counts see a dense layer.
-  """
-  shape: tuple[int, int]  # the kernel's (in, out), as nn.Dense has it
-  equation: str  # einsum of (input, kernel viewed as kernel_view)
-  kernel_view: tuple[int, ...]
-  bias_view: tuple[int, ...]  # the bias as it broadcasts against the output
-  # > 0: kernel_view[1] and bias_view[0] count output groups (q, k, v),
-  # each its own einsum (of the kernel without that axis) and result.
-  groups: int = 0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray):
-    kernel = self.param("kernel", _dense_init, self.shape)
-    bias = self.param("bias", nn.initializers.zeros, self.shape[1:])
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
-                                              dtype=self.dtype)
-    kernel = kernel.reshape(self.kernel_view)
-    bias = bias.reshape(self.bias_view)
-    if not self.groups:
-      return jnp.einsum(self.equation, x, kernel) + bias
-    return tuple(jnp.einsum(self.equation, x, kernel[:, i]) + bias[i]
-                 for i in range(self.groups))
-
-
 @jax.custom_vjp
 def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
-  """Softmax attention of (batch, heads, tokens, head_dim) q, k, v.
+  """Softmax attention of (batch, tokens, heads, head_dim) q, k, v.
 
   The logits and the softmax are float32; the probabilities, the only
   (tokens x tokens) array kept for the backward pass, are in the compute
@@ -144,27 +114,27 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
 
 def _attention_forward(q, k, v):
   scale = q.shape[-1]**-0.5
-  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
   probs = jax.nn.softmax(logits.astype(jnp.float32) * scale,
                          axis=-1).astype(v.dtype)
-  out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+  out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
   return out, (q, k, v, probs, out)
 
 
 def _attention_backward(residuals, d_out):
   q, k, v, probs, out = residuals
   scale = q.shape[-1]**-0.5
-  d_v = jnp.einsum("bhqk,bhqd->bhkd", probs, d_out)
-  d_probs = jnp.einsum("bhqd,bhkd->bhqk", d_out, v,
+  d_v = jnp.einsum("bhqk,bqhd->bkhd", probs, d_out)
+  d_probs = jnp.einsum("bqhd,bkhd->bhqk", d_out, v,
                        preferred_element_type=jnp.float32)
   # sum_k P_qk dP_qk = dO_q . O_q: the softmax's backward needs no second
   # pass over the (tokens x tokens) probabilities.
-  row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
-                keepdims=True)
+  row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32),
+                axis=-1).transpose(0, 2, 1)[..., None]
   d_logits = (probs.astype(jnp.float32) * (d_probs - row) * scale).astype(
       q.dtype)
-  d_q = jnp.einsum("bhqk,bhkd->bhqd", d_logits, k)
-  d_k = jnp.einsum("bhqk,bhqd->bhkd", d_logits, q)
+  d_q = jnp.einsum("bhqk,bkhd->bqhd", d_logits, k)
+  d_k = jnp.einsum("bhqk,bqhd->bkhd", d_logits, q)
   return d_q, d_k, d_v
 
 
@@ -178,18 +148,15 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    _, _, width = x.shape
-    heads = self.num_heads
-    head_dim = width // heads
-    # Each (batch, heads, tokens, head_dim); the kernel's columns are
-    # (q | k | v) x heads x head_dim, timm's and big_vision's order.
-    q, k, v = _DenseAsEinsum((width, 3 * width), "btd,dhe->bhte",
-                             (width, 3, heads, head_dim),
-                             (3, heads, 1, head_dim), groups=3,
-                             dtype=self.dtype, name="qkv")(x)
-    return _DenseAsEinsum((width, width), "bhte,hed->btd",
-                          (heads, head_dim, width), (width,),
-                          dtype=self.dtype, name="proj")(attention(q, k, v))
+    batch, tokens, width = x.shape
+    head_dim = width // self.num_heads
+    qkv = nn.Dense(3 * width, dtype=self.dtype, kernel_init=_dense_init,
+                   name="qkv")(x)
+    q, k, v = jnp.split(qkv.reshape(batch, tokens, 3, self.num_heads,
+                                    head_dim), 3, axis=2)
+    out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
+    return nn.Dense(width, dtype=self.dtype, kernel_init=_dense_init,
+                    name="proj")(out.reshape(batch, tokens, width))
 
 
 class Encoder1DBlock(nn.Module):
