@@ -248,6 +248,12 @@ def base_config() -> ml_collections.ConfigDict:
   # mio_jax.cli.export); "" : random initialisation, the baseline.
   c.finetune.init_from = ""
   c.finetune.init_step = config_dict.placeholder(int)
+  # ViTs only: BEiT's / MAE's layer-wise lr decay (the lr of block i of L
+  # times layer_decay**(L + 1 - i), embeddings as block 0; 1.0: none; MAE
+  # fine-tunes ViT-B at 0.65) and the drop path rate while fine-tuning (MAE's
+  # ViT-B: 0.1), which replaces model.drop_path.
+  c.finetune.layer_decay = 1.0
+  c.finetune.drop_path = 0.0
 
   # Locked: assigning a key that does not exist raises, in config files too.
   c.lock()

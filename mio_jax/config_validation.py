@@ -88,6 +88,7 @@ def validate_config(config: ml_collections.ConfigDict, *,
     supervised.check_linear_eval_config(config.linear_eval)
   with _section("finetune."):
     supervised.check_finetune_config(config.finetune)
+    supervised.check_finetune_backbone(config.finetune, config.model.name)
   with _section("eval."):
     errors.check_positive("batch_size", config.eval.batch_size)
   with _section():
@@ -110,6 +111,8 @@ def validate_config(config: ml_collections.ConfigDict, *,
   from mio_jax.data import augment  # pylint: disable=g-import-not-at-top
   with _section("dataset."):
     data.check_config(config.dataset)
+  with _section("model."):
+    models.check_image_size(config.model, config.dataset.image_size)
   try:
     augment.AugmentParams.from_config(config)
   except ValueError as e:

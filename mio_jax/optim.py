@@ -8,21 +8,27 @@
   * the online probe inside the pretraining step (`online_probe_optimizer`).
 
 They share one rule: biases and normalisation parameters (every parameter
-with fewer than two dimensions: Dense biases, BatchNorm scales and biases)
-get no weight decay and, for LARS, no trust-ratio adaptation.
+with fewer than two dimensions: Dense biases, BatchNorm and LayerNorm
+scales and biases) and a ViT's position embedding and class token get no
+weight decay and, for LARS, no trust-ratio adaptation (MoCo v3, DINO).
+Fine-tuning a ViT may scale each layer's learning rate (`layer_decay`).
 """
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
 import optax
 
 from mio_jax import errors
+from mio_jax.models import vit
 
 
 def decay_mask(params: Any) -> Any:
-  """True for weight matrices / conv kernels, False for biases and norm params."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """True for weight matrices / conv kernels; False for biases, norm params
+  and embeddings (a ViT's position embedding and class token)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p.ndim > 1 and getattr(
+          path[-1], "key", None) not in vit.EMBEDDING_PARAMS, params)
 
 
 LR_SCALINGS = ("linear", "none")
@@ -100,10 +106,13 @@ OPTIMIZERS: dict[str, Callable[[ml_collections.ConfigDict, optax.Schedule],
 
 
 def make_optimizer(opt: ml_collections.ConfigDict, *, batch_size: int,
-                   total_steps: int, steps_per_epoch: int
+                   total_steps: int, steps_per_epoch: int,
+                   frozen: Optional[Callable[[Any], Any]] = None
                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer `config.optimizer` describes, and its lr schedule.
 
+  frozen: params -> a tree of bools, True for the parameters never to
+  update (`models.frozen_params`): not even weight decay touches them.
   Raises errors.InvalidValueError for a bad `config.optimizer` value.
   """
   check_config(opt)
@@ -111,9 +120,29 @@ def make_optimizer(opt: ml_collections.ConfigDict, *, batch_size: int,
                                     total_steps=total_steps,
                                     steps_per_epoch=steps_per_epoch)
   tx = OPTIMIZERS[opt.name](opt, schedule)
+  if frozen is not None:
+    tx = optax.multi_transform(
+        {"train": tx, "frozen": optax.set_to_zero()},
+        lambda params: jax.tree.map(lambda f: "frozen" if f else "train",
+                                    frozen(params)))
   if opt.grad_clip_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
   return tx, schedule
+
+
+def layer_decay(decay: float, layer_ids: Callable[[Any], Any],
+                num_layers: int) -> optax.GradientTransformation:
+  """Scales the update of a parameter of layer i by decay**(num_layers + 1 - i).
+
+  Layer-wise learning-rate decay of BEiT and MAE fine-tuning: layer 0 is
+  the embeddings, 1..num_layers the transformer blocks, num_layers + 1 the
+  final norm and the head (unscaled). Chained after an optimizer, it scales
+  that optimizer's whole step, weight decay included, as their per-layer
+  learning rates do. layer_ids: params -> a tree of ints.
+  """
+  return optax.multi_transform(
+      {i: optax.scale(decay**(num_layers + 1 - i))
+       for i in range(num_layers + 2)}, layer_ids)
 
 
 def classifier_optimizer(learning_rate: optax.ScalarOrSchedule, *,

@@ -89,7 +89,8 @@ def build_run(config: ml_collections.ConfigDict, mesh: Mesh, *,
   length = total_steps(config, steps_per_epoch)
   optimizer, schedule = optim.make_optimizer(
       config.optimizer, batch_size=config.batch_size, total_steps=length,
-      steps_per_epoch=steps_per_epoch)
+      steps_per_epoch=steps_per_epoch,
+      frozen=models.frozen_params(config.model))
   probe = config.online_probe.enabled and num_classes is not None
   augment_fn = None
   if config.augment.on_device:

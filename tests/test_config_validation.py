@@ -33,6 +33,10 @@ def digits_config():
     ("loss_block_size", 100, "config.loss_block_size=100 does not divide"),
     # 256 images over 8 devices: 32 per device, which 16 tiles, 64 not.
     ("loss_block_size", 64, "the 32 images per device (batch 256 over 8"),
+    ("finetune.layer_decay", 0.65,
+     "config.finetune.layer_decay=0.65 applies to ViTs only"),
+    ("finetune.drop_path", 0.1, "--config.finetune.drop_path=0.0"),
+    ("finetune.layer_decay", 0.0, "config.finetune.layer_decay=0.0 must be"),
 ])
 def test_validate_config_names_key_value_and_fix(key, value, fragment):
   config = digits_config()
@@ -46,6 +50,20 @@ def test_validate_config_names_key_value_and_fix(key, value, fragment):
   message = str(err.value)
   assert fragment in message and "\n" not in message
   assert "--config." in message or "e.g." in message
+
+
+def test_vit_patch_size_must_divide_the_image_size():
+  config = digits_config()  # 32 px
+  config.model.name = "vit_test"
+  config.model.patch_size = 6
+  with pytest.raises(config_validation.ConfigError) as err:
+    config_validation.validate_config(config, device_count=8)
+  assert str(err.value) == (
+      "config.model.patch_size=6 does not divide the image size 32; use a "
+      "patch size that divides dataset.image_size (e.g. "
+      "--config.model.patch_size=4) or change the image size")
+  config.model.patch_size = 8
+  config_validation.validate_config(config, device_count=8)
 
 
 def test_shipped_configs_are_valid(tmp_path):

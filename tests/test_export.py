@@ -11,9 +11,10 @@ from pretrain_runner import (assert_trees_equal, open_checkpointer, tiny_config,
                              tiny_run)
 
 
-def test_export_and_load_back_the_backbone(tmp_path):
-  config = tiny_config()
-  state = jax.tree.map(lambda x: x + 1, train.init_state(tiny_run()))
+@pytest.mark.parametrize("model", ["resnet_tiny", "vit_test"])
+def test_export_and_load_back_the_backbone(tmp_path, model):
+  config = tiny_config(model)
+  state = jax.tree.map(lambda x: x + 1, train.init_state(tiny_run(model)))
   checkpointer = open_checkpointer(tmp_path, config)
   for step in (2, 4):
     checkpointer.save(state.replace(step=np.int32(step)))
@@ -21,7 +22,7 @@ def test_export_and_load_back_the_backbone(tmp_path):
   out = str(tmp_path / "exports" / "encoder.msgpack")
 
   description = export.export_encoder(str(tmp_path), config, out, step=2)
-  assert description["step"] == 2 and description["model"]["name"] == "resnet_tiny"
+  assert description["step"] == 2 and description["model"]["name"] == model
   assert json.loads((tmp_path / "exports" / "encoder.msgpack.json").read_text()
                    ) == description
   loaded_description, backbone = export.load_encoder(out)

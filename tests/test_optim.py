@@ -118,3 +118,66 @@ def test_public_code_schedule_options():
   cosine = 0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 90 / 390))
   np.testing.assert_allclose(float(schedule(100)), cosine, rtol=1e-5)
   np.testing.assert_allclose(float(schedule(400)), 0.01, rtol=1e-5)
+
+
+def _vit_params():
+  config = tiny_config("vit_test")
+  config.model.posemb = "learned"
+  return config, jax.eval_shape(lambda: models.build_model(config.model).init(
+      jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False))["params"]
+
+
+def test_decay_mask_of_a_vit_leaves_out_norms_biases_and_embeddings():
+  _, params = _vit_params()
+  decayed = sorted(jax.tree_util.keystr(path) for path, on in
+                   jax.tree_util.tree_leaves_with_path(optim.decay_mask(params))
+                   if on)
+  block = [f"['backbone']['block{i}']['{layer}']['kernel']" for i in (1, 2)
+           for layer in ("attn']['proj", "attn']['qkv", "mlp']['fc1",
+                         "mlp']['fc2")]
+  assert decayed == sorted(
+      block + ["['backbone']['patch_embedding']['kernel']"]
+      + [f"['projector']['dense{i}']['kernel']" for i in (1, 2)])
+
+
+def test_frozen_parameters_stay_put_under_weight_decay():
+  config, params = _vit_params()
+  config.model.freeze_patch_embedding = True
+  config.optimizer.warmup_epochs = 0.0
+  params = jax.tree.map(lambda p: jnp.ones(p.shape), params)
+  tx, _ = optim.make_optimizer(
+      config.optimizer, batch_size=config.batch_size, total_steps=10,
+      steps_per_epoch=1, frozen=models.frozen_params(config.model))
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  patch = updates["backbone"]["patch_embedding"]
+  assert not np.any(patch["kernel"]) and not np.any(patch["bias"])
+  assert np.all(updates["backbone"]["block1"]["attn"]["qkv"]["kernel"] != 0)
+
+
+def test_layer_decay_scales_each_vit_layer_of_a_finetune():
+  from mio_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from mio_jax.supervised import task as task_lib  # pylint: disable=g-import-not-at-top
+  config = tiny_config("vit_test")
+  config.finetune.layer_decay = 0.5
+  config.finetune.drop_path = 0.2
+  config.finetune.weight_decay = 0.0
+  config.finetune.momentum = 0.0
+  task = task_lib.make_task(config, mesh_lib.make_data_mesh(), "finetune",
+                            num_examples=256, num_classes=3, epochs=1.0)
+  assert task.backbone.drop_path == 0.2  # the fine-tuning rate, not model's
+  backbone = jax.eval_shape(lambda: task.backbone.init(
+      jax.random.key(0), jnp.zeros((2, 8, 8, 3)), train=False))["params"]
+  params = {"backbone": jax.tree.map(lambda p: jnp.ones(p.shape), backbone),
+            "head": {"kernel": jnp.ones((32, 3)), "bias": jnp.ones((3,))}}
+  updates, _ = task.optimizer.update(jax.tree.map(jnp.ones_like, params),
+                                     task.optimizer.init(params), params)
+  lr = float(task.schedule(0))
+  # Two blocks: the head and final norm at lr, block 2 at lr / 2, block 1
+  # at lr / 4, the embeddings at lr / 8.
+  expected = {"head": 1.0, "norm": 1.0, "block2": 0.5, "block1": 0.25,
+              "patch_embedding": 0.125, "cls_token": 0.125}
+  for path, update in jax.tree_util.tree_leaves_with_path(updates):
+    name = path[0].key if path[0].key == "head" else path[1].key
+    np.testing.assert_allclose(update, -lr * expected[name], rtol=1e-6,
+                               err_msg=jax.tree_util.keystr(path))

@@ -54,15 +54,30 @@ def _assert_identical(a, b):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  """Final state of an uninterrupted TOTAL_STEPS-step run (saves at 2, 4, 6)."""
-  logger = _RecordingLogger()
-  state = _pretrain(tmp_path_factory.mktemp("uninterrupted"), logger=logger)
-  assert [step for step, _ in logger.logged] == [5, 6]  # every 5 + last
-  # Every log line, the first included, carries a measured throughput.
-  for _, metrics in logger.logged:
-    assert 0 < metrics["images_per_sec"] < float("inf")
-  return _host(state)
+def uninterrupted_of(tmp_path_factory):
+  """model -> final state of its uninterrupted TOTAL_STEPS-step run (saves
+  at 2, 4, 6), trained on first use."""
+  states = {}
+
+  def final_state(model):
+    if model not in states:
+      logger = _RecordingLogger()
+      state = _pretrain(tmp_path_factory.mktemp("uninterrupted"),
+                        run=tiny_run(model, total_steps=TOTAL_STEPS),
+                        logger=logger)
+      assert [step for step, _ in logger.logged] == [5, 6]  # every 5 + last
+      # Every log line, the first included, carries a measured throughput.
+      for _, metrics in logger.logged:
+        assert 0 < metrics["images_per_sec"] < float("inf")
+      states[model] = _host(state)
+    return states[model]
+
+  return final_state
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_of):
+  return uninterrupted_of("resnet_tiny")
 
 
 def test_uninterrupted_run_trains_and_saves(uninterrupted, tmp_path):
@@ -72,16 +87,19 @@ def test_uninterrupted_run_trains_and_saves(uninterrupted, tmp_path):
   assert not np.allclose(kernel(fresh), kernel(uninterrupted))
 
 
-def test_resume_after_a_crash_is_bit_identical(uninterrupted, tmp_path):
+@pytest.mark.parametrize("model", ["resnet_tiny", "vit_test"])
+def test_resume_after_a_crash_is_bit_identical(uninterrupted_of, tmp_path,
+                                               model):
   def crash_at_step_5(step, state):
     if step == 5:
       raise RuntimeError("simulated crash")
 
+  run = tiny_run(model, total_steps=TOTAL_STEPS)
   with pytest.raises(RuntimeError, match="simulated crash"):
-    _pretrain(tmp_path, hooks=[crash_at_step_5])
-  assert open_checkpointer(tmp_path, tiny_config()).latest_step() == 4
-  resumed = _pretrain(tmp_path)  # resumes at 4, trains steps 5 and 6
-  _assert_identical(_host(resumed), uninterrupted)
+    _pretrain(tmp_path, run=run, hooks=[crash_at_step_5])
+  assert open_checkpointer(tmp_path, tiny_config(model)).latest_step() == 4
+  resumed = _pretrain(tmp_path, run=run)  # resumes at 4, trains steps 5, 6
+  _assert_identical(_host(resumed), uninterrupted_of(model))
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(uninterrupted,
@@ -132,13 +150,14 @@ def _finished_steps(workdir):
 
 
 @pytest.mark.slow  # two subprocesses compiling: 80 s on 2 busy cores
-def test_sigkill_mid_run_then_restart_matches_uninterrupted(uninterrupted,
-                                                            tmp_path):
+@pytest.mark.parametrize("model", ["resnet_tiny", "vit_test"])
+def test_sigkill_mid_run_then_restart_matches_uninterrupted(uninterrupted_of,
+                                                            tmp_path, model):
   env = child_env.child_env(8)
   command = [sys.executable, str(RUNNER), str(tmp_path), str(TOTAL_STEPS), "2"]
   # Slow steps (1 s each) leave time to kill between checkpoints 2 and 6.
-  run = subprocess.Popen(command + ["1.0"], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT)
+  run = subprocess.Popen(command + ["1.0", model], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   deadline = time.monotonic() + 240
   while not _finished_steps(tmp_path):
     assert run.poll() is None, run.stdout.read().decode()
@@ -149,16 +168,16 @@ def test_sigkill_mid_run_then_restart_matches_uninterrupted(uninterrupted,
   killed_at = _finished_steps(tmp_path)
   assert killed_at and max(killed_at) < TOTAL_STEPS
 
-  restart = subprocess.run(command, env=env, capture_output=True, text=True,
-                           timeout=240)
+  restart = subprocess.run(command + ["0", model], env=env,
+                           capture_output=True, text=True, timeout=240)
   assert restart.returncode == 0, restart.stdout + restart.stderr
   assert f"at step {max(killed_at)}." in restart.stdout
-  checkpointer = open_checkpointer(tmp_path, tiny_config())
+  checkpointer = open_checkpointer(tmp_path, tiny_config(model))
   assert checkpointer.latest_step() == TOTAL_STEPS
   final = checkpointer.restore(train.init_state(
-      tiny_run(total_steps=TOTAL_STEPS)))
+      tiny_run(model, total_steps=TOTAL_STEPS)))
   checkpointer.close()
-  _assert_identical(_host(final), uninterrupted)
+  _assert_identical(_host(final), uninterrupted_of(model))
 
 
 def test_sigterm_during_a_long_hook_saves_within_seconds(tmp_path):

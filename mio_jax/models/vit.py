@@ -184,10 +184,10 @@ class ViT(nn.Module):
 
   drop_path: the largest stochastic-depth rate, reached by the last block
   (the rate grows linearly with depth, as DeiT and MAE). remat: recompute
-  each block's activations in the backward pass (less memory, ~1/3 more
-  compute). freeze_patch_embedding: MoCo v3's frozen random patch
-  projection; no gradient reaches it (the optimizer also leaves it alone,
-  `frozen_params`).
+  each block's activations in the backward pass (less memory, one more
+  forward pass of each block). freeze_patch_embedding: MoCo v3's frozen random patch
+  projection; no gradient reaches it (and the optimizer leaves it alone:
+  `models.frozen_params`).
   """
   spec: VitSpec
   patch_size: int = 16

@@ -32,8 +32,10 @@ from jax.sharding import Mesh
 from mio_jax import errors
 from mio_jax import files
 from mio_jax import loop
+from mio_jax import models
 from mio_jax import modes
 from mio_jax import optim
+from mio_jax.models import vit
 from mio_jax.supervised import early_stopping
 from mio_jax.supervised import task as task_lib
 
@@ -93,6 +95,27 @@ def check_finetune_config(section: ml_collections.ConfigDict) -> None:
     raise errors.InvalidValueError(
         "init_step", section.init_step, "needs finetune.init_from",
         "set finetune.init_from=<pretraining workdir> or unset {key}")
+  if not 0 < section.layer_decay <= 1:
+    raise errors.InvalidValueError(
+        "layer_decay", section.layer_decay, "must be in (0, 1]",
+        "use e.g. {key}=0.65 (MAE's ViT-B), or 1.0 for none")
+  if not 0 <= section.drop_path < 1:
+    raise errors.InvalidValueError("drop_path", section.drop_path,
+                                   "must be in [0, 1)",
+                                   "use e.g. {key}=0.1 (0: no drop path)")
+
+
+def check_finetune_backbone(section: ml_collections.ConfigDict,
+                            model_name: str) -> None:
+  """Raises errors.InvalidValueError (keys relative to config.finetune)
+  for a ViT-only setting with another backbone."""
+  if models.FAMILIES.get(model_name) is vit:
+    return
+  for key, off in (("layer_decay", 1.0), ("drop_path", 0.0)):
+    if section[key] != off:
+      raise errors.InvalidValueError(
+          key, section[key], f"applies to ViTs only (model.name={model_name})",
+          f"set {{key}}={off}")
 
 
 def epochs(config: ml_collections.ConfigDict, name: str) -> float:

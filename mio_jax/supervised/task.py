@@ -27,6 +27,7 @@ from mio_jax import models
 from mio_jax import optim
 from mio_jax import resume_guard
 from mio_jax.evaluation import accuracy as accuracy_lib
+from mio_jax.models import vit
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -49,7 +50,7 @@ class Task:
   """One supervised run: network, optimizer and length."""
   name: str  # "linear_eval" | "finetune": results prefix and workdir folder
   mesh: Mesh
-  backbone: models.ResNet
+  backbone: models.Backbone
   train_backbone: bool  # False: frozen backbone (linear evaluation)
   num_classes: int
   optimizer: optax.GradientTransformation
@@ -57,6 +58,7 @@ class Task:
   batch_size: int
   total_steps: int
   bn_mode: str = "running"  # a frozen backbone's BatchNorm (BN_MODES)
+  seed: int = 0  # of the drop-path key of step s: fold_in(key(seed), s)
 
 
 def lr_schedule(section: ml_collections.ConfigDict, *, num_examples: int,
@@ -91,17 +93,30 @@ def make_task(config: ml_collections.ConfigDict, mesh: Mesh, name: str, *,
   total_steps = indexing.labelled_num_steps(num_examples, epochs, batch_size)
   schedule = lr_schedule(section, num_examples=num_examples,
                          total_steps=total_steps)
-  return Task(name=name, mesh=mesh,
-              backbone=models.build_model(config.model,
-                                          dtype=config.dtype).backbone,
+  backbone = models.build_model(config.model, dtype=config.dtype).backbone
+  optimizer = optim.classifier_optimizer(
+      schedule, momentum=section.momentum, nesterov=bool(section.nesterov),
+      weight_decay=section.weight_decay)
+  if name == "finetune" and isinstance(backbone, models.ViT):
+    # A ViT fine-tunes with its own drop path and layer-wise lr decay.
+    backbone = backbone.clone(drop_path=section.drop_path)
+    optimizer = optax.chain(optimizer, optim.layer_decay(
+        section.layer_decay, functools.partial(
+            _finetune_layer_ids, num_layers=backbone.num_layers),
+        backbone.num_layers))
+  return Task(name=name, mesh=mesh, backbone=backbone,
               train_backbone=name == "finetune", num_classes=num_classes,
-              optimizer=optim.classifier_optimizer(
-                  schedule, momentum=section.momentum,
-                  nesterov=bool(section.nesterov),
-                  weight_decay=section.weight_decay),
-              schedule=schedule, batch_size=batch_size,
+              optimizer=optimizer, schedule=schedule, batch_size=batch_size,
               total_steps=total_steps,
-              bn_mode=section.get("backbone_bn", "running"))
+              bn_mode=section.get("backbone_bn", "running"),
+              seed=int(config.seed))
+
+
+def _finetune_layer_ids(params: Any, *, num_layers: int) -> Any:
+  """The layer of each fine-tuned ViT parameter ({"backbone", "head"})."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: num_layers + 1 if path[0].key == "head" else
+      vit.layer_id(tuple(k.key for k in path[1:]), num_layers), params)
 
 
 @flax.struct.dataclass
@@ -128,8 +143,12 @@ def _head(feature_dim: int, num_classes: int) -> dict[str, jax.Array]:
 
 
 def _logits(task: Task, params, batch_stats, frozen, images: jax.Array, *,
-            train: bool) -> tuple[jax.Array, Any]:
-  """(logits (B, C) f32, new batch_stats) of `images`."""
+            train: bool, step: Optional[jax.Array] = None
+           ) -> tuple[jax.Array, Any]:
+  """(logits (B, C) f32, new batch_stats) of `images`.
+
+  step: the training step, whose key drives drop path (a ViT's).
+  """
   images = images.astype(task.backbone.dtype)
   if task.train_backbone:
     variables = {"params": params["backbone"], "batch_stats": batch_stats}
@@ -139,8 +158,10 @@ def _logits(task: Task, params, batch_stats, frozen, images: jax.Array, *,
     variables = {"params": frozen["params"], "batch_stats": running}
     head = params
   if train and (task.train_backbone or task.bn_mode == "batch"):
+    rngs = {} if step is None else {"dropout": jax.random.fold_in(
+        jax.random.key(task.seed), step)}
     features, updates = task.backbone.apply(variables, images, train=True,
-                                            mutable=["batch_stats"])
+                                            mutable=["batch_stats"], rngs=rngs)
     batch_stats = updates["batch_stats"]
   else:
     features = task.backbone.apply(variables, images, train=False)
@@ -163,7 +184,8 @@ def make_train_step(task: Task) -> Callable[..., tuple[SupervisedState, Metrics]
 
     def loss_fn(params):
       logits, batch_stats = _logits(task, params, state.batch_stats, frozen,
-                                    batch["image"], train=True)
+                                    batch["image"], train=True,
+                                    step=state.step)
       loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
           logits, batch["label"]))
       return loss, (logits, batch_stats)

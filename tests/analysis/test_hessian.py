@@ -179,9 +179,10 @@ def test_bad_arguments_name_the_fix(x64):
 
 
 def _saved_checkpoint(workdir, config, step):
-  """A fresh resnet_tiny state saved as the checkpoint of `step` in workdir."""
+  """A fresh state of config.model saved as the checkpoint of `step`."""
   from mio_jax import train
-  state = train.init_state(tiny_run()).replace(step=jnp.int32(step))
+  state = train.init_state(tiny_run(config.model.name)).replace(
+      step=jnp.int32(step))
   checkpointer = open_checkpointer(workdir, config)
   checkpointer.save(state)
   checkpointer.close()
@@ -232,6 +233,28 @@ def test_analyze_checkpoint_writes_json_and_png(tmp_path):
       == results["losses"]["mio"]["top_eigenvalues"]
   with open(png_path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_analyze_checkpoint_of_a_vit_on_its_projector(tmp_path):
+  from mio_jax import synthetic
+  from mio_jax import train
+  from mio_jax.analysis import hessian
+
+  config = tiny_config("vit_test")
+  state = _saved_checkpoint(tmp_path, config, 2)
+  results = hessian.analyze_checkpoint(
+      config, str(tmp_path), losses=("mio",), top_k=1,
+      params_subset="projector", data_source="synthetic", lanczos_steps=6,
+      num_probes=1, log=lambda line: None)
+  assert results["num_params"] == sum(
+      x.size for x in jax.tree.leaves(state.params["projector"]))
+  run = tiny_run("vit_test")
+  _, metrics = train.make_train_step(run)(
+      jax.tree.map(jnp.copy, state),
+      synthetic.synthetic_batch(config, run.mesh, 2))
+  np.testing.assert_allclose(results["losses"]["mio"]["loss"],
+                             float(metrics["loss"]), rtol=1e-5)
+  assert results["losses"]["mio"]["top_eigenvalues"][0] > 0
 
 
 def test_analyze_checkpoint_rejects_bad_requests(tmp_path):

@@ -29,6 +29,9 @@ TINY = [
     "--config.checkpoint_every_steps=2",
     "--config.log_every_steps=1",
 ]
+# The same with a two-block ViT of width 32 (patches of 4 px: 16 tokens).
+TINY_VIT = [*TINY, "--config.model.name=vit_test",
+            "--config.model.patch_size=4"]
 
 
 def run_main(*args, env_extra=None, timeout=600):
@@ -57,9 +60,9 @@ SUPERVISED = [
 PRETRAINED_STEPS = 4
 
 
-def _common(data_dir):
+def _common(data_dir, tiny=TINY):
   return [f"--config={DIGITS}", f"--config.dataset.data_dir={data_dir}",
-          *TINY, *SUPERVISED]
+          *tiny, *SUPERVISED]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,16 @@ def pretrained(tmp_path_factory, data_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   # --mode=pretrain evaluates nothing.
   assert not pathlib.Path(workdir, "eval_results.json").exists()
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def pretrained_vit(tmp_path_factory, data_dir):
+  """A tiny ViT's workdir after `--mode=all` (pretrain, then evaluate)."""
+  workdir = str(tmp_path_factory.mktemp("pretrained_vit") / "run")
+  result = run_main(*_common(data_dir, TINY_VIT), f"--workdir={workdir}",
+                    f"--config.total_steps={PRETRAINED_STEPS}")
+  assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
 
@@ -123,6 +136,15 @@ def _results(workdir):
   return json.loads(pathlib.Path(workdir, "eval_results.json").read_text())
 
 
+def test_a_vit_pretrains_and_evaluates_through_main(pretrained_vit):
+  steps = [m["step"] for m in read_metrics(pretrained_vit) if "loss" in m]
+  assert steps == list(range(1, PRETRAINED_STEPS + 1))
+  results = _results(pretrained_vit)
+  assert results["step"] == PRETRAINED_STEPS
+  for key in ("feature_probe_top1", "knn_top1", "fewshot_top1"):
+    assert 0.0 <= results[key] <= 1.0
+
+
 def test_every_mode_runs_through_main_fresh_workdirs_included(tmp_path,
                                                              data_dir,
                                                              pretrained):
@@ -131,8 +153,21 @@ def test_every_mode_runs_through_main_fresh_workdirs_included(tmp_path,
   --mode=pretrain ran on a fresh workdir in the `pretrained` fixture, and
   --mode=all (the default) in test_main_pretrains_evaluates_and_resumes.
   """
+  _run_every_mode(tmp_path, data_dir, pretrained, TINY)
+
+
+@pytest.mark.slow
+def test_every_mode_runs_through_main_with_a_vit(tmp_path, data_dir,
+                                                 pretrained_vit):
+  # Fine-tuning with the ViT's own recipe: layer-wise lr decay, drop path.
+  _run_every_mode(tmp_path, data_dir, pretrained_vit,
+                  [*TINY_VIT, "--config.finetune.layer_decay=0.75",
+                   "--config.finetune.drop_path=0.1"])
+
+
+def _run_every_mode(tmp_path, data_dir, pretrained, tiny):
   pretrained = _copy(pretrained, tmp_path / "pretrained")
-  common = _common(data_dir)
+  common = _common(data_dir, tiny)
   for mode, key in (("fewshot_eval", "fewshot_top1"),
                     ("feature_probe_eval", "feature_probe_top1"),
                     ("linear_eval", "linear_eval_top1")):
@@ -145,7 +180,7 @@ def test_every_mode_runs_through_main_fresh_workdirs_included(tmp_path,
   exported = str(tmp_path / "encoder.msgpack")
   export = subprocess.run(
       [sys.executable, "-m", "mio_jax.cli.export", f"--config={DIGITS}",
-       f"--workdir={pretrained}", f"--out={exported}", *TINY], cwd=REPO,
+       f"--workdir={pretrained}", f"--out={exported}", *tiny], cwd=REPO,
       env=child_env.child_env(2), capture_output=True,
       text=True, timeout=600)
   assert export.returncode == 0, export.stderr[-3000:]
