@@ -10,10 +10,16 @@ class token's output or the mean over the patch tokens (`pool`).
 There is no BatchNorm in the backbone: its variables are {"params"} only
 (the encoder's projector may still have BatchNorm statistics).
 
-Attention goes through `jax.nn.dot_product_attention`, so each backend
-picks its fused kernel (cuDNN flash attention on GPU, XLA's on TPU/CPU).
+Attention is `attention` below, written for XLA:TPU's HBM traffic (what
+bounds a ViT step there; docs/performance.md, "ViT"): logits and
+probabilities in the compute dtype around a float32 softmax, and flash
+attention's backward pass.
+`jax.nn.dot_product_attention` would pick the same XLA einsums on every
+backend in jax 0.10.2 (its implementation=None is XLA's, never cuDNN's),
+with float32 logits and a float32 softmax kept for the backward pass.
 """
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -82,13 +88,62 @@ class MlpBlock(nn.Module):
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=_dense_init,
                  name="fc1")(x)
     # The exact (erf) GELU of timm, MoCo v3 and DINO.
-    x = nn.gelu(x, approximate=False)
+    # Recomputed in the backward pass from its input, which is kept anyway:
+    # keeping GELU's output too wrote a second (tokens x mlp_dim) array.
+    x = jax.checkpoint(functools.partial(nn.gelu, approximate=False))(x)
     return nn.Dense(width, dtype=self.dtype, kernel_init=_dense_init,
                     name="fc2")(x)
 
 
+@jax.custom_vjp
+def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
+  """Softmax attention of (batch, tokens, heads, head_dim) q, k, v.
+
+  The logits are in the compute dtype, the softmax float32 (inside XLA's
+  fusions); the probabilities, the only (tokens x tokens) array kept for
+  the backward pass, are in the compute dtype. The backward pass is flash attention's: dS = P * (dP - rowsum(dO *
+  O)), so no float32 (tokens x tokens) array is kept or written there
+  either. jax.nn.dot_product_attention (jax 0.10.2, implementation=None:
+  XLA's) keeps the float32 softmax for the backward pass and writes float32
+  logits and their gradient: on a v4-8, ViT-B/16 at 1024 images, 12.8 of
+  the ~30 GB each block moved per chip per step were its (tokens x tokens)
+  arrays; 2-block ViT-B/16 with this one and GELU recomputed: 73.6 -> 60.9
+  GB per chip per step, 9.70 -> 6.97 GiB.
+  """
+  return _attention_forward(q, k, v)[0]
+
+
+def _attention_forward(q, k, v):
+  scale = q.shape[-1]**-0.5
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+  probs = jax.nn.softmax(logits.astype(jnp.float32) * scale,
+                         axis=-1).astype(v.dtype)
+  out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+  return out, (q, k, v, probs, out)
+
+
+def _attention_backward(residuals, d_out):
+  q, k, v, probs, out = residuals
+  scale = q.shape[-1]**-0.5
+  d_v = jnp.einsum("bhqk,bqhd->bkhd", probs, d_out)
+  d_probs = jnp.einsum("bqhd,bkhd->bhqk", d_out, v,
+                       preferred_element_type=jnp.float32)
+  # sum_k P_qk dP_qk = dO_q . O_q: the softmax's backward needs no second
+  # pass over the (tokens x tokens) probabilities.
+  row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32),
+                axis=-1).transpose(0, 2, 1)[..., None]
+  d_logits = (probs.astype(jnp.float32) * (d_probs - row) * scale).astype(
+      q.dtype)
+  d_q = jnp.einsum("bhqk,bkhd->bqhd", d_logits, k)
+  d_k = jnp.einsum("bhqk,bqhd->bkhd", d_logits, q)
+  return d_q, d_k, d_v
+
+
+attention.defvjp(_attention_forward, _attention_backward)
+
+
 class Attention(nn.Module):
-  """Multi-head self-attention: one qkv projection, fused attention, output."""
+  """Multi-head self-attention: one qkv projection, attention, output."""
   num_heads: int
   dtype: Any = jnp.float32
 
@@ -100,7 +155,7 @@ class Attention(nn.Module):
                    name="qkv")(x)
     q, k, v = jnp.split(qkv.reshape(batch, tokens, 3, self.num_heads,
                                     head_dim), 3, axis=2)
-    out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
+    out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
     return nn.Dense(width, dtype=self.dtype, kernel_init=_dense_init,
                     name="proj")(out.reshape(batch, tokens, width))
 
@@ -176,8 +231,12 @@ class ViT(nn.Module):
       rate = self.drop_path * i / max(self.spec.depth - 1, 1)
       x = block(self.spec.num_heads, self.spec.mlp_dim, drop_path=rate,
                 dtype=self.dtype, name=f"block{i + 1}")(x, train)
+    # LayerNorm acts on each token alone: with the class token the others'
+    # need no normalising (a float32 LayerNorm of all 197 tokens of ViT-B/16
+    # moved 1.4 GB per chip per step on a v4-8).
+    x = x[:, 0] if self.pool == "token" else x
     x = nn.LayerNorm(epsilon=_LN_EPSILON, dtype=self.dtype, name="norm")(x)
-    return x[:, 0] if self.pool == "token" else jnp.mean(x, axis=1)
+    return x if self.pool == "token" else jnp.mean(x, axis=1)
 
   def _position_embedding(self, side: int, extra_tokens: int) -> jnp.ndarray:
     """(1, extra_tokens + side^2, width); the class token's row is zero

@@ -157,3 +157,15 @@ def test_bad_vit_settings_name_the_key(key, value, message):
   config[key] = value
   with pytest.raises(errors.InvalidValueError, match=message):
     models.build_model(config)
+
+
+def test_attention_equals_jax_attention_in_values_and_gradients():
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 5, 2, 8))
+  weights = jax.random.normal(jax.random.key(1), (2, 5, 2, 8))
+  ours, theirs = [
+      jax.value_and_grad(lambda q, k, v, f=f: jnp.sum(jnp.sin(f(q, k, v))
+                                                      * weights),
+                         argnums=(0, 1, 2))(q, k, v)
+      for f in (vit.attention, jax.nn.dot_product_attention)]
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
