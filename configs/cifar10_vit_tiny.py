@@ -12,7 +12,8 @@ result with a ViT exists yet; ViTs want more data than CIFAR-10's 50k
 images, so expect less than the ResNet-18. 97 steps/epoch at batch 512.
 Meant for a v4-8, where `python -m mio_jax.cli.tpu_compile
 --config=configs/cifar10_vit_tiny.py --topology=v4-8` compiles it
-(docs/performance.md lists its memory and roofline bound).
+(its memory and roofline bound are not yet measured on today's code:
+that command prints them).
 """
 import pathlib
 

@@ -12,8 +12,8 @@ batch / 256, weight decay 0.1 off norms, biases and embeddings, 40 warm-up
 epochs of its 300, cosine). No MIO result with a ViT exists yet. About
 126k training images: 247 steps/epoch at batch 512. Meant for a v4-8,
 where `python -m mio_jax.cli.tpu_compile --config=configs/imagenet100_vit_s16.py
---topology=v4-8` compiles it (docs/performance.md lists its memory and
-roofline bound).
+--topology=v4-8` compiles it (its memory and roofline bound are not yet
+measured on today's code: that command prints them).
 """
 import pathlib
 

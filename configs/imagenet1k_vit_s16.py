@@ -10,7 +10,9 @@ ViT-S/16 after 300 epochs with its own loss (as remembered); no MIO result
 with a ViT exists yet. 1.28M images: 1,251 steps/epoch at batch 1024.
 Meant for a v4-8, where `python -m mio_jax.cli.tpu_compile
 --config=configs/imagenet1k_vit_s16.py --topology=v4-8` compiles it
-(docs/performance.md lists its memory and roofline bound).
+(its memory and roofline bound are not yet measured on today's code:
+that command prints them; docs/performance.md's ViT section has ViT-S/16
+on configs/imagenet1k.py's projector).
 """
 import pathlib
 
