@@ -79,7 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Stochastic depth of the last block (linear in depth); 0 in pretraining
   # (MoCo v3), 0.1 for DINO's ViT-S/16.
   c.model.drop_path = 0.0
-  c.model.remat = False  # recompute each block in the backward pass (memory)
+  # The first remat_blocks blocks recompute their activations in the
+  # backward pass (memory for FLOPs); 0 none, the depth (12, 24) all.
+  c.model.remat_blocks = 0
   # MoCo v3's frozen random patch projection: the patch embedding keeps its
   # random init (no gradient, no optimizer update).
   c.model.freeze_patch_embedding = False

@@ -19,7 +19,6 @@ backend in jax 0.10.2 (its implementation=None is XLA's, never cuDNN's),
 with float32 logits and a float32 softmax kept for the backward pass.
 """
 import dataclasses
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -77,6 +76,18 @@ def sincos_posemb_2d(side: int, width: int,
                         axis=1).astype(np.float32)
 
 
+def exact_gelu(x: jnp.ndarray) -> jnp.ndarray:
+  """The exact (erf) GELU of timm, MoCo v3 and DINO: x Phi(x).
+
+  Written with erf, not as jax.nn.gelu(approximate=False)'s erfc: XLA:CPU's
+  erfc costs about 10x its erf (84 ms against 8 ms on a ViT-S/16 block's
+  16 x 197 x 1536 floats), which made the MLP of a CPU step 1.5x torch's.
+  The two agree within 5e-7 on [-10, 10] (erf's 1 + erf loses digits only
+  where x Phi(x) is below 1e-20).
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * 2**-0.5))
+
+
 class MlpBlock(nn.Module):
   """Dense (mlp_dim) -> GELU -> Dense (back to the input width)."""
   mlp_dim: int
@@ -87,10 +98,9 @@ class MlpBlock(nn.Module):
     width = x.shape[-1]
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=_dense_init,
                  name="fc1")(x)
-    # The exact (erf) GELU of timm, MoCo v3 and DINO.
     # Recomputed in the backward pass from its input, which is kept anyway:
     # keeping GELU's output too wrote a second (tokens x mlp_dim) array.
-    x = jax.checkpoint(functools.partial(nn.gelu, approximate=False))(x)
+    x = jax.checkpoint(exact_gelu)(x)
     return nn.Dense(width, dtype=self.dtype, kernel_init=_dense_init,
                     name="fc2")(x)
 
@@ -99,32 +109,39 @@ class MlpBlock(nn.Module):
 def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
   """Softmax attention of (batch, tokens, heads, head_dim) q, k, v.
 
-  The logits are in the compute dtype, the softmax float32 (inside XLA's
-  fusions); the probabilities, the only (tokens x tokens) array kept for
-  the backward pass, are in the compute dtype. The backward pass is flash attention's: dS = P * (dP - rowsum(dO *
-  O)), so no float32 (tokens x tokens) array is kept or written there
-  either. jax.nn.dot_product_attention (jax 0.10.2, implementation=None:
-  XLA's) keeps the float32 softmax for the backward pass and writes float32
-  logits and their gradient: on a v4-8, ViT-B/16 at 1024 images, 12.8 of
-  the ~30 GB each block moved per chip per step were its (tokens x tokens)
-  arrays; 2-block ViT-B/16 with this one and GELU recomputed: 73.6 -> 60.9
-  GB per chip per step, 9.70 -> 6.97 GiB.
+  The logits and probabilities are in the compute dtype, the softmax
+  float32 inside XLA's fusions. Flash attention's backward pass: only each
+  row's log-normaliser is kept (no (tokens x tokens) array); the backward
+  pass recomputes the probabilities from q, k and it (one more q k^T
+  matmul) and uses dS = P * (dP - rowsum(dO * O)).
+
+  Why not jax.nn.dot_product_attention (jax 0.10.2, implementation=None:
+  XLA's on every backend): it keeps the float32 softmax for the backward
+  pass and writes float32 logits and their gradient. On a v4-8, ViT-B/16
+  pretraining at 1024 images: 410.0 GB per chip per step with the
+  probabilities kept in bfloat16, 318.8 GB with this (docs/performance.md,
+  "ViT").
   """
   return _attention_forward(q, k, v)[0]
 
 
-def _attention_forward(q, k, v):
-  scale = q.shape[-1]**-0.5
+def _scaled_logits(q, k):
+  """float32 logits / sqrt(head_dim), from the compute dtype's q k^T."""
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-  probs = jax.nn.softmax(logits.astype(jnp.float32) * scale,
-                         axis=-1).astype(v.dtype)
+  return logits.astype(jnp.float32) * q.shape[-1]**-0.5
+
+
+def _attention_forward(q, k, v):
+  logits = _scaled_logits(q, k)
+  log_norm = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+  probs = jnp.exp(logits - log_norm).astype(v.dtype)
   out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-  return out, (q, k, v, probs, out)
+  return out, (q, k, v, log_norm, out)
 
 
 def _attention_backward(residuals, d_out):
-  q, k, v, probs, out = residuals
-  scale = q.shape[-1]**-0.5
+  q, k, v, log_norm, out = residuals
+  probs = jnp.exp(_scaled_logits(q, k) - log_norm).astype(v.dtype)
   d_v = jnp.einsum("bhqk,bqhd->bkhd", probs, d_out)
   d_probs = jnp.einsum("bqhd,bkhd->bhqk", d_out, v,
                        preferred_element_type=jnp.float32)
@@ -132,8 +149,8 @@ def _attention_backward(residuals, d_out):
   # pass over the (tokens x tokens) probabilities.
   row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32),
                 axis=-1).transpose(0, 2, 1)[..., None]
-  d_logits = (probs.astype(jnp.float32) * (d_probs - row) * scale).astype(
-      q.dtype)
+  d_logits = (probs.astype(jnp.float32) * (d_probs - row)
+              * q.shape[-1]**-0.5).astype(q.dtype)
   d_q = jnp.einsum("bhqk,bkhd->bqhd", d_logits, k)
   d_k = jnp.einsum("bhqk,bqhd->bkhd", d_logits, q)
   return d_q, d_k, d_v
@@ -183,9 +200,11 @@ class ViT(nn.Module):
   """A ViT backbone: images (B, H, W, 3) -> features (B, width).
 
   drop_path: the largest stochastic-depth rate, reached by the last block
-  (the rate grows linearly with depth, as DeiT and MAE). remat: recompute
-  each block's activations in the backward pass (less memory, one more
-  forward pass of each block). freeze_patch_embedding: MoCo v3's frozen random patch
+  (the rate grows linearly with depth, as DeiT and MAE). remat_blocks: how
+  many blocks, from the first, recompute their activations in the backward
+  pass instead of keeping them (Megatron-LM's block-wise recompute): each
+  one saves its activations' memory for one more forward pass of it; 0
+  none, depth (or more) all. freeze_patch_embedding: MoCo v3's frozen random patch
   projection; no gradient reaches it (and the optimizer leaves it alone:
   `models.frozen_params`).
   """
@@ -194,7 +213,7 @@ class ViT(nn.Module):
   posemb: str = "sincos2d"
   pool: str = "token"
   drop_path: float = 0.0
-  remat: bool = False
+  remat_blocks: int = 0
   freeze_patch_embedding: bool = False
   dtype: Any = jnp.float32
 
@@ -225,10 +244,10 @@ class ViT(nn.Module):
           [jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, width)), x], 1)
     x = x + self._position_embedding(rows, extra_tokens).astype(x.dtype)
 
-    block = nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat else (
-        Encoder1DBlock)
+    recomputed_block = nn.remat(Encoder1DBlock, static_argnums=(2,))
     for i in range(self.spec.depth):
       rate = self.drop_path * i / max(self.spec.depth - 1, 1)
+      block = recomputed_block if i < self.remat_blocks else Encoder1DBlock
       x = block(self.spec.num_heads, self.spec.mlp_dim, drop_path=rate,
                 dtype=self.dtype, name=f"block{i + 1}")(x, train)
     # LayerNorm acts on each token alone: with the class token the others'
@@ -275,6 +294,8 @@ def check_config(model_config: ml_collections.ConfigDict) -> None:
     raise errors.InvalidValueError("drop_path", model_config.drop_path,
                                    "must be in [0, 1)",
                                    "use e.g. {key}=0.1 (0: no drop path)")
+  errors.check_positive("remat_blocks", model_config.remat_blocks,
+                        allow_zero=True)
   spec = VARIANTS[model_config.name]
   if model_config.posemb == "sincos2d" and spec.width % 4:
     raise errors.InvalidValueError(
@@ -289,7 +310,8 @@ def build_backbone(model_config: ml_collections.ConfigDict, *,
   check_config(model_config)
   return ViT(VARIANTS[model_config.name], patch_size=model_config.patch_size,
              posemb=model_config.posemb, pool=model_config.pool,
-             drop_path=model_config.drop_path, remat=model_config.remat,
+             drop_path=model_config.drop_path,
+             remat_blocks=model_config.remat_blocks,
              freeze_patch_embedding=model_config.freeze_patch_embedding,
              dtype=dtype)
 

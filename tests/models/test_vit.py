@@ -87,10 +87,12 @@ def test_sincos_embedding_matches_moco_v3_layout():
                              rtol=1e-6)
 
 
-def test_remat_keeps_values_and_gradients():
+@pytest.mark.parametrize("remat_blocks", [1, 2, 5])
+def test_remat_keeps_values_and_gradients(remat_blocks):
   images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
   plain = models.build_model(_vit_config(patch_size=4)).backbone
-  remat = models.build_model(_vit_config(patch_size=4, remat=True)).backbone
+  remat = models.build_model(
+      _vit_config(patch_size=4, remat_blocks=remat_blocks)).backbone
   params = plain.init(jax.random.key(0), images, train=False)["params"]
   assert jax.tree.structure(params) == jax.tree.structure(
       remat.init(jax.random.key(0), images, train=False)["params"])
@@ -98,6 +100,37 @@ def test_remat_keeps_values_and_gradients():
       {"params": p}, images, train=True) ** 2))(params) for m in (plain, remat)]
   for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("remat_blocks,recomputed", [(0, 0), (1, 1), (2, 2),
+                                                     (5, 2)])
+def test_remat_blocks_recomputes_that_many_blocks(remat_blocks, recomputed):
+  images = jnp.zeros((2, 8, 8, 3))
+  model = models.build_model(
+      _vit_config(patch_size=4, remat_blocks=remat_blocks)).backbone
+  variables = model.init(jax.random.key(0), images, train=False)
+  jaxpr = jax.make_jaxpr(
+      lambda v: model.apply(v, images, train=True))(variables).jaxpr
+  # A recomputed block is a remat of matmuls (GELU's own remat has none).
+  blocks = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "remat2" and
+            any(inner.primitive.name == "dot_general"
+                for inner in eqn.params["jaxpr"].eqns)]
+  assert len(blocks) == recomputed
+
+
+def test_exact_gelu_matches_jax_erfc_form():
+  x = jnp.linspace(-10.0, 10.0, 20001)
+  np.testing.assert_allclose(vit.exact_gelu(x),
+                             jax.nn.gelu(x, approximate=False), atol=1e-6)
+  np.testing.assert_allclose(
+      jax.vmap(jax.grad(vit.exact_gelu))(x),
+      jax.vmap(jax.grad(lambda y: jax.nn.gelu(y, approximate=False)))(x),
+      atol=1e-6)
+
+
+def test_negative_remat_blocks_is_refused():
+  with pytest.raises(errors.InvalidValueError, match="remat_blocks"):
+    models.build_model(_vit_config(remat_blocks=-1))
 
 
 def test_drop_path_drops_whole_examples_in_training_only():
