@@ -75,6 +75,7 @@ def load_encoder(source: EncoderSource, config: ml_collections.ConfigDict,
   if source.kind == FILE:
     step, variables = export.encoder_variables(source.path, config, mesh)
   else:
-    step, variables = checkpointing.restore_variables(source.path, config,
-                                                      mesh, step=source.step)
+    step, variables = checkpointing.restore_variables(
+        source.path, checkpointing.EncoderArchitecture.from_config(config),
+        mesh, step=source.step)
   return LoadedEncoder(source, step, variables)

@@ -268,14 +268,14 @@ def augment_batch(batch: dict[str, jax.Array], *, seed: int, step,
   return out
 
 
-def batch_augmenter(config, *, mean, std
+def batch_augmenter(*, seed: int, params: augment_recipe.AugmentParams,
+                    mean, std
                    ) -> Callable[[dict[str, jax.Array], Any],
                                  dict[str, jax.Array]]:
-  """(batch, step) -> `augment_batch` with config's seed and augmentation.
+  """(batch, step) -> `augment_batch` with these settings.
 
   What the train step and the Hessian analysis call when
-  `config.augment.on_device` leaves the colour ops to the device.
+  `params.on_device` leaves the colour ops to the device.
   """
-  params = augment_recipe.AugmentParams.from_config(config)
-  return lambda batch, step: augment_batch(batch, seed=config.seed, step=step,
+  return lambda batch, step: augment_batch(batch, seed=seed, step=step,
                                            params=params, mean=mean, std=std)
