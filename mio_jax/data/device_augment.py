@@ -215,14 +215,11 @@ def gaussian_noise(image: jax.Array, key: jax.Array, *,
 # The device's implementation of each op of `augment_recipe.colour_stage`
 # (the host-only affine op has none: `AugmentParams` refuses it here).
 _DEVICE_COLOUR_OPS = {
-    "color_jitter": lambda x, key, params: color_jitter(
-        x, key, strength=params.color_jitter_strength,
-        random_order=params.color_jitter_random_order),
-    "grayscale": lambda x, key, params: to_grayscale(x),
-    "blur": lambda x, key, params: gaussian_blur(x, key),
-    "solarize": lambda x, key, params: solarize(x),
-    "noise": lambda x, key, params: gaussian_noise(
-        x, key, std=params.gaussian_noise_std),
+    "color_jitter": color_jitter,
+    "grayscale": to_grayscale,
+    "blur": gaussian_blur,
+    "solarize": solarize,
+    "noise": gaussian_noise,
 }
 
 
