@@ -10,8 +10,10 @@ every setting that differs, instead of silently changing the run (or
 failing with a shape error deep inside Orbax). No pickle anywhere: the
 state is a pytree of arrays (the rng as its uint32 key data).
 """
+import dataclasses
 from typing import Any, Optional
 
+import flax.linen as nn
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -156,7 +158,23 @@ def saved_step(workdir: str, step: Optional[int] = None) -> int:
   return step
 
 
-def restore_variables(workdir: str, config: ml_collections.ConfigDict,
+@dataclasses.dataclass(frozen=True)
+class EncoderArchitecture:
+  """What reading a saved encoder needs: the network, its input size and
+  the record of its shapes that the saved one must match."""
+  model: nn.Module
+  image_size: int
+  record: resume_guard.Record
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict
+                 ) -> "EncoderArchitecture":
+    return cls(models.build_model(config.model, dtype=config.dtype),
+               int(config.dataset.image_size),
+               resume_guard.architecture_record(config))
+
+
+def restore_variables(workdir: str, architecture: EncoderArchitecture,
                       mesh: Mesh, *, step: Optional[int] = None
                       ) -> tuple[int, dict[str, Any]]:
   """(step, {"params", "batch_stats"}) of a saved step, for evaluation.
@@ -175,10 +193,10 @@ def restore_variables(workdir: str, config: ml_collections.ConfigDict,
     raise NoCheckpointError(
         f"{error}; pretrain first (--mode=pretrain or all with this "
         "--workdir)") from None
-  check_resume(workdir, resume_guard.architecture_record(config))
-  model = models.build_model(config.model, dtype=config.dtype)
+  check_resume(workdir, architecture.record)
   shapes = jax.eval_shape(lambda: models.init_variables(
-      model, jax.random.key(0), image_size=config.dataset.image_size))
+      architecture.model, jax.random.key(0),
+      image_size=architecture.image_size))
   replicated = mesh_lib.replicated_sharding(mesh)
   target = jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),

@@ -17,6 +17,7 @@ import ml_collections
 from etils import epath
 
 from mio_jax import checkpointing
+from mio_jax import encoder_sources
 from mio_jax import errors
 from mio_jax import loop
 from mio_jax import losses
@@ -155,13 +156,13 @@ def validate_workdir(workdir: str,
     _check_checkpoints(f"--workdir={workdir!r}", lambda: (
         checkpointing.check_resume(workdir, resume_guard.pretraining_record(
             config, total_steps=config.total_steps))))
-  elif source.kind == modes.FILE:
+  elif source.kind == encoder_sources.FILE:
     if not epath.Path(source.path).exists():
       raise ConfigError(
           f"{_source_key(config)}={source.path!r}: no such encoder file; "
           "write one with python -m mio_jax.cli.export, or name a "
           "pretraining workdir")
-  elif source.kind == modes.WORKDIR:
+  elif source.kind == encoder_sources.WORKDIR:
     _check_saved_encoder(config, workdir, source)
 
 
@@ -180,7 +181,7 @@ def _check_checkpoints(label: str, check) -> None:
 
 
 def _check_saved_encoder(config: ml_collections.ConfigDict, workdir: str,
-                         source: modes.EncoderSource) -> None:
+                         source: encoder_sources.EncoderSource) -> None:
   """The step `source` names is saved, and of config's architecture."""
   here = modes.MODES[config.mode].encoder == modes.EVALUATED  # --workdir's
   step_key = "config.eval.step" if here else "config.finetune.init_step"

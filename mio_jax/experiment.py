@@ -4,22 +4,24 @@
 demo call it. For config.mode it
   1. gets the encoder: pretrains it here (`pretraining.setup`, then
      `loop.train`) or loads the one the modes table names
-     (`modes.load_encoder`);
-  2. runs the mode's frozen-feature protocols on it (`evaluation`);
-  3. trains the mode's supervised protocol on it (`supervised.PROTOCOLS`);
+     (`encoder_sources.load_encoder`);
+  2. runs the mode's FROZEN_FEATURES protocols (`modes.PROTOCOLS`) on it,
+     on features extracted once for all of them (`evaluation`);
+  3. runs each of the mode's TRAINED protocols on it (`supervised`);
   4. adds its results to `eval_results.json` (`eval_results.merge`), writes
      the metrics and the training curves.
 One `loop.PreemptionWatch` covers all of it: the loops save and exit on
 SIGTERM, and the evaluations between them are abandoned within seconds.
 """
 import os
-from typing import Any, Dict, Sequence
+from typing import Any, Callable, Dict, Mapping
 
 import ml_collections
 from absl import logging
 
 from mio_jax import data
 from mio_jax import distributed
+from mio_jax import encoder_sources
 from mio_jax import eval_results
 from mio_jax import files
 from mio_jax import loop
@@ -30,15 +32,14 @@ from mio_jax import modes
 from mio_jax import plots
 from mio_jax import pretraining
 from mio_jax import recipe
-from mio_jax import supervised
 from mio_jax.evaluation import evaluator
-from mio_jax.evaluation import protocols as protocols_lib
 
 RESULTS_FILE = "eval_results.json"
 
 
 def _pretrain(config, workdir, mesh, *, logger: metric_logging.MetricLogger,
-              preemption: loop.PreemptionWatch) -> modes.LoadedEncoder:
+              preemption: loop.PreemptionWatch
+             ) -> encoder_sources.LoadedEncoder:
   facts = recipe.DataFacts.of(data.dataset_info(config),
                               identity=data.prepared_identity(config))
   training = pretraining.setup(config, mesh, facts, workdir=workdir)
@@ -49,12 +50,14 @@ def _pretrain(config, workdir, mesh, *, logger: metric_logging.MetricLogger,
   state = loop.train(training, logger=logger, hooks=hooks,
                      preemption=preemption)
   step = int(state.step)
-  return modes.LoadedEncoder(
-      modes.EncoderSource(modes.WORKDIR, workdir, step), step, state.variables)
+  return encoder_sources.LoadedEncoder(
+      encoder_sources.EncoderSource(encoder_sources.WORKDIR, workdir, step),
+      step, state.variables)
 
 
-def _evaluate(config, workdir, mesh, encoder: modes.LoadedEncoder,
-              protocols: Sequence[str]) -> Dict[str, float]:
+def _evaluate(config, workdir, mesh, encoder: encoder_sources.LoadedEncoder,
+              protocols: Mapping[str, Callable[..., Dict[str, float]]]
+             ) -> Dict[str, float]:
   return evaluator.evaluate(
       encoder.variables,
       model=models.build_model(config.model, dtype=config.dtype), config=config,
@@ -71,15 +74,15 @@ def _run_mode(config, workdir, mesh, *, logger, preemption
     encoder = _pretrain(config, workdir, mesh, logger=logger,
                         preemption=preemption)
   else:
-    encoder = modes.load_encoder(source, config, mesh)
+    encoder = encoder_sources.load_encoder(source, config, mesh)
   step, results = encoder.step, {}
-  frozen = mode.of_kind(modes.FROZEN_FEATURES)
+  frozen = modes.runs(mode.protocols, modes.FROZEN_FEATURES)
   if frozen:  # their features are extracted once for all of them
     with preemption.interruptible():
       results.update(_evaluate(config, workdir, mesh, encoder, frozen))
-  for name in mode.of_kind(modes.TRAINED):
-    step, trained = supervised.PROTOCOLS[name](
-        config, workdir, mesh, encoder, logger=logger, preemption=preemption)
+  for run in modes.runs(mode.protocols, modes.TRAINED).values():
+    step, trained = run(config, workdir, mesh, encoder, logger=logger,
+                        preemption=preemption)
     results.update(trained)
   return step, results
 
@@ -103,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         path = os.path.join(workdir, RESULTS_FILE)
         files.write_json(path, eval_results.merge(
             files.read_json(path), step, results,
-            (*protocols_lib.PROTOCOLS, *supervised.PROTOCOLS)),
+            tuple(modes.PROTOCOLS)),
                          sort_keys=False)
   except loop.Preempted:
     # An evaluation was abandoned: what it needs (the pretrained step, the

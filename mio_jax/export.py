@@ -51,8 +51,9 @@ def export_encoder(workdir: str, config: ml_collections.ConfigDict, out: str, *,
   ExportError where `out` cannot be written.
   """
   mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
-  step, variables = checkpointing.restore_variables(workdir, config, mesh,
-                                                    step=step)
+  step, variables = checkpointing.restore_variables(
+      workdir, checkpointing.EncoderArchitecture.from_config(config), mesh,
+      step=step)
   backbone = jax.device_get({"params": variables["params"]["backbone"],
                              "batch_stats": variables["batch_stats"]["backbone"]})
   description = _description(config, step, workdir)

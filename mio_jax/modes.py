@@ -1,41 +1,85 @@
-"""The table of `--mode`s: where each one's encoder comes from, what it runs.
+"""The tables of protocols and `--mode`s: what runs, on which encoder.
 
-One table, read by the orchestrator (`experiment.train_and_evaluate`) and
-by the checks before any work (`config_validation.validate_workdir`):
+`PROTOCOLS` is every way this code scores an encoder, one entry each
+(`Protocol`): its name (its results' prefix and its config section), its
+kind, and the function that runs it. `MODES` says, for each `--mode`,
+where its encoder comes from and which protocols run on it:
 
-| mode | encoder | then the protocols |
+| mode | encoder | protocols |
 | --- | --- | --- |
 | pretrain | pretrained by this command, in --workdir | - |
 | all | pretrained by this command, in --workdir | knn, fewshot, feature_probe |
-| knn_eval, fewshot_eval, feature_probe_eval | evaluated: eval.encoder_file, else --workdir's step eval.step (default the latest) | knn, fewshot, feature_probe |
+| knn_eval | evaluated: eval.encoder_file, else --workdir's step eval.step (default the latest) | knn |
+| fewshot_eval | evaluated, as above | fewshot |
+| feature_probe_eval | evaluated, as above | feature_probe |
 | linear_eval | evaluated, as above | linear_eval |
 | finetune | finetune.init_from: an exported file, another pretraining workdir (step finetune.init_step), or "" for a random initialisation | finetune |
 
-Every protocol has one name, in one table (`PROTOCOL_KINDS`), saying how
-it runs: on the frozen encoder's features, all of a mode's together
-(`evaluation.PROTOCOLS`: kNN, few-label, feature probe; also the online
-kNN during pretraining), or trained in the loop (`supervised.PROTOCOLS`).
-
-`encoder_source(config, workdir)` applies the table to a config;
-`load_encoder` turns a source into a `LoadedEncoder` (variables and where
-they came from; the Flax network is `models.Encoder`), whose `identity()`
-a supervised protocol records so that its resume on another encoder is
-refused.
+The orchestrator (`experiment.train_and_evaluate`) reads both tables and
+nothing else: it runs a mode's FROZEN_FEATURES protocols together on
+features extracted once (`evaluation.evaluator.evaluate`), then each
+TRAINED protocol in the training loop. The checks before any work
+(`config_validation.validate_workdir`) read MODES too.
+`encoder_source(config, workdir)` applies MODES to a config; the source
+is loaded by `encoder_sources.load_encoder`.
 """
 import dataclasses
-import hashlib
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
-import jax
 import ml_collections
-import numpy as np
-from etils import epath
-from jax.sharding import Mesh
 
-from mio_jax import checkpointing
-from mio_jax import export
-from mio_jax import mesh as mesh_lib
-from mio_jax import models
+from mio_jax import encoder_sources
+from mio_jax import errors
+from mio_jax import supervised
+from mio_jax.evaluation import protocols as feature_protocols
+
+# How a protocol runs.
+FROZEN_FEATURES = "frozen_features"  # on the frozen encoder's features
+TRAINED = "trained"  # trained in the loop (supervised)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """One way to score an encoder.
+
+  name: the prefix of its results ("knn" -> "knn_top1") and its config
+    section (`config.knn`).
+  kind: FROZEN_FEATURES: run(train, test, *, num_classes, settings, seed)
+      -> results, on `evaluation.Features` of the train and test splits
+      (settings: its config section);
+    TRAINED: run(config, workdir, mesh, encoder, *, logger, preemption)
+      -> (the step its results belong to, results), a training of its own
+      on the `encoder_sources.LoadedEncoder`.
+  """
+  name: str
+  kind: str
+  run: Callable[..., Any]
+
+
+PROTOCOLS: dict[str, Protocol] = {protocol.name: protocol for protocol in (
+    Protocol("knn", FROZEN_FEATURES, feature_protocols.knn_protocol),
+    Protocol("fewshot", FROZEN_FEATURES, feature_protocols.fewshot_protocol),
+    Protocol("feature_probe", FROZEN_FEATURES,
+             feature_protocols.feature_probe_protocol),
+    Protocol("linear_eval", TRAINED, supervised.linear_eval),
+    Protocol("finetune", TRAINED, supervised.finetune),
+)}
+
+
+def runs(names: Sequence[str], kind: str) -> dict[str, Callable[..., Any]]:
+  """{name: run} of the protocols `names` (in their order) that run as `kind`.
+
+  Raises errors.InvalidValueError for a name not in PROTOCOLS (listing
+  them).
+  """
+  if isinstance(names, str):
+    raise TypeError(f"protocols must be a sequence of names, not the string "
+                    f"{names!r}; pass ({names!r},).")
+  for name in names:
+    errors.check_one_of("protocol", name, PROTOCOLS)
+  return {name: PROTOCOLS[name].run for name in names
+          if PROTOCOLS[name].kind == kind}
+
 
 # Where a mode's encoder comes from.
 PRETRAINED = "pretrained"  # trained by this command in --workdir
@@ -43,31 +87,15 @@ EVALUATED = "evaluated"  # eval.encoder_file, else --workdir at eval.step
 FINETUNE_INIT = "finetune_init"  # finetune.init_from (or random)
 
 
-# How a protocol runs.
-FROZEN_FEATURES = "frozen_features"  # evaluation.PROTOCOLS, on features
-TRAINED = "trained"  # supervised.PROTOCOLS, in the training loop
-
-PROTOCOL_KINDS: dict[str, str] = {
-    "knn": FROZEN_FEATURES,
-    "fewshot": FROZEN_FEATURES,
-    "feature_probe": FROZEN_FEATURES,
-    "linear_eval": TRAINED,
-    "finetune": TRAINED,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class Mode:
   encoder: str  # PRETRAINED | EVALUATED | FINETUNE_INIT
-  # The protocols run on the encoder (names of PROTOCOL_KINDS).
+  # The protocols run on the encoder (names in PROTOCOLS), in this order.
   protocols: tuple[str, ...] = ()
 
-  def of_kind(self, kind: str) -> tuple[str, ...]:
-    """This mode's protocols that run as `kind` (FROZEN_FEATURES | TRAINED)."""
-    return tuple(name for name in self.protocols
-                 if PROTOCOL_KINDS[name] == kind)
 
-
+# A mode that evaluates with one protocol is named after it: "<protocol>_eval"
+# for a frozen-feature protocol; the trained ones' modes are their names.
 MODES: dict[str, Mode] = {
     "pretrain": Mode(PRETRAINED),
     "all": Mode(PRETRAINED, ("knn", "fewshot", "feature_probe")),
@@ -78,81 +106,24 @@ MODES: dict[str, Mode] = {
     "finetune": Mode(FINETUNE_INIT, ("finetune",)),
 }
 
-# ---- sources ------------------------------------------------------------------
 
-RANDOM = "random"  # models.initial_variables(seed=config.seed)
-WORKDIR = "workdir"  # a saved step of a pretraining workdir
-FILE = "file"  # an exported encoder (python -m mio_jax.cli.export)
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderSource:
-  kind: str  # RANDOM | WORKDIR | FILE
-  path: str = ""
-  step: Optional[int] = None  # WORKDIR: the saved step; None: the latest
-
-
-def is_export(path: str) -> bool:
-  """True when `path` names an exported encoder (it has a .json beside it)."""
-  return epath.Path(f"{path}.json").exists()
-
-
-def encoder_source(config: ml_collections.ConfigDict,
-                   workdir: str) -> Optional[EncoderSource]:
-  """Where config.mode's encoder comes from; None when this command trains it."""
+def encoder_source(config: ml_collections.ConfigDict, workdir: str
+                  ) -> Optional[encoder_sources.EncoderSource]:
+  """Where config.mode's encoder comes from; None when this command trains
+  it."""
   mode = MODES[config.mode]
   if mode.encoder == PRETRAINED:
     return None
   if mode.encoder == EVALUATED:
     if config.eval.encoder_file:
-      return EncoderSource(FILE, config.eval.encoder_file)
-    return EncoderSource(WORKDIR, workdir, config.eval.step)
+      return encoder_sources.EncoderSource(encoder_sources.FILE,
+                                           config.eval.encoder_file)
+    return encoder_sources.EncoderSource(encoder_sources.WORKDIR, workdir,
+                                         config.eval.step)
   source = config.finetune.init_from
   if not source:
-    return EncoderSource(RANDOM)
-  if is_export(source):
-    return EncoderSource(FILE, source)
-  return EncoderSource(WORKDIR, source, config.finetune.init_step)
-
-
-# ---- encoders -----------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedEncoder:
-  """Encoder variables ({"params", "batch_stats"}, replicated) and their origin."""
-  source: EncoderSource
-  step: int  # the pretraining step of the variables (0: random)
-  variables: dict[str, Any]
-
-  def identity(self) -> dict[str, Any]:
-    """Source, step and a digest of the backbone's variables (all processes)."""
-    digest = hashlib.sha256()
-    backbone = jax.device_get({k: v["backbone"]
-                               for k, v in self.variables.items()})
-    for path, leaf in jax.tree_util.tree_leaves_with_path(backbone):
-      digest.update(jax.tree_util.keystr(path).encode())
-      digest.update(np.ascontiguousarray(leaf).tobytes())
-    return {"source": self.source.kind, "path": self.source.path,
-            "step": self.step, "digest": digest.hexdigest()[:16]}
-
-
-def load_encoder(source: EncoderSource, config: ml_collections.ConfigDict,
-                 mesh: Mesh) -> LoadedEncoder:
-  """The encoder `source` names, for config's architecture, replicated on mesh.
-
-  Raises checkpointing.NoCheckpointError / CheckpointMismatchError and
-  export.ExportError for a source that cannot be used.
-  """
-  if source.kind == RANDOM:
-    model = models.build_model(config.model, dtype=config.dtype)
-    variables = models.initial_variables(
-        model, seed=int(config.seed), image_size=config.dataset.image_size)
-    return LoadedEncoder(source, 0, jax.device_put(
-        variables, mesh_lib.replicated_sharding(mesh)))
-  if source.kind == FILE:
-    step, variables = export.encoder_variables(source.path, config, mesh)
-  else:
-    step, variables = checkpointing.restore_variables(source.path, config,
-                                                      mesh, step=source.step)
-  return LoadedEncoder(source, step, variables)
+    return encoder_sources.EncoderSource(encoder_sources.RANDOM)
+  if encoder_sources.is_export(source):
+    return encoder_sources.EncoderSource(encoder_sources.FILE, source)
+  return encoder_sources.EncoderSource(encoder_sources.WORKDIR, source,
+                                       config.finetune.init_step)

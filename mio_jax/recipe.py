@@ -21,6 +21,9 @@ from jax.sharding import Mesh
 from mio_jax import losses
 from mio_jax import models
 from mio_jax import optim
+from mio_jax.data import augment_recipe
+from mio_jax.data import device_augment
+from mio_jax.data import indexing
 
 PairFn = Callable[[jax.Array, jax.Array], jax.Array]
 Batch = Mapping[str, jax.Array]
@@ -85,7 +88,6 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
 def steps_per_epoch(config: ml_collections.ConfigDict, facts: DataFacts) -> int:
   """Pretraining batches per epoch; raises indexing.BatchTooLargeError when
   config.batch_size exceeds the split."""
-  from mio_jax.data import indexing  # pylint: disable=g-import-not-at-top
   return indexing.steps_per_epoch(facts.num_examples, int(config.batch_size))
 
 
@@ -119,11 +121,10 @@ def build_recipe(config: ml_collections.ConfigDict, mesh: Mesh,
     if facts.mean is None or facts.std is None:
       raise ValueError("config.augment.on_device needs the data set's "
                        "normalization (DataFacts.mean, std)")
-    # Imported here: the data package loads TensorFlow, which a run on
-    # synthetic batches (tests, benchmarks) does not need.
-    from mio_jax.data import device_augment  # pylint: disable=g-import-not-at-top
-    augment_fn = device_augment.batch_augmenter(config, mean=facts.mean,
-                                                std=facts.std)
+    augment_fn = device_augment.batch_augmenter(
+        seed=int(config.seed),
+        params=augment_recipe.AugmentParams.from_config(config),
+        mean=facts.mean, std=facts.std)
 
   return Recipe(mesh=mesh,
                 model=models.build_model(config.model, dtype=config.dtype),

@@ -162,7 +162,7 @@ def protocol_record(name: str, config: ml_collections.ConfigDict,
                     encoder_identity: Mapping[str, Any],
                     **derived: Any) -> Record:
   """The record of supervised protocol `name` on an encoder
-  (`modes.LoadedEncoder.identity`); derived: num_labelled, prepared_dataset."""
+  (`encoder_sources.LoadedEncoder.identity`); derived: num_labelled, prepared_dataset."""
   return Record({**flat_config(config),
                  **files.as_stored({f"encoder.{k}": v
                                     for k, v in encoder_identity.items()}),

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from scipy import stats
 
+from mio_jax import encoder_sources
 from mio_jax import models
 from mio_jax import modes
 
@@ -80,11 +81,14 @@ def random_init_results(config: ml_collections.ConfigDict, mesh, *,
   """config's encoder at its random initialisation (seed config.seed), evaluated.
 
   The same variables pretraining starts from (`models.initial_variables`).
+  protocols: names of frozen-feature protocols (`modes.PROTOCOLS`).
   """
   # Imported here: the evaluator reads data sets (TensorFlow).
   from mio_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
-  encoder = modes.load_encoder(modes.EncoderSource(modes.RANDOM), config, mesh)
+  encoder = encoder_sources.load_encoder(
+      encoder_sources.EncoderSource(encoder_sources.RANDOM), config, mesh)
   return evaluator.evaluate(
       encoder.variables,
       model=models.build_model(config.model, dtype=config.dtype),
-      config=config, mesh=mesh, protocols=protocols)
+      config=config, mesh=mesh,
+      protocols=modes.runs(protocols, modes.FROZEN_FEATURES))

@@ -75,8 +75,9 @@ def test_checkpoints_of_another_model_are_refused(tmp_path):
                        match="another model.*width_multiplier=0.5.*1.0"):
       checkpointing.check_resume(str(tmp_path), record(other))
   with pytest.raises(checkpointing.CheckpointMismatchError):
-    checkpointing.restore_variables(str(tmp_path), other,
-                                    mesh_lib.make_data_mesh())
+    checkpointing.restore_variables(
+        str(tmp_path), checkpointing.EncoderArchitecture.from_config(other),
+        mesh_lib.make_data_mesh())
   # A recipe change is refused for training, fine for evaluation.
   other = tiny_config(seed=3)
   with pytest.raises(checkpointing.CheckpointMismatchError,
@@ -99,9 +100,10 @@ def test_first_build_metadata_is_still_understood(tmp_path):
 
 def test_restore_variables_of_any_saved_step(tmp_path):
   config = tiny_config()
+  architecture = checkpointing.EncoderArchitecture.from_config(config)
   mesh = mesh_lib.make_data_mesh()
   with pytest.raises(checkpointing.NoCheckpointError, match="pretrain first"):
-    checkpointing.restore_variables(str(tmp_path), config, mesh)
+    checkpointing.restore_variables(str(tmp_path), architecture, mesh)
   assert not checkpointing.checkpoint_dir(str(tmp_path)).exists()
   checkpointer = open_checkpointer(tmp_path, config)
   states = {step: jax.tree.map(lambda x, s=step: x + s, _state()).replace(
@@ -112,13 +114,14 @@ def test_restore_variables_of_any_saved_step(tmp_path):
   assert checkpointing.saved_steps(str(tmp_path)) == [3, 5]
   for step in (None, 3):
     restored_step, variables = checkpointing.restore_variables(
-        str(tmp_path), config, mesh, step=step)
+        str(tmp_path), architecture, mesh, step=step)
     assert restored_step == (5 if step is None else 3)
     assert set(variables) == {"params", "batch_stats"}
     assert_trees_equal(variables, states[restored_step].variables)
   with pytest.raises(checkpointing.NoCheckpointError,
                      match="step 4 is not saved.*saved steps: 3, 5"):
-    checkpointing.restore_variables(str(tmp_path), config, mesh, step=4)
+    checkpointing.restore_variables(str(tmp_path), architecture, mesh,
+                                    step=4)
 
 
 def test_structure_mismatch_at_restore_is_a_clear_error(tmp_path):

@@ -12,11 +12,11 @@ import pytest
 from evaluation.eval_data import random_variables
 from mio_jax import config_base
 from mio_jax import data
+from mio_jax import encoder_sources
 from mio_jax import experiment
 from mio_jax import loop
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
-from mio_jax import modes
 from mio_jax.aot import programs
 
 
@@ -60,9 +60,10 @@ def _lowered_by_main(config, workdir, monkeypatch):
   variables = jax.device_put(
       random_variables(models.build_model(config.model), image_size=8, seed=0),
       mesh_lib.replicated_sharding(mesh))
-  monkeypatch.setattr(experiment.modes, "load_encoder",
-                      lambda source, config, mesh: modes.LoadedEncoder(
-                          source, 3, variables))
+  monkeypatch.setattr(
+      experiment.encoder_sources, "load_encoder",
+      lambda source, config, mesh: encoder_sources.LoadedEncoder(
+          source, 3, variables))
   with pytest.raises(_Handed) as handed:
     experiment.train_and_evaluate(config, str(workdir))
   training = handed.value.training

@@ -1,5 +1,6 @@
 """The loss comparison: grid, validation split, statistics, report, guard;
 end to end a tiny sweep on digits (slow: about 2 min on 2 busy cores)."""
+import dataclasses
 import json
 import pathlib
 
@@ -271,7 +272,7 @@ class Spies:
     from mio_jax import data  # pylint: disable=g-import-not-at-top
     from mio_jax import experiment  # pylint: disable=g-import-not-at-top
     from mio_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
-    from mio_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
+    from mio_jax import modes  # pylint: disable=g-import-not-at-top
     self.trained, self.read, self.fitted = [], [], []
     train_and_evaluate = experiment.train_and_evaluate
     split_features = evaluator._split_features
@@ -297,8 +298,10 @@ class Spies:
 
     monkeypatch.setattr(experiment, "train_and_evaluate", trained)
     monkeypatch.setattr(evaluator, "_split_features", read)
-    for name, protocol in list(protocols.PROTOCOLS.items()):
-      monkeypatch.setitem(protocols.PROTOCOLS, name, spy(name, protocol))
+    for name, protocol in list(modes.PROTOCOLS.items()):
+      if protocol.kind == modes.FROZEN_FEATURES:
+        monkeypatch.setitem(modes.PROTOCOLS, name, dataclasses.replace(
+            protocol, run=spy(name, protocol.run)))
 
 
 # Neither temperature is the config's (0.5), so a test run at the config's

@@ -12,12 +12,12 @@ from evaluation.eval_data import random_variables
 import tiny
 from mio_jax import checkpointing
 from mio_jax import config_base
+from mio_jax import encoder_sources
 from mio_jax import errors
 from mio_jax import experiment
 from mio_jax import loop
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
-from mio_jax import modes
 from mio_jax import supervised
 from mio_jax.supervised import early_stopping
 from mio_jax.supervised import task as task_lib
@@ -71,8 +71,9 @@ class ListLogger:
     pass
 
 
-def _encoder(variables, step=7, source=modes.EncoderSource(modes.RANDOM)):
-  return modes.LoadedEncoder(source, step, variables)
+def _encoder(variables, step=7,
+             source=encoder_sources.EncoderSource(encoder_sources.RANDOM)):
+  return encoder_sources.LoadedEncoder(source, step, variables)
 
 
 def test_linear_eval_trains_the_head_only_and_reports_top1_top5(setup,
@@ -97,8 +98,8 @@ def test_linear_eval_trains_the_head_only_and_reports_top1_top5(setup,
                          logger=ListLogger())
   assert len(list((tmp_path / "linear_eval").iterdir())) == 2
   # The same variables reached by another path resume the finished head.
-  moved = _encoder(variables, source=modes.EncoderSource(modes.FILE,
-                                                         "elsewhere"))
+  moved = _encoder(variables, source=encoder_sources.EncoderSource(
+      encoder_sources.FILE, "elsewhere"))
   assert supervised.linear_eval(config, str(tmp_path), mesh, moved,
                                 logger=logger) == (step, results)
   # A head of other settings in the encoder's folder is refused, every
@@ -119,7 +120,7 @@ def test_linear_eval_trains_the_head_only_and_reports_top1_top5(setup,
 
 def test_each_pretraining_step_gets_its_own_folder_and_old_ones_resume(
     tmp_path):
-  source = modes.EncoderSource(modes.WORKDIR, "W", 40)
+  source = encoder_sources.EncoderSource(encoder_sources.WORKDIR, "W", 40)
   encoder = _encoder({}, step=40, source=source)
   identity = {"digest": "abc"}
   assert supervised.encoder_folder(str(tmp_path), "linear_eval", encoder,

@@ -104,13 +104,16 @@ def _fixed_batch(config: ml_collections.ConfigDict, mesh: Mesh, step: int,
   if data_source == "pipeline":
     # pylint: disable=g-import-not-at-top
     from mio_jax import data
+    from mio_jax.data import augment_recipe
     from mio_jax.data import device_augment
     # pylint: enable=g-import-not-at-top
     batch = next(data.pretrain_batches(config, mesh, start_step=step))
     if config.augment.on_device:  # the host left the colour ops to the step
       info = data.dataset_info(config)
-      augment_fn = device_augment.batch_augmenter(config, mean=info.mean,
-                                                  std=info.std)
+      augment_fn = device_augment.batch_augmenter(
+          seed=int(config.seed),
+          params=augment_recipe.AugmentParams.from_config(config),
+          mean=info.mean, std=info.std)
       batch = jax.jit(augment_fn)(batch, step)
   else:
     from mio_jax import synthetic  # pylint: disable=g-import-not-at-top
@@ -170,7 +173,8 @@ def analyze_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     from mio_jax import data  # pylint: disable=g-import-not-at-top
     data.ensure_prepared(config)
 
-  step, variables = checkpointing.restore_variables(workdir, config, mesh)
+  step, variables = checkpointing.restore_variables(
+      workdir, checkpointing.EncoderArchitecture.from_config(config), mesh)
   batch = _fixed_batch(config, mesh, step, batch_size, data_source)
   model = models.build_model(config.model, dtype=config.dtype)
   results = {

@@ -28,9 +28,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from mio_jax import encoder_sources
 from mio_jax import loop
 from mio_jax import mesh as mesh_lib
-from mio_jax import modes
 from mio_jax import models
 from mio_jax import pretraining
 from mio_jax import recipe
@@ -130,8 +130,9 @@ def supervised_program(config: ml_collections.ConfigDict, mesh: Mesh, info,
   """Protocol `name`'s step as `main` trains it (`supervised.setup`), on the
   shapes of the encoder's initial variables."""
   model = models.build_model(config.model, dtype=config.dtype)
-  encoder_shapes = modes.LoadedEncoder(
-      modes.EncoderSource(modes.RANDOM), 0, _initial_variables(config, model))
+  encoder_shapes = encoder_sources.LoadedEncoder(
+      encoder_sources.EncoderSource(encoder_sources.RANDOM), 0,
+      _initial_variables(config, model))
   made = supervised.setup(name, config, mesh, info, encoder_shapes)
   return _program(name, made.training, int(config[name].batch_size))
 

@@ -363,17 +363,12 @@ def geometric_view(crop: tf.Tensor, seed: tf.Tensor,
 
 # The host's implementation of each op of `augment_recipe.colour_stage`.
 _HOST_COLOUR_OPS = {
-    "color_jitter": lambda x, key, params: color_jitter(
-        x, key, strength=params.color_jitter_strength,
-        random_order=params.color_jitter_random_order),
-    "grayscale": lambda x, key, params: to_grayscale(x),
-    "blur": lambda x, key, params: gaussian_blur(x, key),
-    "solarize": lambda x, key, params: solarize(x),
-    "affine": lambda x, key, params: random_affine(
-        x, key, max_degrees=params.rotation_degrees,
-        max_translate=params.translate_pixels),
-    "noise": lambda x, key, params: gaussian_noise(
-        x, key, std=params.gaussian_noise_std),
+    "color_jitter": color_jitter,
+    "grayscale": to_grayscale,
+    "blur": gaussian_blur,
+    "solarize": solarize,
+    "affine": random_affine,
+    "noise": gaussian_noise,
 }
 
 

@@ -1,12 +1,12 @@
 """The two-view augmentation's settings and colour recipe, without TensorFlow.
 
 The colour stage of a view is written once, here: which ops run, in which
-order, with which probability, and which of the view's sub-keys drives
-each. Two implementations follow it: the host's tf ops
-(`augment.host_colour`) and the accelerator's jax ops
-(`device_augment.augment_view`); each only says how an op turns an image
-into another (`apply_colour_stage` takes that table). Neither TensorFlow
-nor JAX is imported here, so the device side loads no TensorFlow.
+order, with which probability, which of the view's sub-keys drives each
+and which settings of `AugmentParams` it takes. Two implementations follow
+it: the host's tf ops (`augment.host_colour`) and the accelerator's jax ops
+(`device_augment.augment_view`); each only names its function for each op
+(`apply_colour_stage` takes that table). Neither TensorFlow nor JAX is
+imported here, so the device side loads no TensorFlow.
 """
 import dataclasses
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -128,11 +128,14 @@ class ColourOp:
   apply_key: the name of the sub-key that decides whether it runs (None
     when it always runs).
   key: the name of the sub-key of its own draws (None: deterministic).
+  settings: the keyword arguments an implementation's function takes, from
+    `AugmentParams`.
   """
   name: str
   prob: float
   apply_key: Optional[str]
   key: Optional[str]
+  settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def colour_stage(params: AugmentParams) -> tuple[ColourOp, ...]:
@@ -146,15 +149,21 @@ def colour_stage(params: AugmentParams) -> tuple[ColourOp, ...]:
   candidates = (
       (params.color_jitter_strength > 0,
        ColourOp("color_jitter", params.color_jitter_prob, "jitter_apply",
-                "jitter")),
+                "jitter", {
+                    "strength": params.color_jitter_strength,
+                    "random_order": params.color_jitter_random_order})),
       (True, ColourOp("grayscale", params.grayscale_prob, "grayscale_apply",
                       None)),
       (True, ColourOp("blur", params.blur_prob, "blur_apply", "blur")),
       (True, ColourOp("solarize", params.solarize_prob, "solarize_apply",
                       None)),
       (params.rotation_degrees > 0 or params.translate_pixels > 0,
-       ColourOp("affine", 1.0, None, "affine")),
-      (params.gaussian_noise_std > 0, ColourOp("noise", 1.0, None, "noise")),
+       ColourOp("affine", 1.0, None, "affine", {
+           "max_degrees": params.rotation_degrees,
+           "max_translate": params.translate_pixels})),
+      (params.gaussian_noise_std > 0,
+       ColourOp("noise", 1.0, None, "noise",
+                {"std": params.gaussian_noise_std})),
   )
   return tuple(op for wanted, op in candidates if wanted and op.prob > 0)
 
@@ -173,8 +182,9 @@ def jitter_ranges(strength: float) -> dict[str, tuple[float, float]]:
           "saturation": factor_range, "hue": (-hue, hue)}
 
 
-# An implementation's op: (image, key or None, params) -> image.
-ImageOp = Callable[[Any, Any, AugmentParams], Any]
+# An implementation's op: (image, key, **settings) -> image, or
+# (image, **settings) for an op without draws of its own (`ColourOp`).
+ImageOp = Callable[..., Any]
 # (fn, image, key, prob) -> fn(image) with probability prob, else image.
 RandomApply = Callable[[Callable[[Any], Any], Any, Any, float], Any]
 
@@ -195,7 +205,15 @@ def apply_colour_stage(image, view_subkeys: Sequence[Any],
     key = None if op.key is None else view_subkeys[subkey(op.key)]
     apply_key = (None if op.apply_key is None
                  else view_subkeys[subkey(op.apply_key)])
-    image = random_apply(
-        lambda x, fn=ops[op.name], key=key: fn(x, key, params), image,
-        apply_key, op.prob)
+    image = random_apply(_bound(ops[op.name], key, op.settings), image,
+                         apply_key, op.prob)
   return image
+
+
+def _bound(fn: ImageOp, key, settings: Mapping[str, Any]
+          ) -> Callable[[Any], Any]:
+  """image -> fn(image, key, **settings), or without key when it is None."""
+  if key is None:
+    return lambda image: fn(image, **settings)
+  # Positional: the host's ops name it `seed`, the device's `key`.
+  return lambda image: fn(image, key, **settings)

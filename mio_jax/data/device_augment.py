@@ -215,14 +215,11 @@ def gaussian_noise(image: jax.Array, key: jax.Array, *,
 # The device's implementation of each op of `augment_recipe.colour_stage`
 # (the host-only affine op has none: `AugmentParams` refuses it here).
 _DEVICE_COLOUR_OPS = {
-    "color_jitter": lambda x, key, params: color_jitter(
-        x, key, strength=params.color_jitter_strength,
-        random_order=params.color_jitter_random_order),
-    "grayscale": lambda x, key, params: to_grayscale(x),
-    "blur": lambda x, key, params: gaussian_blur(x, key),
-    "solarize": lambda x, key, params: solarize(x),
-    "noise": lambda x, key, params: gaussian_noise(
-        x, key, std=params.gaussian_noise_std),
+    "color_jitter": color_jitter,
+    "grayscale": to_grayscale,
+    "blur": gaussian_blur,
+    "solarize": solarize,
+    "noise": gaussian_noise,
 }
 
 
@@ -268,14 +265,14 @@ def augment_batch(batch: dict[str, jax.Array], *, seed: int, step,
   return out
 
 
-def batch_augmenter(config, *, mean, std
+def batch_augmenter(*, seed: int, params: augment_recipe.AugmentParams,
+                    mean, std
                    ) -> Callable[[dict[str, jax.Array], Any],
                                  dict[str, jax.Array]]:
-  """(batch, step) -> `augment_batch` with config's seed and augmentation.
+  """(batch, step) -> `augment_batch` with these settings.
 
   What the train step and the Hessian analysis call when
-  `config.augment.on_device` leaves the colour ops to the device.
+  `params.on_device` leaves the colour ops to the device.
   """
-  params = augment_recipe.AugmentParams.from_config(config)
-  return lambda batch, step: augment_batch(batch, seed=config.seed, step=step,
+  return lambda batch, step: augment_batch(batch, seed=seed, step=step,
                                            params=params, mean=mean, std=std)

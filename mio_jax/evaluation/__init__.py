@@ -4,8 +4,9 @@
                      embedding_png) -> {"knn_top1": ..., ...}
   evaluator.online_knn_hook(config, mesh, model) -> hook(step, state)
   make_encode_fn(model, mesh) -> (variables, images) -> features
-  PROTOCOLS, check_protocols(names): "knn", "fewshot", "feature_probe"
-    (a linear classifier on centre-crop features: fast)
+  protocols.knn_protocol, fewshot_protocol, feature_probe_protocol (a
+    linear classifier on centre-crop features: fast): the frozen-feature
+    protocols, named in the one table of protocols, `modes.PROTOCOLS`
   Features, extract_features, features_from_arrays: the sharded features
   knn_classify, feature_probe_classify, fewshot_probe: the protocols' numerics
 
@@ -20,12 +21,10 @@ from mio_jax.evaluation.feature_probe import feature_probe_classify
 from mio_jax.evaluation.features import from_arrays as features_from_arrays
 from mio_jax.evaluation.fewshot import fewshot_probe
 from mio_jax.evaluation.knn import knn_classify
-from mio_jax.evaluation.protocols import PROTOCOLS
-from mio_jax.evaluation.protocols import Protocol
-from mio_jax.evaluation.protocols import check_protocols
+from mio_jax.evaluation.protocols import FeatureProtocol
 
 __all__ = [
-    "PROTOCOLS", "Features", "Protocol", "check_protocols",
+    "FeatureProtocol", "Features",
     "extract_features", "feature_probe_classify", "features_from_arrays",
     "fewshot_probe", "knn_classify", "make_encode_fn",
 ]

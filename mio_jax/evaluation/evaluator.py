@@ -2,10 +2,10 @@
 
 `evaluate` is what the end of a run calls; `online_knn_hook` is the kNN
 monitor during pretraining. Both extract the eval train and test splits'
-features once (sharded, see `features`) and hand them to the protocols of
-`protocols.PROTOCOLS`.
+features once (sharded, see `features`) and hand them to the frozen-feature
+protocols they are given (`protocols`; by name: `modes.runs`).
 """
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -49,16 +49,14 @@ def _plot_embedding(test: Features, out_png: str, *, max_points: int,
 
 def _evaluate(encode_fn: EncodeFn, variables, *,
               config: ml_collections.ConfigDict, mesh: Mesh,
-              protocols: Sequence[str],
+              protocols: Mapping[str, protocols_lib.FeatureProtocol],
               embedding_png: Optional[str]) -> dict[str, float]:
-  protocols_lib.check_protocols(protocols)
   info = data.dataset_info(config)
   train, test = (_split_features(encode_fn, variables, config, mesh, split,
                                  info.num_eval_examples[split])
                  for split in ("train", "test"))
   results = {}
-  for name in protocols:
-    protocol = protocols_lib.PROTOCOLS[name]
+  for name, protocol in protocols.items():
     for key, value in protocol(train, test, num_classes=info.num_classes,
                                settings=config[name],
                                seed=int(config.seed)).items():
@@ -72,7 +70,7 @@ def _evaluate(encode_fn: EncodeFn, variables, *,
 
 def evaluate(variables: Mapping[str, Any], *, model: nn.Module,
              config: ml_collections.ConfigDict, mesh: Mesh,
-             protocols: Sequence[str] = tuple(protocols_lib.PROTOCOLS),
+             protocols: Mapping[str, protocols_lib.FeatureProtocol],
              embedding_png: Optional[str] = None) -> dict[str, float]:
   """Evaluates the frozen encoder `model` with `variables` by `protocols`.
 
@@ -81,7 +79,8 @@ def evaluate(variables: Mapping[str, Any], *, model: nn.Module,
     model: the `models.Encoder` they belong to.
     config: the run's config (dataset, eval.*, each protocol's section, seed).
     mesh: the data mesh; features stay sharded over it.
-    protocols: names in `protocols.PROTOCOLS`, run in this order.
+    protocols: {name: the frozen-feature protocol}, run in this order
+      (`modes.runs(names, modes.FROZEN_FEATURES)` from names).
     embedding_png: if set (and eval.embedding_plot_points > 0), where the
       main process writes a t-SNE of a sample of the test features.
 
@@ -90,8 +89,7 @@ def evaluate(variables: Mapping[str, Any], *, model: nn.Module,
     "fewshot_top1_std".
 
   Raises:
-    InvalidValueError: an unknown protocol (before any work) or a bad
-    eval.* value.
+    InvalidValueError: a bad eval.* value.
   """
   return _evaluate(encoder.make_encode_fn(model, mesh), variables,
                    config=config, mesh=mesh, protocols=protocols,
@@ -114,7 +112,8 @@ def online_knn_hook(config: ml_collections.ConfigDict, mesh: Mesh,
       return None
     results = _evaluate(
         encode_fn, {"params": state.params, "batch_stats": state.batch_stats},
-        config=config, mesh=mesh, protocols=("knn",), embedding_png=None)
+        config=config, mesh=mesh,
+        protocols={"knn": protocols_lib.knn_protocol}, embedding_png=None)
     return {"online_knn_top1": results["knn_top1"]}
 
   return hook

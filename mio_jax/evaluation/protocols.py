@@ -1,6 +1,6 @@
-"""The frozen-feature protocols by name, all with one signature.
+"""The frozen-feature protocols, all with one signature.
 
-A protocol is
+Each is
 
     fn(train: Features, test: Features, *, num_classes: int,
        settings: ml_collections.ConfigDict, seed: int) -> dict[str, float]
@@ -10,9 +10,10 @@ A protocol is
 each evaluator its own `config.evals.<name>`. It returns its results
 without a prefix ({"top1": ...}); `evaluate` names them
 "<protocol>_<result>" ("knn_top1", "feature_probe_top5", ...). The mesh is
-that of the features (`Features.mesh`).
+that of the features (`Features.mesh`). Their names and kind are in the one
+table of protocols, `modes.PROTOCOLS`.
 """
-from typing import Callable, Iterable
+from typing import Callable
 
 import ml_collections
 
@@ -22,7 +23,7 @@ from mio_jax.evaluation import fewshot
 from mio_jax.evaluation import knn
 from mio_jax.evaluation.features import Features
 
-Protocol = Callable[..., dict[str, float]]
+FeatureProtocol = Callable[..., dict[str, float]]
 
 
 def knn_protocol(train: Features, test: Features, *, num_classes: int,
@@ -53,22 +54,6 @@ def feature_probe_protocol(train: Features, test: Features, *,
       train, test, num_classes=num_classes, epochs=settings.epochs,
       learning_rate=settings.lr, weight_decay=settings.weight_decay,
       batch_size=settings.batch_size, seed=seed)
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    "knn": knn_protocol,
-    "fewshot": fewshot_protocol,
-    "feature_probe": feature_probe_protocol,
-}
-
-
-def check_protocols(names: Iterable[str]) -> None:
-  """Raises InvalidValueError for a name not in PROTOCOLS (listing them)."""
-  if isinstance(names, str):
-    raise TypeError(f"protocols must be a sequence of names, not the string "
-                    f"{names!r}; pass ({names!r},).")
-  for name in names:
-    errors.check_one_of("protocol", name, PROTOCOLS)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

@@ -21,6 +21,7 @@ from mio_jax import loop
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
 from mio_jax import optim
+from mio_jax.data import indexing
 from mio_jax.evaluation import accuracy as accuracy_lib
 from mio_jax.models import vit
 
@@ -77,7 +78,6 @@ def make_task(config: ml_collections.ConfigDict, mesh: Mesh, name: str, *,
   Its length is SimCLR's count: n * epochs // batch + 1 steps
   (`indexing.labelled_num_steps`).
   """
-  from mio_jax.data import indexing  # pylint: disable=g-import-not-at-top
   section = config[name]
   batch_size = int(section.batch_size)
   total_steps = indexing.labelled_num_steps(num_examples, epochs, batch_size)

@@ -12,18 +12,20 @@ SIZE = 8
 ColourOp = augment_recipe.ColourOp
 
 
-def test_the_stage_lists_the_ops_in_order_with_their_probabilities_and_keys():
+def test_the_stage_lists_the_ops_in_order_with_probabilities_keys_settings():
   params = augment_recipe.AugmentParams(
       image_size=SIZE, color_jitter_prob=0.7, grayscale_prob=0.2,
       blur_prob=0.5, solarize_prob=0.1, rotation_degrees=5.0,
       gaussian_noise_std=0.01)
   assert augment_recipe.colour_stage(params) == (
-      ColourOp("color_jitter", 0.7, "jitter_apply", "jitter"),
+      ColourOp("color_jitter", 0.7, "jitter_apply", "jitter",
+               {"strength": 0.5, "random_order": True}),
       ColourOp("grayscale", 0.2, "grayscale_apply", None),
       ColourOp("blur", 0.5, "blur_apply", "blur"),
       ColourOp("solarize", 0.1, "solarize_apply", None),
-      ColourOp("affine", 1.0, None, "affine"),
-      ColourOp("noise", 1.0, None, "noise"),
+      ColourOp("affine", 1.0, None, "affine",
+               {"max_degrees": 5.0, "max_translate": 0}),
+      ColourOp("noise", 1.0, None, "noise", {"std": 0.01}),
   )
 
 
@@ -39,7 +41,7 @@ def test_each_op_gets_the_sub_keys_the_recipe_names():
       solarize_prob=0.5, translate_pixels=2, gaussian_noise_std=0.1)
 
   def record(name):
-    return lambda image, key, params: image + [(name, key)]
+    return lambda image, key=None, **settings: image + [(name, key)]
 
   def random_apply(fn, image, key, prob):
     return fn(image + [("apply", key)]) if prob < 1 else fn(image)

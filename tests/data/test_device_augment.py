@@ -227,19 +227,17 @@ def test_on_device_refuses_the_host_only_affine_ops():
   assert augment_recipe.AugmentParams.from_config(config).on_device
 
 
-def test_batch_augmenter_is_augment_batch_with_the_configs_settings():
-  config = config_base.base_config()
-  config.seed = 3
+def test_batch_augmenter_is_augment_batch_with_its_settings():
+  params = augment_recipe.AugmentParams.from_config(config_base.base_config())
   rng = np.random.default_rng(0)
   batch = {"view1": rng.integers(0, 256, (4, 8, 8, 3), np.uint8),
            "view2": rng.integers(0, 256, (4, 8, 8, 3), np.uint8),
            "index": np.arange(4, dtype=np.int32)}
   mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-  got = device_augment.batch_augmenter(config, mean=mean, std=std)(batch, 7)
-  want = device_augment.augment_batch(
-      batch, seed=3, step=7,
-      params=augment_recipe.AugmentParams.from_config(config),
-      mean=mean, std=std)
+  got = device_augment.batch_augmenter(seed=3, params=params, mean=mean,
+                                      std=std)(batch, 7)
+  want = device_augment.augment_batch(batch, seed=3, step=7, params=params,
+                                      mean=mean, std=std)
   for view in ("view1", "view2"):
     np.testing.assert_array_equal(np.asarray(got[view]),
                                   np.asarray(want[view]))

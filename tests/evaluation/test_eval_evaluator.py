@@ -8,9 +8,9 @@ import dense_reference
 import tiny
 from eval_data import random_variables
 from mio_jax import data
-from mio_jax import errors
 from mio_jax import mesh as mesh_lib
 from mio_jax import models
+from mio_jax import modes
 from mio_jax.evaluation import evaluator
 from mio_jax.evaluation import make_encode_fn
 
@@ -46,8 +46,9 @@ def test_evaluate_runs_every_protocol_and_matches_the_dense_knn(
   config, model, variables, mesh = tiny_run
   png = tmp_path / "tsne.png"
   results = evaluator.evaluate(variables, model=model, config=config,
-                               mesh=mesh, protocols=("knn", "fewshot",
-                                                     "feature_probe"),
+                               mesh=mesh, protocols=modes.runs(
+                                   ("knn", "fewshot", "feature_probe"),
+                                   modes.FROZEN_FEATURES),
                                embedding_png=str(png))
   assert set(results) == {"knn_top1", "knn_top5", "fewshot_top1",
                           "fewshot_top1_std", "feature_probe_top1",
@@ -76,11 +77,4 @@ def test_online_knn_hook_runs_on_its_steps_only(tiny_run):
   assert set(online) == {"online_knn_top1"}
   assert online["online_knn_top1"] == evaluator.evaluate(
       variables, model=model, config=config, mesh=mesh,
-      protocols=("knn",))["knn_top1"]
-
-
-def test_unknown_protocol_fails_before_any_work(tiny_run):
-  config, model, variables, mesh = tiny_run
-  with pytest.raises(errors.InvalidValueError, match="'knn', 'fewshot'"):
-    evaluator.evaluate(variables, model=model, config=config, mesh=mesh,
-                       protocols=("knn", "kmeans"))
+      protocols=modes.runs(("knn",), modes.FROZEN_FEATURES))["knn_top1"]

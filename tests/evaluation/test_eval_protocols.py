@@ -1,16 +1,15 @@
-"""The protocol registry: one signature, unknown names listed."""
+"""The frozen-feature protocols: one signature, their result keys."""
 import numpy as np
 import pytest
 
 from eval_data import clusters, sharded
 from mio_jax import config_base
-from mio_jax import errors
-from mio_jax.evaluation import PROTOCOLS
-from mio_jax.evaluation import check_protocols
+from mio_jax import modes
+
+PROTOCOLS = modes.runs(tuple(modes.PROTOCOLS), modes.FROZEN_FEATURES)
 
 
-def test_registry_names_and_result_keys():
-  assert list(PROTOCOLS) == ["knn", "fewshot", "feature_probe"]
+def test_every_frozen_feature_protocol_takes_one_signature():
   x, y = clusters(3, 40, 8, spread=0.1, seed=11)
   train, test = sharded(x[:90], y[:90], x[90:], y[90:])
   config = config_base.base_config()
@@ -30,18 +29,6 @@ def test_knn_protocol_caps_k_at_the_training_set():
   result = PROTOCOLS["knn"](*sharded(x, y, x, y), num_classes=2,
                             settings=settings, seed=0)
   assert result["top1"] == 1.0
-
-
-def test_unknown_protocol_is_a_user_error_listing_the_known_ones():
-  check_protocols(("knn", "feature_probe"))
-  with pytest.raises(errors.InvalidValueError) as error:
-    check_protocols(("knn", "linear"))  # the feature probe's old name
-  message = str(error.value)
-  assert "'linear'" in message
-  for name in PROTOCOLS:
-    assert repr(name) in message
-  with pytest.raises(TypeError, match=r"\('knn',\)"):
-    check_protocols("knn")
 
 
 def test_digits_raw_pixels_sanity():
