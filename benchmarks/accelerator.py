@@ -6,8 +6,9 @@ r"""The accelerator check: self-check, train step and input pipeline, one JSON.
 Runs, each as its own process (a crash or a hang of one part is recorded
 and the rest still runs, each under a time limit):
   1. `python -m mio_jax.cli.selfcheck`: the loss checks on these devices;
-  2. `benchmarks/train_step.py`: ResNet-18 at 32 px and ResNet-50 at 224 px,
-     several batch sizes, bfloat16 and float32, on every local device;
+  2. `benchmarks/train_step.py`: ResNet-18 at 32 px and ResNet-50 at 224 px
+     (LARS, several batch sizes, bfloat16 and float32) and ViT-B/16 at
+     224 px (AdamW, bfloat16), on every local device;
   3. `benchmarks/input_pipeline.py` at 32 and 224 px (both modes).
 and writes one JSON: the device, every record, and for each train-step
 record its model FLOP utilisation (MFU) against the chip's peak from the
@@ -35,14 +36,17 @@ from typing import Any
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 
-# (model, stem, image size, batch sizes per device, seconds allowed per
-# dtype): with the self-check's 60 s and the pipeline's 90 s, at most
-# 590 s in all.
+# (model, stem, image size, batch sizes per device, optimizer, dtypes,
+# seconds allowed per dtype): with the self-check's 60 s and the pipeline's
+# 80 s, at most 590 s in all.
 FULL_STEPS = (
-    ("resnet18", "cifar", 32, (128, 512), 90),
-    ("resnet50", "imagenet", 224, (64, 128), 130),
+    ("resnet18", "cifar", 32, (128, 512), "lars", ("bfloat16", "float32"), 70),
+    ("resnet50", "imagenet", 224, (64, 128), "lars", ("bfloat16", "float32"),
+     110),
+    ("vit_base", None, 224, (128,), "adamw", ("bfloat16",), 90),
 )
-QUICK_STEPS = (("resnet_tiny", "cifar", 8, (8,), 120),)
+QUICK_STEPS = (("resnet_tiny", "cifar", 8, (8,), "lars",
+                ("bfloat16", "float32"), 120),)
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:
@@ -161,22 +165,22 @@ def main() -> None:
   parts = [("selfcheck", [python, "-m", "mio_jax.cli.selfcheck",
                           f"--images_per_device={4 if args.quick else 16}"],
             60)]
-  for model, stem, size, per_device, seconds in (QUICK_STEPS if args.quick
-                                                 else FULL_STEPS):
+  for model, stem, size, per_device, optimizer, dtypes, seconds in (
+      QUICK_STEPS if args.quick else FULL_STEPS):
     batches = ",".join(str(b * num_devices) for b in per_device)
-    for dtype in ("bfloat16", "float32"):
+    for dtype in dtypes:
       command = [python, str(HERE / "train_step.py"), f"--model={model}",
-                 f"--stem={stem}", f"--image_size={size}",
+                 f"--image_size={size}", f"--optimizer={optimizer}",
                  f"--batch_sizes={batches}", f"--dtype={dtype}",
                  f"--devices={num_devices}", "--repeats=3",
-                 "--steps_per_repeat=5"]
+                 "--steps_per_repeat=5"] + ([f"--stem={stem}"] if stem else [])
       if args.quick:
         command = [python, str(HERE / "train_step.py"), "--quick",
                    f"--dtype={dtype}"]
       parts.append((f"train_step {model} {size}px {dtype}", command, seconds))
   parts.append(("input_pipeline", [python, str(HERE / "input_pipeline.py")]
                 + (["--quick", "--sizes=32"] if args.quick
-                   else ["--sizes=32,224", "--steps=10"]), 90))
+                   else ["--sizes=32,224", "--steps=10"]), 80))
 
   started = time.monotonic()
   results = [_run(name, command, timeout) for name, command, timeout in parts]
