@@ -173,10 +173,11 @@ def analyze_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     from mio_jax import data  # pylint: disable=g-import-not-at-top
     data.ensure_prepared(config)
 
-  step, variables = checkpointing.restore_variables(
-      workdir, checkpointing.EncoderArchitecture.from_config(config), mesh)
+  architecture = checkpointing.EncoderArchitecture.from_config(config)
+  step, variables = checkpointing.restore_variables(workdir, architecture,
+                                                    mesh)
   batch = _fixed_batch(config, mesh, step, batch_size, data_source)
-  model = models.build_model(config.model, dtype=config.dtype)
+  model = architecture.model
   results = {
       "workdir": str(workdir), "step": step, "params_subset": params_subset,
       "batch_size": batch_size, "data_source": data_source,
